@@ -1,0 +1,142 @@
+/* core.c: luaopen_loom_core, the states loom creates, small utilities.
+** Lua: loom.core.now(), cpu_count(), configure{heap_size=}, heap_size(),
+**      heap_used(); every primitive's functions are added by its open.
+** SPDX-License-Identifier: MIT */
+#include "loomint.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* The host's state hook (loom.h).  Process-global by design: a host installs
+** it once; every state loom creates runs it. */
+static pthread_mutex_t hook_mu = PTHREAD_MUTEX_INITIALIZER;
+static loom_StateHook state_hook = NULL;
+static void *state_hook_ud = NULL;
+
+LOOM_API void loom_set_state_hook (loom_StateHook hook, void *ud) {
+  pthread_mutex_lock(&hook_mu);
+  state_hook = hook;
+  state_hook_ud = ud;
+  pthread_mutex_unlock(&hook_mu);
+}
+
+static int run_host_hook (lua_State *L) {
+  pthread_mutex_lock(&hook_mu);
+  loom_StateHook hook = state_hook;
+  void *ud = state_hook_ud;
+  pthread_mutex_unlock(&hook_mu);
+  return hook != NULL ? hook(L, ud) : 0;
+}
+
+typedef struct Paths { const char *path, *cpath; } Paths;
+
+static int open_state (lua_State *L) {
+  const Paths *p = lua_touserdata(L, 1);
+  const char *path = p->path, *cpath = p->cpath;
+  luaL_openlibs(L);
+  lua_getglobal(L, "package");
+  if (path != NULL) {
+    lua_pushstring(L, path);
+    lua_setfield(L, -2, "path");
+  }
+  if (cpath != NULL) {
+    lua_pushstring(L, cpath);
+    lua_setfield(L, -2, "cpath");
+  }
+  lua_pop(L, 1);
+  luaL_requiref(L, "loom.core", luaopen_loom_core, 0);
+  lua_pop(L, 1);
+  int rc = run_host_hook(L);
+  if (rc != 0)
+    return luaL_error(L, "state hook failed with code %d", rc);
+  return 0;
+}
+
+lua_State *loomi_newstate (const char *path, const char *cpath,
+                           char *err, size_t errlen) {
+  lua_State *L = luaL_newstate();
+  if (L == NULL) {
+    snprintf(err, errlen, "not enough memory");
+    return NULL;
+  }
+  Paths p = { path, cpath };
+  lua_pushcfunction(L, open_state);
+  lua_pushlightuserdata(L, &p);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+    const char *msg = lua_tostring(L, -1);
+    snprintf(err, errlen, "%s", msg ? msg : "cannot open state");
+    lua_close(L);
+    return NULL;
+  }
+  return L;
+}
+
+static int core_now (lua_State *L) {
+  lua_pushnumber(L, loomi_now());
+  return 1;
+}
+
+static int core_cpu_count (lua_State *L) {
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  lua_pushinteger(L, n > 0 ? n : 1);
+  return 1;
+}
+
+static int core_configure (lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  if (lua_getfield(L, 1, "heap_size") != LUA_TNIL) {
+    lua_Integer n = luaL_checkinteger(L, -1);
+    luaL_argcheck(L, n >= (1 << 20), 1, "heap_size must be at least 1 MiB");
+    int err = loomi_heap_configure((size_t)n);
+    if (err == EBUSY)
+      return luaL_error(L, "heap_size can only be set before the first loom object exists");
+    if (err != 0) {
+      luaL_pushfail(L);
+      lua_pushfstring(L, "shared heap: %s", strerror(err));
+      lua_pushinteger(L, err);
+      return 3;
+    }
+  }
+  lua_pop(L, 1);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int core_heap_size (lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)loomi_heap_size());
+  return 1;
+}
+
+static int core_heap_used (lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)loomi_heap_used());
+  return 1;
+}
+
+static const luaL_Reg core_funcs[] = {
+  {"now", core_now},
+  {"cpu_count", core_cpu_count},
+  {"configure", core_configure},
+  {"heap_size", core_heap_size},
+  {"heap_used", core_heap_used},
+  {NULL, NULL}
+};
+
+/* Adding a primitive means one new file and one new row. */
+static const struct {
+  const char *name;
+  void (*open) (lua_State *L);
+} primitives[] = {
+  {"thread", loomi_thread_open},
+};
+
+LOOM_API int luaopen_loom_core (lua_State *L) {
+  int err = loomi_heap_init();
+  if (err != 0)
+    return luaL_error(L, "cannot map the shared heap: %s", strerror(err));
+  lua_newtable(L);
+  luaL_setfuncs(L, core_funcs, 0);
+  for (size_t i = 0; i < sizeof primitives / sizeof primitives[0]; i++)
+    primitives[i].open(L);
+  return 1;
+}

@@ -1,0 +1,200 @@
+/* heap.c: the shared arena every loom object and message lives in.
+** One MAP_SHARED|MAP_ANONYMOUS mapping, made when loom.core is first opened
+** in a process, so forks see it at the same address.  Blocks are segregated
+** by power-of-two size class; each class has a free list and a robust,
+** process-shared mutex; fresh space comes from an atomic bump pointer.
+** SPDX-License-Identifier: MIT */
+#include "loomint.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define HEAP_MAGIC      0x6c6f6f6d68656170ULL    /* "loomheap" */
+#define BLOCK_MAGIC     0x6c6f6f6du
+#define HEAP_MINSHIFT   5                        /* 32-byte smallest block */
+#define HEAP_NCLASS     40
+#define HEAP_DEFAULT    ((size_t)1 << 30)        /* reserved, not committed */
+#define HEAP_MINSIZE    ((size_t)1 << 20)
+#define HEAP_RELEASE    ((size_t)64 << 10)       /* give pages back above */
+
+typedef struct BlockHeader {
+  uint32_t magic;
+  uint32_t cls;
+  struct BlockHeader *next;   /* free-list link, only while free */
+} BlockHeader;
+
+typedef struct HeapHeader {
+  uint64_t magic;
+  size_t size;
+  atomic_size_t bump;         /* offset of the first never-used byte */
+  atomic_size_t used;
+  pthread_mutex_t mu[HEAP_NCLASS];
+  BlockHeader *free[HEAP_NCLASS];   /* mu[i] held */
+} HeapHeader;
+
+#define BLOCK_HDR  ((sizeof(BlockHeader) + 15) & ~(size_t)15)
+
+/* The one mapping of this process (and of its forks, which inherit it).
+** Written once under heap_mu before the first object exists. */
+static HeapHeader *heap = NULL;
+static size_t heap_request = 0;      /* configured size, 0 = default */
+static atomic_int heap_touched = 0;  /* an object was allocated */
+static pthread_mutex_t heap_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static size_t default_size (void) {
+  const char *env = getenv("LOOM_HEAP_SIZE");
+  if (env != NULL && *env != '\0') {
+    char *end;
+    unsigned long long n = strtoull(env, &end, 10);
+    switch (*end) {
+      case 'k': case 'K': n <<= 10; end++; break;
+      case 'm': case 'M': n <<= 20; end++; break;
+      case 'g': case 'G': n <<= 30; end++; break;
+      default: break;
+    }
+    if (*end == '\0' && n >= HEAP_MINSIZE)
+      return (size_t)n;
+  }
+  return HEAP_DEFAULT;
+}
+
+static HeapHeader *heap_map (size_t size) {
+  void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
+                 MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED)
+    return NULL;
+  HeapHeader *h = p;
+  h->magic = HEAP_MAGIC;
+  h->size = size;
+  atomic_init(&h->bump, (sizeof(HeapHeader) + 63) & ~(size_t)63);
+  atomic_init(&h->used, 0);
+  for (int i = 0; i < HEAP_NCLASS; i++) {
+    if (loomi_mutex_init(&h->mu[i]) != 0) {
+      munmap(p, size);
+      return NULL;
+    }
+    h->free[i] = NULL;
+  }
+  return h;
+}
+
+int loomi_heap_init (void) {
+  int err = 0;
+  pthread_mutex_lock(&heap_mu);
+  if (heap == NULL) {
+    heap = heap_map(heap_request ? heap_request : default_size());
+    if (heap == NULL)
+      err = errno ? errno : ENOMEM;
+  }
+  pthread_mutex_unlock(&heap_mu);
+  return err;
+}
+
+int loomi_heap_configure (size_t size) {
+  int err = 0;
+  if (size < HEAP_MINSIZE)
+    return EINVAL;
+  pthread_mutex_lock(&heap_mu);
+  if (atomic_load(&heap_touched))
+    err = EBUSY;
+  else if (heap != NULL && heap->size != size) {
+    HeapHeader *fresh = heap_map(size);
+    if (fresh == NULL)
+      err = errno ? errno : ENOMEM;
+    else {
+      munmap(heap, heap->size);
+      heap = fresh;
+    }
+  }
+  if (err == 0)
+    heap_request = size;
+  pthread_mutex_unlock(&heap_mu);
+  return err;
+}
+
+size_t loomi_heap_size (void) {
+  return heap ? heap->size : (heap_request ? heap_request : default_size());
+}
+
+size_t loomi_heap_used (void) {
+  return heap ? atomic_load(&heap->used) : 0;
+}
+
+static int size_class (size_t n) {
+  size_t total = n + BLOCK_HDR;
+  int cls = 0;
+  while (((size_t)1 << (cls + HEAP_MINSHIFT)) < total) {
+    if (++cls >= HEAP_NCLASS)
+      return -1;
+  }
+  return cls;
+}
+
+void *loomi_heap_alloc (size_t n) {
+  if (heap == NULL && loomi_heap_init() != 0)
+    return NULL;
+  int cls = size_class(n);
+  if (cls < 0)
+    return NULL;
+  size_t bsize = (size_t)1 << (cls + HEAP_MINSHIFT);
+  atomic_store_explicit(&heap_touched, 1, memory_order_relaxed);
+  BlockHeader *b;
+  loomi_mutex_lock(&heap->mu[cls]);
+  b = heap->free[cls];
+  if (b != NULL)
+    heap->free[cls] = b->next;
+  loomi_mutex_unlock(&heap->mu[cls]);
+  if (b == NULL) {
+    /* Small blocks align to their size class up to 64 bytes, larger ones to
+    ** a page so a freed block can return whole pages. */
+    size_t align = bsize < 64 ? bsize : (bsize < 4096 ? 64 : 4096);
+    size_t off = atomic_load(&heap->bump), start;
+    do {
+      start = (off + align - 1) & ~(align - 1);
+      if (start + bsize > heap->size || start + bsize < start)
+        return NULL;
+    } while (!atomic_compare_exchange_weak(&heap->bump, &off, start + bsize));
+    b = (BlockHeader *)((char *)heap + start);
+  }
+  b->magic = BLOCK_MAGIC;
+  b->cls = (uint32_t)cls;
+  b->next = NULL;
+  atomic_fetch_add_explicit(&heap->used, bsize, memory_order_relaxed);
+  return (char *)b + BLOCK_HDR;
+}
+
+void *loomi_heap_calloc (size_t n) {
+  void *p = loomi_heap_alloc(n);
+  if (p != NULL)
+    memset(p, 0, n);
+  return p;
+}
+
+void loomi_heap_free (void *p) {
+  if (p == NULL)
+    return;
+  BlockHeader *b = (BlockHeader *)((char *)p - BLOCK_HDR);
+  if (b->magic != BLOCK_MAGIC || b->cls >= HEAP_NCLASS)
+    abort();   /* a wild or double free: the heap can no longer be trusted */
+  int cls = (int)b->cls;
+  size_t bsize = (size_t)1 << (cls + HEAP_MINSHIFT);
+  b->magic = 0;
+  if (bsize >= HEAP_RELEASE) {
+    /* Hand the body's pages back so a burst of large messages does not stay
+    ** resident; the header page keeps the free-list link. */
+    long page = sysconf(_SC_PAGESIZE);
+    char *from = (char *)b + page;
+    madvise(from, bsize - (size_t)page, MADV_REMOVE);
+  }
+  atomic_fetch_sub_explicit(&heap->used, bsize, memory_order_relaxed);
+  loomi_mutex_lock(&heap->mu[cls]);
+  b->next = heap->free[cls];
+  heap->free[cls] = b;
+  loomi_mutex_unlock(&heap->mu[cls]);
+}
+
+LOOM_API int loom_configure_heap (size_t bytes) {
+  return loomi_heap_configure(bytes);
+}

@@ -1,0 +1,43 @@
+/* loom.h: the public C API of loom, for hosts that embed Lua.
+** Link loom.core statically (or load it as a module) and call these from the
+** host.  SPDX-License-Identifier: MIT */
+#ifndef LOOM_H
+#define LOOM_H
+
+#include <stddef.h>
+
+#include "lua.h"
+
+#ifndef LOOM_API
+#define LOOM_API __attribute__((visibility("default")))
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The module opener.  A host that links loom statically registers it with
+** luaL_requiref(L, "loom.core", luaopen_loom_core, 0) or in package.preload,
+** then scripts `require "loom"` as usual. */
+LOOM_API int luaopen_loom_core (lua_State *L);
+
+/* Called on every lua_State that loom creates (thread and worker states),
+** after the standard libraries are open and before any user code runs, on
+** the OS thread that will run the state.  A host uses it to register its
+** own C functions and preload its modules.  Return 0 on success; any other
+** value makes the thread fail to start with that error code. */
+typedef int (*loom_StateHook) (lua_State *L, void *ud);
+
+/* Installs the hook (NULL removes it).  Call it before starting threads:
+** states created earlier are not revisited.  Safe from any thread. */
+LOOM_API void loom_set_state_hook (loom_StateHook hook, void *ud);
+
+/* Sets the size in bytes of the shared heap.  Only before the first loom
+** object exists in this process; returns 0, or EBUSY after that. */
+LOOM_API int loom_configure_heap (size_t bytes);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

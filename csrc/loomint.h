@@ -1,0 +1,167 @@
+/* loomint.h: the one internal header of loom.core.
+** Shared heap, refcounted objects and their proxies, deadlines, cancellable
+** waits, the transfer codec and the per-primitive open functions.
+** SPDX-License-Identifier: MIT */
+#ifndef LOOMINT_H
+#define LOOMINT_H
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "lua.h"
+#include "lauxlib.h"
+#include "lualib.h"
+
+#include "loom.h"
+
+/* Type names double as metatable names and __name. */
+#define LOOM_THREAD     "loom.Thread"
+#define LOOM_LOCK       "loom.Lock"
+#define LOOM_RLOCK      "loom.RLock"
+#define LOOM_SEMAPHORE  "loom.Semaphore"
+#define LOOM_BSEMAPHORE "loom.BoundedSemaphore"
+#define LOOM_CONDITION  "loom.Condition"
+#define LOOM_EVENT      "loom.Event"
+#define LOOM_BARRIER    "loom.Barrier"
+#define LOOM_VALUE      "loom.Value"
+#define LOOM_ARRAY      "loom.Array"
+#define LOOM_QUEUE      "loom.Queue"
+#define LOOM_FUTURE     "loom.Future"
+#define LOOM_POOL       "loom.Pool"
+#define LOOM_PROCESS    "loom.Process"
+
+/* The fixed fail tokens (STYLE.md section 5). */
+#define LOOM_TIMEOUT    "timeout"
+#define LOOM_CLOSED     "closed"
+#define LOOM_CANCELLED  "cancelled"
+
+#pragma GCC visibility push(hidden)
+
+/* ---- heap.c: the shared arena ----
+** One MAP_SHARED|MAP_ANONYMOUS mapping made when loom.core is first opened
+** in a process, so it sits at the same address in every fork.  Every
+** LoomObj and every transfer message lives in it. */
+int    loomi_heap_init (void);               /* 0 | errno; idempotent */
+void  *loomi_heap_alloc (size_t n);          /* NULL when exhausted */
+void  *loomi_heap_calloc (size_t n);         /* zeroed; NULL when exhausted */
+void   loomi_heap_free (void *p);            /* NULL is a no-op */
+int    loomi_heap_configure (size_t size);   /* 0 | EBUSY once used */
+size_t loomi_heap_size (void);
+size_t loomi_heap_used (void);               /* bytes handed out, for specs */
+
+/* ---- obj.c: refcounted shared objects and their proxies ---- */
+typedef struct LoomObj LoomObj;
+typedef void (*LoomDestroy) (LoomObj *o);
+
+/* The first member of every shared primitive.  The destroy hook and the
+** type name are addresses inside this library, valid in every fork. */
+struct LoomObj {
+  atomic_int refs;
+  const char *tname;       /* LOOM_LOCK, ... */
+  LoomDestroy destroy;     /* releases what the object owns; not the memory */
+};
+
+/* Allocates a zeroed object of `size` bytes with one reference; NULL when
+** the heap is exhausted. */
+LoomObj *loomi_obj_new (size_t size, const char *tname, LoomDestroy destroy);
+void loomi_obj_retain (LoomObj *o);
+void loomi_obj_release (LoomObj *o);         /* the last one destroys + frees */
+
+/* A proxy is a full userdata holding one reference.  proxy_new pushes a
+** proxy with a NULL object (create it before acquiring OS resources) and the
+** metatable `tname`; set *slot once the object exists. */
+LoomObj **loomi_proxy_new (lua_State *L, const char *tname);
+/* Pushes a new proxy for an existing object, taking a new reference. */
+void loomi_proxy_push (lua_State *L, LoomObj *o);
+/* Type check + closed check; raises "attempt to use a closed loom.X". */
+LoomObj *loomi_checkobj (lua_State *L, int arg, const char *tname);
+/* The object behind a loom proxy of any type, or NULL. */
+LoomObj *loomi_toobj (lua_State *L, int idx);
+/* Builds the metatable of a primitive: __name, the metamethods (a default
+** __gc/__close/__tostring/__eq is added where `meta` has none) and
+** __index = methods.  Leaves the stack unchanged. */
+void loomi_newclass (lua_State *L, const char *tname,
+                     const luaL_Reg *meta, const luaL_Reg *methods);
+int  loomi_proxy_gc (lua_State *L);          /* idempotent release */
+
+/* Process-shared, robust, and (for conditions) CLOCK_MONOTONIC. */
+int  loomi_mutex_init (pthread_mutex_t *mu);       /* 0 | errno */
+int  loomi_cond_init (pthread_cond_t *cv);         /* 0 | errno */
+/* Locks; a previous owner that died is repaired and reported by returning
+** EOWNERDEAD (the mutex is held and consistent again), otherwise 0. */
+int  loomi_mutex_lock (pthread_mutex_t *mu);
+void loomi_mutex_unlock (pthread_mutex_t *mu);
+
+/* ---- clock.c: deadlines ---- */
+typedef struct LoomDeadline {
+  struct timespec at;      /* CLOCK_MONOTONIC */
+  int forever;
+} LoomDeadline;
+
+double loomi_now (void);                     /* monotonic seconds */
+void   loomi_deadline_in (LoomDeadline *dl, double seconds); /* <0: forever */
+int    loomi_deadline_passed (const LoomDeadline *dl);
+double loomi_deadline_left (const LoomDeadline *dl);  /* -1 when forever */
+/* Reads an optional timeout argument: nil or none means forever; a negative
+** number raises "timeout must be non-negative". */
+void   loomi_opttimeout (lua_State *L, int arg, LoomDeadline *dl);
+
+/* ---- thread.c: cancellable waits ----
+** Every loom blocking call waits through loomi_wait so that a cancel() of
+** the calling loom thread wakes it.  Call with `mu` held; it is held again on
+** return.  `obj` is the object that owns mu and cv (a reference is taken by
+** a canceller while it wakes the waiter).  Returns 0 (woken: re-check the
+** predicate), ETIMEDOUT, or ECANCELED (the calling thread was cancelled). */
+int loomi_wait (pthread_cond_t *cv, pthread_mutex_t *mu, LoomObj *obj,
+                const LoomDeadline *dl);
+/* True when the calling OS thread is a loom thread that was cancelled. */
+int loomi_cancel_requested (void);
+/* Raises the cancellation error (never returns). */
+int loomi_raise_cancelled (lua_State *L);
+/* Around any wait that may block, a binding calls block_begin before and
+** block_end after (shared-interpreter threads release their lock there).
+** No Lua API call may happen in between. */
+void loomi_block_begin (lua_State *L);
+void loomi_block_end (lua_State *L);
+
+/* ---- xfer.c: the transfer codec ----
+** A message is one block in the shared heap holding the encoded values and
+** a reference to every loom object among them, so it can cross threads and
+** forked processes, and be dropped undecoded without leaking. */
+typedef struct LoomMsg LoomMsg;
+
+/* Encodes the n values at stack[first..first+n-1]; `root` names them in
+** error messages ("args" gives "args[2].conn").  Raises on an untransferable
+** value or an exhausted heap.  The caller owns the message. */
+LoomMsg *loomi_xfer_encode (lua_State *L, int first, int n, const char *root);
+/* Pushes the values and returns how many.  Raises on a corrupt message or a
+** value the receiving state cannot rebuild; the message stays owned by the
+** caller either way. */
+int  loomi_xfer_decode (lua_State *L, const LoomMsg *m);
+void loomi_msg_free (LoomMsg *m);            /* NULL is a no-op */
+size_t loomi_msg_size (const LoomMsg *m);    /* payload bytes */
+
+/* ---- core.c ---- */
+/* Creates a state for a loom thread or worker, on the OS thread that will
+** run it: standard libraries, the given package paths (either may be NULL),
+** loom.core preloaded, then the host's state hook.  Returns NULL with a
+** message in err on failure. */
+lua_State *loomi_newstate (const char *path, const char *cpath,
+                           char *err, size_t errlen);
+
+/* ---- one open function per primitive (core.c walks them) ----
+** Each adds its functions to the module table on top of the stack and
+** builds its metatables (loomi_newclass). */
+void loomi_thread_open (lua_State *L);
+
+#pragma GCC visibility pop
+
+#endif

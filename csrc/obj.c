@@ -1,0 +1,169 @@
+/* obj.c: refcounted shared objects, the proxies that hold them in a
+** lua_State, and the process-shared robust mutex and condition helpers.
+** SPDX-License-Identifier: MIT */
+#include "loomint.h"
+
+#include <stdlib.h>
+
+LoomObj *loomi_obj_new (size_t size, const char *tname, LoomDestroy destroy) {
+  LoomObj *o = loomi_heap_calloc(size);
+  if (o == NULL)
+    return NULL;
+  atomic_init(&o->refs, 1);
+  o->tname = tname;
+  o->destroy = destroy;
+  return o;
+}
+
+void loomi_obj_retain (LoomObj *o) {
+  atomic_fetch_add_explicit(&o->refs, 1, memory_order_relaxed);
+}
+
+void loomi_obj_release (LoomObj *o) {
+  if (o == NULL)
+    return;
+  if (atomic_fetch_sub_explicit(&o->refs, 1, memory_order_acq_rel) == 1) {
+    if (o->destroy != NULL)
+      o->destroy(o);
+    loomi_heap_free(o);
+  }
+}
+
+LoomObj **loomi_proxy_new (lua_State *L, const char *tname) {
+  LoomObj **slot = lua_newuserdatauv(L, sizeof(LoomObj *), 1);
+  *slot = NULL;
+  luaL_setmetatable(L, tname);
+  return slot;
+}
+
+void loomi_proxy_push (lua_State *L, LoomObj *o) {
+  LoomObj **slot = lua_newuserdatauv(L, sizeof(LoomObj *), 1);
+  *slot = NULL;
+  if (luaL_getmetatable(L, o->tname) != LUA_TTABLE)
+    luaL_error(L, "loom type %s is not registered in this state", o->tname);
+  lua_setmetatable(L, -2);
+  loomi_obj_retain(o);
+  *slot = o;
+}
+
+LoomObj *loomi_checkobj (lua_State *L, int arg, const char *tname) {
+  LoomObj **slot = luaL_checkudata(L, arg, tname);
+  if (*slot == NULL)
+    luaL_error(L, "attempt to use a closed %s", tname);
+  return *slot;
+}
+
+/* Recognises a proxy by the __loom field every loom metatable carries. */
+LoomObj *loomi_toobj (lua_State *L, int idx) {
+  LoomObj *o = NULL;
+  if (lua_type(L, idx) == LUA_TUSERDATA && lua_getmetatable(L, idx)) {
+    if (lua_getfield(L, -1, "__loom") == LUA_TBOOLEAN) {
+      LoomObj **slot = lua_touserdata(L, idx);
+      o = *slot;
+    }
+    lua_pop(L, 2);
+  }
+  return o;
+}
+
+int loomi_proxy_gc (lua_State *L) {
+  LoomObj **slot = lua_touserdata(L, 1);
+  if (slot != NULL && *slot != NULL) {
+    LoomObj *o = *slot;
+    *slot = NULL;
+    loomi_obj_release(o);
+  }
+  return 0;
+}
+
+static int proxy_tostring (lua_State *L) {
+  LoomObj **slot = lua_touserdata(L, 1);
+  const char *tname = "loom object";
+  if (lua_getmetatable(L, 1)) {
+    if (lua_getfield(L, -1, "__name") == LUA_TSTRING)
+      tname = lua_tostring(L, -1);
+    lua_pop(L, 1);   /* tname stays alive through the metatable */
+  }
+  if (slot == NULL || *slot == NULL)
+    lua_pushfstring(L, "%s (closed)", tname);
+  else
+    lua_pushfstring(L, "%s (%p)", tname, (void *)*slot);
+  return 1;
+}
+
+static int proxy_eq (lua_State *L) {
+  LoomObj **a = lua_touserdata(L, 1), **b = lua_touserdata(L, 2);
+  lua_pushboolean(L, a != NULL && b != NULL && *a != NULL && *a == *b);
+  return 1;
+}
+
+void loomi_newclass (lua_State *L, const char *tname,
+                     const luaL_Reg *meta, const luaL_Reg *methods) {
+  if (!luaL_newmetatable(L, tname)) {   /* already built in this state */
+    lua_pop(L, 1);
+    return;
+  }
+  luaL_setfuncs(L, meta, 0);
+  static const struct { const char *name; lua_CFunction fn; } defaults[] = {
+    {"__gc", loomi_proxy_gc}, {"__close", loomi_proxy_gc},
+    {"__tostring", proxy_tostring}, {"__eq", proxy_eq},
+  };
+  for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++) {
+    if (lua_getfield(L, -1, defaults[i].name) == LUA_TNIL) {
+      lua_pushcfunction(L, defaults[i].fn);
+      lua_setfield(L, -3, defaults[i].name);
+    }
+    lua_pop(L, 1);
+  }
+  lua_pushboolean(L, 1);
+  lua_setfield(L, -2, "__loom");
+  if (methods != NULL) {
+    lua_newtable(L);
+    luaL_setfuncs(L, methods, 0);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
+}
+
+int loomi_mutex_init (pthread_mutex_t *mu) {
+  pthread_mutexattr_t a;
+  int err = pthread_mutexattr_init(&a);
+  if (err != 0)
+    return err;
+  pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+  pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+#ifdef LOOM_DEBUG
+  pthread_mutexattr_settype(&a, PTHREAD_MUTEX_ERRORCHECK);
+#endif
+  err = pthread_mutex_init(mu, &a);
+  pthread_mutexattr_destroy(&a);
+  return err;
+}
+
+int loomi_cond_init (pthread_cond_t *cv) {
+  pthread_condattr_t a;
+  int err = pthread_condattr_init(&a);
+  if (err != 0)
+    return err;
+  pthread_condattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+  pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+  err = pthread_cond_init(cv, &a);
+  pthread_condattr_destroy(&a);
+  return err;
+}
+
+int loomi_mutex_lock (pthread_mutex_t *mu) {
+  int err = pthread_mutex_lock(mu);
+  if (err == EOWNERDEAD) {
+    pthread_mutex_consistent(mu);
+    return EOWNERDEAD;
+  }
+  if (err != 0)
+    abort();   /* a broken invariant: unrecoverable */
+  return 0;
+}
+
+void loomi_mutex_unlock (pthread_mutex_t *mu) {
+  if (pthread_mutex_unlock(mu) != 0)
+    abort();
+}

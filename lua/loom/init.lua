@@ -1,0 +1,52 @@
+-- loom: real concurrency and parallelism for Lua 5.4.
+-- The public module: thin conveniences over loom.core.
+local core = require "loom.core"
+
+local error, type, select, setmetatable = error, type, select, setmetatable
+local table_pack = table.pack
+
+local M = {}
+
+for name, fn in pairs(core) do
+  M[name] = fn
+end
+
+local function thread_options(first, ...)
+  if type(first) == "table" and getmetatable(first) == nil and select("#", ...) == 0 then
+    local target = first.target
+    if type(target) ~= "function" then
+      error("bad argument #1 to 'thread' (target must be a function)", 3)
+    end
+    local args = first.args or {}
+    if type(args) ~= "table" then
+      error("bad argument #1 to 'thread' (args must be a table)", 3)
+    end
+    if first.name ~= nil and type(first.name) ~= "string" then
+      error("bad argument #1 to 'thread' (name must be a string)", 3)
+    end
+    local packed = table_pack(table.unpack(args, 1, args.n or #args))
+    return target, packed, first.name, first.daemon
+  end
+  if type(first) ~= "function" then
+    error("bad argument #1 to 'thread' (function expected, got " .. type(first) .. ")", 3)
+  end
+  return first, table_pack(...), nil, false
+end
+
+--- loom.thread(fn, ...) or loom.thread{target=, args=, name=, daemon=}:
+-- a thread that runs fn(...) in its own interpreter once started.
+function M.thread(...)
+  return core.thread(thread_options(...))
+end
+
+--- loom.excepthook(fn): fn(info) receives {name=, ident=, error=, traceback=}
+-- for every thread error nobody collected; returns the previous reporter.
+function M.excepthook(fn)
+  if fn ~= nil and type(fn) ~= "function" then
+    error("bad argument #1 to 'excepthook' (function expected, got " .. type(fn) .. ")", 2)
+  end
+  return core.set_excepthook(fn)
+end
+
+setmetatable(M, { __name = "loom" })
+return M
