@@ -157,6 +157,10 @@ size_t loomi_msg_size (const LoomMsg *m);    /* payload bytes */
 lua_State *loomi_newstate (const char *path, const char *cpath,
                            char *err, size_t errlen);
 
+/* ---- lock.c: for primitives that carry a lock (Value.get_lock) ---- */
+/* A new loom.RLock object with one reference, or NULL (heap exhausted). */
+LoomObj *loomi_rlock_create (void);
+
 /* ---- one open function per primitive (core.c walks them) ----
 ** Each adds its functions to the module table on top of the stack and
 ** builds its metatables (loomi_newclass). */
