@@ -142,6 +142,9 @@ typedef struct LoomMsg LoomMsg;
 ** error messages ("args" gives "args[2].conn").  Raises on an untransferable
 ** value or an exhausted heap.  The caller owns the message. */
 LoomMsg *loomi_xfer_encode (lua_State *L, int first, int n, const char *root);
+/* The same for a call: stack[first] is the function, named "target" in
+** errors, and the n-1 values after it are "args[1]", "args[2]", ... */
+LoomMsg *loomi_xfer_encode_call (lua_State *L, int first, int n);
 /* Pushes the values and returns how many.  Raises on a corrupt message or a
 ** value the receiving state cannot rebuild; the message stays owned by the
 ** caller either way. */

@@ -425,8 +425,7 @@ static int thread_start (lua_State *L) {
   for (lua_Integer i = 1; i <= n; i++)
     lua_rawgeti(L, 3, i);
   lua_remove(L, 3);
-  t->call = loomi_xfer_encode(L, 2, (int)n + 1, "args");
-  /* args are 1-based after the target, as in thread(fn, ...) */
+  t->call = loomi_xfer_encode_call(L, 2, (int)n + 1);
   t->path = dup_field(L, "path");
   t->cpath = dup_field(L, "cpath");
   Children *c = children_of(L);

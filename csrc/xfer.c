@@ -137,6 +137,7 @@ typedef struct Enc {
   int dumps;             /* stack index: function -> bytecode */
   uint32_t nrefs;
   int depth;
+  int call;              /* the values are a call: target, then args */
   PathItem path[XFER_MAXPATH + 1];
 } Enc;
 
@@ -145,10 +146,27 @@ static void enc_raise (Enc *e, const char *fmt, const char *what) {
   luaL_Buffer pb;
   luaL_checkstack(L, 4, NULL);
   luaL_buffinit(L, &pb);
-  luaL_addstring(&pb, e->root);
-  for (int d = 0; d < e->depth; d++) {
+  int d = 0;
+  if (e->call && e->depth > 0) {   /* values are (target, args...) */
+    char num[32];
+    if (e->path[0].i == 1)
+      luaL_addstring(&pb, "target");
+    else {
+      snprintf(num, sizeof num, "args[%lld]", (long long)e->path[0].i - 1);
+      luaL_addstring(&pb, num);
+    }
+    d = 1;
+  }
+  else
+    luaL_addstring(&pb, e->root);
+  for (; d < e->depth; d++) {
     const PathItem *p = &e->path[d];
     char num[32];
+    if (e->depth > 16 && d == 8) {   /* keep a deep path readable */
+      luaL_addstring(&pb, "...");
+      d = e->depth - 6;
+      p = &e->path[d];
+    }
     switch (p->kind) {
       case 0:
         snprintf(num, sizeof num, "[%lld]", (long long)p->i);
@@ -206,10 +224,14 @@ static void put_str (Enc *e, const char *s, size_t n) {
   put(e, s, n);
 }
 
+/* The encoder's helper tables sit in stack slots reserved before encoding
+** starts (nil until first needed), so making one in the middle of a table
+** traversal never disturbs the traversal's stack. */
 static int enc_lazy_table (Enc *e, int *slot) {
-  if (*slot == 0) {
-    lua_newtable(e->L);
-    *slot = lua_gettop(e->L);
+  lua_State *L = e->L;
+  if (lua_isnil(L, *slot)) {
+    lua_newtable(L);
+    lua_replace(L, *slot);
   }
   return *slot;
 }
@@ -228,9 +250,9 @@ static void enc_register (Enc *e, int idx, int remember) {
 }
 
 static int enc_seen (Enc *e, int idx) {
-  if (e->seen == 0)
-    return 0;
   lua_State *L = e->L;
+  if (lua_isnil(L, e->seen))
+    return 0;
   lua_pushvalue(L, idx);
   if (lua_rawget(L, e->seen) == LUA_TNUMBER) {
     put_u8(e, T_REF);
@@ -245,7 +267,7 @@ static int enc_seen (Enc *e, int idx) {
 /* Names the table at idx if it is a module in package.loaded. */
 static const char *enc_module_name (Enc *e, int idx) {
   lua_State *L = e->L;
-  if (e->loaded == 0) {
+  if (lua_isnil(L, e->loaded)) {
     enc_lazy_table(e, &e->loaded);
     if (lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE) == LUA_TTABLE) {
       lua_pushnil(L);
@@ -378,7 +400,7 @@ static int dump_writer (lua_State *L, const void *p, size_t sz, void *ud) {
 /* Pushes the bytecode of the Lua function at idx, cached per function. */
 static void enc_bytecode (Enc *e, int idx) {
   lua_State *L = e->L;
-  if (e->dumps == 0) {
+  if (lua_isnil(L, e->dumps)) {
     if (lua_rawgetp(L, LUA_REGISTRYINDEX, &DUMPCACHE_KEY) != LUA_TTABLE) {
       lua_pop(L, 1);
       lua_newtable(L);
@@ -389,7 +411,7 @@ static void enc_bytecode (Enc *e, int idx) {
       lua_pushvalue(L, -1);
       lua_rawsetp(L, LUA_REGISTRYINDEX, &DUMPCACHE_KEY);
     }
-    e->dumps = lua_gettop(L);
+    lua_replace(L, e->dumps);
   }
   lua_pushvalue(L, idx);
   if (lua_rawget(L, e->dumps) == LUA_TSTRING)
@@ -583,22 +605,29 @@ static void enc_value (Enc *e, int idx) {
     }
     case LUA_TUSERDATA: enc_userdata(e, idx); break;
     default:
-      enc_raise(e, "cannot transfer %s: %s", luaL_typename(L, idx));
+      enc_raise(e, "cannot transfer %s: %s", lua_type(L, idx) == LUA_TTHREAD
+                ? "coroutine" : luaL_typename(L, idx));
   }
 }
 
-LoomMsg *loomi_xfer_encode (lua_State *L, int first, int n, const char *root) {
+static LoomMsg *encode (lua_State *L, int first, int n, const char *root,
+                        int call) {
   Enc e;
+  e.call = call;
   first = lua_absindex(L, first);
   int top = lua_gettop(L);
   luaL_checkstack(L, 16, "cannot transfer values");
   e.L = L;
   e.b = buf_get(L);
   e.root = root;
-  e.seen = e.loaded = e.upvals = e.dumps = 0;
+  lua_settop(L, top + 5);   /* the buffer, then the four helper slots */
+  e.seen = top + 2;
+  e.loaded = top + 3;
+  e.upvals = top + 4;
+  e.dumps = top + 5;
   e.nrefs = 0;
   e.depth = 0;
-  if (n > 1 || n < 0) {
+  if (n > 1 || call) {
     for (int i = 0; i < n; i++) {
       enc_push_path(&e, 0, i + 1, NULL);
       enc_value(&e, first + i);
@@ -634,6 +663,14 @@ LoomMsg *loomi_xfer_encode (lua_State *L, int first, int n, const char *root) {
   b->busy = 0;
   lua_settop(L, top);
   return m;
+}
+
+LoomMsg *loomi_xfer_encode (lua_State *L, int first, int n, const char *root) {
+  return encode(L, first, n, root, 0);
+}
+
+LoomMsg *loomi_xfer_encode_call (lua_State *L, int first, int n) {
+  return encode(L, first, n, "args", 1);
 }
 
 void loomi_msg_free (LoomMsg *m) {
