@@ -135,7 +135,9 @@ void loomi_block_end (lua_State *L);
 /* ---- xfer.c: the transfer codec ----
 ** A message is one block in the shared heap holding the encoded values and
 ** a reference to every loom object among them, so it can cross threads and
-** forked processes, and be dropped undecoded without leaking. */
+** forked processes, and be dropped undecoded without leaking.  Errors name
+** the values root[1], root[2], ... when there are several, or when root ends
+** in "[]" ("results[]"); a single value is just root ("item"). */
 typedef struct LoomMsg LoomMsg;
 
 /* Encodes the n values at stack[first..first+n-1]; `root` names them in

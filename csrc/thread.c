@@ -25,6 +25,7 @@ typedef struct LoomThread {
   int failed;                /* error holds (error value, traceback) */
   int collected;             /* result() or error() has seen the error */
   int main;                  /* stands for a thread loom did not start */
+  int listed;                /* a reference is held by a Children list */
   atomic_int cancel;
   lua_State *L;              /* the running state, for lua_sethook */
   LoomMsg *call;             /* function and arguments, until it starts */
@@ -32,7 +33,8 @@ typedef struct LoomThread {
   LoomMsg *error;
   char *path, *cpath;        /* package paths for the new state (malloc) */
   char failmsg[160];         /* an error that happened before any state */
-  int64_t ident;
+  int64_t ident;             /* the pthread_t, as Python's ident */
+  int64_t native_id;         /* the kernel's thread id */
   char name[64];
   /* the wait this thread is blocked in, for cancel() */
   pthread_mutex_t reg_mu;
@@ -213,7 +215,7 @@ static int thread_run (lua_State *L) {
   if (n < 1 || !lua_isfunction(L, 1))
     return luaL_error(L, "thread target is not a function");
   lua_call(L, n - 1, LUA_MULTRET);
-  LoomMsg *res = loomi_xfer_encode(L, 1, lua_gettop(L), "results");
+  LoomMsg *res = loomi_xfer_encode(L, 1, lua_gettop(L), "results[]");
   t->results = res;
   return 0;
 }
@@ -257,7 +259,7 @@ static void *thread_main (void *arg) {
   LoomThread *t = arg;
   self_thread = t;
   loomi_mutex_lock(&t->mu);
-  t->ident = os_thread_id();
+  t->native_id = os_thread_id();
   loomi_mutex_unlock(&t->mu);
   char err[sizeof t->failmsg];
   lua_State *L = loomi_newstate(t->path, t->cpath, err, sizeof err);
@@ -313,6 +315,8 @@ static void children_prune (Children *c) {
     LoomThread *t = c->list[i];
     loomi_mutex_lock(&t->mu);
     int done = t->state == TH_DONE;
+    if (done)
+      t->listed = 0;
     loomi_mutex_unlock(&t->mu);
     if (done)
       loomi_obj_release(&t->obj);
@@ -468,6 +472,10 @@ static int thread_start (lua_State *L) {
     return 3;
   }
   loomi_obj_retain(&t->obj);
+  loomi_mutex_lock(&t->mu);
+  t->ident = (int64_t)tid;
+  t->listed = 1;
+  loomi_mutex_unlock(&t->mu);
   c->list[c->n++] = t;
   lua_pushnil(L);
   lua_setiuservalue(L, 1, 1);
@@ -637,7 +645,8 @@ static int thread_gc (lua_State *L) {
     return 0;
   loomi_mutex_lock(&t->mu);
   int report = t->state == TH_DONE && t->failed && !t->collected &&
-               atomic_load(&t->obj.refs) == 1 && !was_cancelled(t);
+               atomic_load(&t->obj.refs) == 1 + t->listed &&
+               !was_cancelled(t);
   if (report)
     t->collected = 1;
   loomi_mutex_unlock(&t->mu);
@@ -656,9 +665,9 @@ static int thread_index (lua_State *L) {
   const char *key = luaL_checkstring(L, 2);
   if (strcmp(key, "name") == 0)
     lua_pushstring(L, t->name);
-  else if (strcmp(key, "ident") == 0) {
+  else if (strcmp(key, "ident") == 0 || strcmp(key, "native_id") == 0) {
     loomi_mutex_lock(&t->mu);
-    int64_t id = t->ident;
+    int64_t id = key[0] == 'i' ? t->ident : t->native_id;
     loomi_mutex_unlock(&t->mu);
     if (id != 0)
       lua_pushinteger(L, (lua_Integer)id);
@@ -721,9 +730,10 @@ static int thread_current (lua_State *L) {
   *slot = &t->obj;
   t->main = 1;
   t->state = TH_RUNNING;
-  t->ident = os_thread_id();
+  t->ident = (int64_t)pthread_self();
+  t->native_id = os_thread_id();
   snprintf(t->name, sizeof t->name, "%s",
-           getpid() == t->ident ? "MainThread" : "Thread");
+           getpid() == t->native_id ? "MainThread" : "Thread");
   lua_pushvalue(L, -1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &MAIN_KEY);
   return 1;

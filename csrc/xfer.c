@@ -157,8 +157,12 @@ static void enc_raise (Enc *e, const char *fmt, const char *what) {
     }
     d = 1;
   }
-  else
-    luaL_addstring(&pb, e->root);
+  else {
+    size_t rl = strlen(e->root);
+    if (rl >= 2 && strcmp(e->root + rl - 2, "[]") == 0)
+      rl -= 2;   /* "results[]": the values are always numbered */
+    luaL_addlstring(&pb, e->root, rl);
+  }
   for (; d < e->depth; d++) {
     const PathItem *p = &e->path[d];
     char num[32];
@@ -433,6 +437,8 @@ static void enc_bytecode (Enc *e, int idx) {
   lua_rawset(L, e->dumps);
 }
 
+static int is_env_upvalue (lua_State *L, int idx, int n);
+
 static void enc_upvalues (Enc *e, int idx, int nups, uint32_t ref) {
   lua_State *L = e->L;
   int ups = enc_lazy_table(e, &e->upvals);
@@ -452,6 +458,11 @@ static void enc_upvalues (Enc *e, int idx, int nups, uint32_t ref) {
     lua_pushlightuserdata(L, id);
     lua_pushinteger(L, ((lua_Integer)ref << 8) | n);
     lua_rawset(L, ups);
+    if (!lua_iscfunction(L, idx) && is_env_upvalue(L, idx, n)) {
+      put_u8(e, T_GLOBALS);
+      lua_pop(L, 1);
+      continue;
+    }
     enc_push_path(e, 3, 0, (name && *name) ? name : "?");
     enc_value(e, lua_gettop(L));
     e->depth--;
@@ -468,17 +479,29 @@ static int count_upvalues (lua_State *L, int idx) {
   return n;
 }
 
-/* A function whose upvalues are all the sender's globals has no state of
-** its own: the receiver may reuse one loaded copy for every message. */
-static int only_globals (lua_State *L, int idx, int nups) {
-  for (int n = 1; n <= nups; n++) {
-    lua_getupvalue(L, idx, n);
+/* An upvalue named _ENV is bound to the receiver's globals whatever it
+** holds here (a sandbox's environment does not travel); so is any upvalue
+** holding the sender's globals. */
+static int is_env_upvalue (lua_State *L, int idx, int n) {
+  const char *name = lua_getupvalue(L, idx, n);
+  if (name == NULL)
+    return 0;
+  int env = strcmp(name, "_ENV") == 0;
+  if (!env) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
-    int g = lua_rawequal(L, -1, -2);
-    lua_pop(L, 2);
-    if (!g)
-      return 0;
+    env = lua_rawequal(L, -1, -2);
+    lua_pop(L, 1);
   }
+  lua_pop(L, 1);
+  return env;
+}
+
+/* A function whose upvalues are all environments has no state of its own:
+** the receiver may reuse one loaded copy for every message. */
+static int only_globals (lua_State *L, int idx, int nups) {
+  for (int n = 1; n <= nups; n++)
+    if (!is_env_upvalue(L, idx, n))
+      return 0;
   return 1;
 }
 
@@ -627,7 +650,8 @@ static LoomMsg *encode (lua_State *L, int first, int n, const char *root,
   e.dumps = top + 5;
   e.nrefs = 0;
   e.depth = 0;
-  if (n > 1 || call) {
+  size_t rl = strlen(root);
+  if (n > 1 || call || (rl >= 2 && strcmp(root + rl - 2, "[]") == 0)) {
     for (int i = 0; i < n; i++) {
       enc_push_path(&e, 0, i + 1, NULL);
       enc_value(&e, first + i);
