@@ -53,13 +53,6 @@ static atomic_long thread_counter = 0;
 
 static void thread_destroy (LoomObj *o) {
   LoomThread *t = (LoomThread *)o;
-  if (t->failed && !t->collected && !t->main && !atomic_load(&t->cancel)) {
-    /* nobody ever looked at this error and no state is left to report it
-    ** through: the default report */
-    fprintf(stderr, "loom: exception in thread %s:\n%s\n", t->name,
-            t->failmsg);
-    fflush(stderr);
-  }
   loomi_msg_free(t->call);
   loomi_msg_free(t->results);
   loomi_msg_free(t->error);
@@ -291,12 +284,30 @@ static void *thread_main (void *arg) {
     loomi_mutex_unlock(&t->mu);
     lua_close(L);   /* waits for the threads this one started */
   }
+  /* The running thread's reference goes in the same critical section that
+  ** marks it done, so a dying handle that sees "done" can trust the count;
+  ** an error no handle will ever see is reported now. */
   loomi_mutex_lock(&t->mu);
   t->state = TH_DONE;
+  int last = 0, refs = atomic_load(&t->obj.refs);
+  do {
+    if (refs == 1) {
+      last = 1;
+      break;
+    }
+  } while (!atomic_compare_exchange_weak(&t->obj.refs, &refs, refs - 1));
+  if (t->failed && !t->collected && !atomic_load(&t->cancel) &&
+      (last || refs - 1 == t->listed)) {
+    t->collected = 1;
+    fprintf(stderr, "loom: exception in thread %s:\n%s\n", t->name,
+            t->failmsg);
+    fflush(stderr);
+  }
   pthread_cond_broadcast(&t->cv);
   loomi_mutex_unlock(&t->mu);
   self_thread = NULL;
-  loomi_obj_release(&t->obj);
+  if (last)
+    loomi_obj_release(&t->obj);
   return NULL;
 }
 
