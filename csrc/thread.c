@@ -31,6 +31,7 @@ typedef struct LoomThread {
   LoomMsg *call;             /* function and arguments, until it starts */
   LoomMsg *results;
   LoomMsg *error;
+  LoomMsg *reporter;         /* the starting state's reporter, if it has one */
   char *path, *cpath;        /* package paths for the new state (malloc) */
   char failmsg[160];         /* an error that happened before any state */
   int64_t ident;             /* the pthread_t, as Python's ident */
@@ -56,6 +57,7 @@ static void thread_destroy (LoomObj *o) {
   loomi_msg_free(t->call);
   loomi_msg_free(t->results);
   loomi_msg_free(t->error);
+  loomi_msg_free(t->reporter);
   free(t->path);
   free(t->cpath);
   pthread_mutex_destroy(&t->mu);
@@ -185,6 +187,39 @@ static int thread_wait_done (LoomThread *t, const LoomDeadline *dl) {
   return rc;
 }
 
+static void push_error (lua_State *L, LoomThread *t);
+
+/* Uncollected errors are reported when a handle dies, through the
+** reporter in the registry (set by loom.excepthook), or to stderr. */
+static const char REPORTER_KEY = 'r';
+
+static int report_error (lua_State *L) {
+  LoomThread *t = lua_touserdata(L, 1);
+  lua_settop(L, 0);
+  lua_createtable(L, 0, 4);
+  lua_pushstring(L, t->name);
+  lua_setfield(L, 1, "name");
+  lua_pushinteger(L, (lua_Integer)t->ident);
+  lua_setfield(L, 1, "ident");
+  push_error(L, t);
+  lua_setfield(L, 1, "traceback");
+  lua_setfield(L, 1, "error");
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &REPORTER_KEY) == LUA_TFUNCTION) {
+    lua_insert(L, 1);
+    lua_call(L, 1, 0);
+    return 0;
+  }
+  lua_pop(L, 1);
+  lua_getfield(L, 1, "error");
+  const char *msg = luaL_tolstring(L, -1, NULL);
+  lua_getfield(L, 1, "traceback");
+  const char *tb = lua_tostring(L, -1);
+  fprintf(stderr, "loom: exception in thread %s:\n%s\n%s\n", t->name, msg,
+          tb ? tb : "");
+  fflush(stderr);
+  return 0;
+}
+
 /* ---- the thread body ---- */
 
 static const char TRACEBACK_KEY = 't';
@@ -248,6 +283,36 @@ static void thread_fail (LoomThread *t, lua_State *L, int errbase) {
   t->failed = 1;
 }
 
+static int install_reporter (lua_State *L) {
+  LoomThread *t = lua_touserdata(L, 1);
+  if (loomi_xfer_decode(L, t->reporter) == 1 && lua_isfunction(L, -1))
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &REPORTER_KEY);
+  return 0;
+}
+
+/* An error that no handle can collect any more is reported here, through
+** the reporter the starting state had, while this state is still open. */
+static void report_orphan (LoomThread *t, lua_State *L) {
+  loomi_mutex_lock(&t->mu);
+  int orphan = !t->collected && !atomic_load(&t->cancel) &&
+               atomic_load(&t->obj.refs) == 1 + t->listed;
+  if (orphan)
+    t->collected = 1;
+  loomi_mutex_unlock(&t->mu);
+  if (!orphan)
+    return;
+  if (t->reporter != NULL) {
+    lua_pushcfunction(L, install_reporter);
+    lua_pushlightuserdata(L, t);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK)
+      lua_pop(L, 1);
+  }
+  lua_pushcfunction(L, report_error);
+  lua_pushlightuserdata(L, t);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK)
+    lua_pop(L, 1);
+}
+
 static void *thread_main (void *arg) {
   LoomThread *t = arg;
   self_thread = t;
@@ -277,6 +342,7 @@ static void *thread_main (void *arg) {
     if (lua_pcall(L, 1, 0, 1) != LUA_OK) {
       lua_rawgetp(L, LUA_REGISTRYINDEX, &TRACEBACK_KEY);
       thread_fail(t, L, lua_gettop(L) - 1);
+      report_orphan(t, L);
     }
     lua_settop(L, 0);
     loomi_mutex_lock(&t->mu);
@@ -394,6 +460,15 @@ static char *dup_field (lua_State *L, const char *field) {
   return s;
 }
 
+static int encode_reporter (lua_State *L) {
+  LoomThread *t = lua_touserdata(L, 1);
+  loomi_msg_free(t->reporter);
+  t->reporter = NULL;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &REPORTER_KEY) == LUA_TFUNCTION)
+    t->reporter = loomi_xfer_encode(L, -1, 1, "reporter");
+  return 0;
+}
+
 /* thread(target, args, name, daemon): the Lua layer has sorted out the two
 ** call forms; args is a sequence table with an n field. */
 static int thread_new (lua_State *L) {
@@ -443,6 +518,10 @@ static int thread_start (lua_State *L) {
   t->call = loomi_xfer_encode_call(L, 2, (int)n + 1);
   t->path = dup_field(L, "path");
   t->cpath = dup_field(L, "cpath");
+  lua_pushcfunction(L, encode_reporter);
+  lua_pushlightuserdata(L, t);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK)
+    lua_pop(L, 1);   /* a reporter that cannot travel: the default one */
   Children *c = children_of(L);
   children_prune(c);
   if (c->n == c->cap) {
@@ -473,6 +552,8 @@ static int thread_start (lua_State *L) {
     t->state = TH_NEW;
     loomi_msg_free(t->call);
     t->call = NULL;
+    loomi_msg_free(t->reporter);
+    t->reporter = NULL;
     free(t->path);
     free(t->cpath);
     t->path = t->cpath = NULL;
@@ -616,37 +697,6 @@ static int thread_cancelled (lua_State *L) {
   LoomThread *t = checkthread(L, 1);
   lua_pushboolean(L, atomic_load(&t->cancel));
   return 1;
-}
-
-/* Uncollected errors are reported when a handle dies, through the
-** reporter in the registry (set by loom.excepthook), or to stderr. */
-static const char REPORTER_KEY = 'r';
-
-static int report_error (lua_State *L) {
-  LoomThread *t = lua_touserdata(L, 1);
-  lua_settop(L, 0);
-  lua_createtable(L, 0, 4);
-  lua_pushstring(L, t->name);
-  lua_setfield(L, 1, "name");
-  lua_pushinteger(L, (lua_Integer)t->ident);
-  lua_setfield(L, 1, "ident");
-  push_error(L, t);
-  lua_setfield(L, 1, "traceback");
-  lua_setfield(L, 1, "error");
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &REPORTER_KEY) == LUA_TFUNCTION) {
-    lua_insert(L, 1);
-    lua_call(L, 1, 0);
-    return 0;
-  }
-  lua_pop(L, 1);
-  lua_getfield(L, 1, "error");
-  const char *msg = luaL_tolstring(L, -1, NULL);
-  lua_getfield(L, 1, "traceback");
-  const char *tb = lua_tostring(L, -1);
-  fprintf(stderr, "loom: exception in thread %s:\n%s\n%s\n", t->name, msg,
-          tb ? tb : "");
-  fflush(stderr);
-  return 0;
 }
 
 static int thread_gc (lua_State *L) {

@@ -677,7 +677,8 @@ static LoomMsg *encode (lua_State *L, int first, int n, const char *root,
     loomi_obj_retain(b->objs[i]);
     msg_objs(m)[i] = b->objs[i];
   }
-  memcpy(msg_payload(m), b->data, b->len);
+  if (b->len > 0)
+    memcpy(msg_payload(m), b->data, b->len);
   m->check = checksum(msg_payload(m), b->len);
   if (b->cap > ((size_t)1 << 20)) {   /* do not keep a huge buffer around */
     free(b->data);
