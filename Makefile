@@ -16,7 +16,7 @@ SRC := $(sort $(wildcard csrc/*.c))
 OBJ := $(SRC:csrc/%.c=build/%.o)
 DEPS := lua5.4 liblua5.4-dev lua-busted
 
-.PHONY: all test experiments bench sanitize tsan asan valgrind host clean deps
+.PHONY: all test experiments bench sanitize tsan asan valgrind host fuzz clean deps
 
 all: loom/core.so
 
@@ -101,3 +101,15 @@ valgrind: deps all
 	@$(SAN_RUN) valgrind "" "$(SANITIZE_SPECS)" "$(STRESS)"
 
 sanitize: tsan asan valgrind
+
+# libFuzzer over the codec's decoder (clang).  FUZZ_RUNS executions from the
+# seed corpus in fuzz/corpus; new inputs found go to build-fuzz/corpus.
+FUZZ_RUNS ?= 10000000
+build-fuzz/decode_fuzz: fuzz/decode_fuzz.c $(SRC) csrc/loomint.h csrc/loom.h
+	@command -v clang >/dev/null 2>&1 || { echo "run: apt-get install -y clang"; exit 1; }
+	@mkdir -p build-fuzz/corpus
+	clang -std=c11 -pthread -I$(LUA_INCDIR) -Icsrc -O1 -g -fsanitize=fuzzer,address,undefined \
+	  -o $@ fuzz/decode_fuzz.c $(SRC) $(LUA_LIB) -lm -ldl
+
+fuzz: build-fuzz/decode_fuzz
+	build-fuzz/decode_fuzz -runs=$(FUZZ_RUNS) -max_len=4096 build-fuzz/corpus fuzz/corpus

@@ -152,6 +152,11 @@ LoomMsg *loomi_xfer_encode_call (lua_State *L, int first, int n);
 ** caller either way. */
 int  loomi_xfer_decode (lua_State *L, const LoomMsg *m);
 void loomi_msg_free (LoomMsg *m);            /* NULL is a no-op */
+/* For the fuzzer: decodes a bare payload (no objects, bytecode refused), or
+** a whole message image of len bytes (header checked, checksum verified
+** before anything is decoded).  Both raise on bad input. */
+int  loomi_xfer_decode_raw (lua_State *L, const void *payload, size_t len);
+int  loomi_xfer_decode_checked (lua_State *L, const void *msg, size_t len);
 size_t loomi_msg_size (const LoomMsg *m);    /* payload bytes */
 
 /* ---- core.c ---- */

@@ -721,6 +721,7 @@ typedef struct Dec {
   int refs;              /* stack index: ref index -> value */
   uint32_t nrefs;
   int depth;
+  int nocode;            /* refuse bytecode (raw, unchecked input) */
   int base;              /* stack top before decoding */
   int foreign;           /* the message comes from another process */
 } Dec;
@@ -893,6 +894,8 @@ static void dec_plain (Dec *d, const char *code, size_t n, unsigned nups) {
 
 static void dec_lfunction (Dec *d) {
   lua_State *L = d->L;
+  if (d->nocode)
+    luaL_error(L, "cannot decode message: bytecode in an unchecked message");
   unsigned plain = get_u8(d);
   size_t n;
   const char *code = get_str(d, &n);
@@ -1025,7 +1028,8 @@ static void dec_value (Dec *d) {
 
 /* Decodes `len` payload bytes; objs are the message's object references. */
 static int decode_payload (lua_State *L, const unsigned char *p, size_t len,
-                           LoomObj *const *objs, uint32_t nobjs, int foreign) {
+                           LoomObj *const *objs, uint32_t nobjs, int foreign,
+                           int nocode) {
   Dec d;
   int base = lua_gettop(L);
   d.L = L;
@@ -1037,6 +1041,7 @@ static int decode_payload (lua_State *L, const unsigned char *p, size_t len,
   d.nrefs = 0;
   d.depth = 0;
   d.foreign = foreign;
+  d.nocode = nocode;
   d.base = base;
   luaL_checkstack(L, 16, "cannot decode message");
   int n = 0;
@@ -1056,5 +1061,17 @@ int loomi_xfer_decode (lua_State *L, const LoomMsg *m) {
   if (checksum(payload, (size_t)m->len) != m->check)
     return luaL_error(L, "cannot decode message: checksum mismatch");
   return decode_payload(L, payload, (size_t)m->len, msg_cobjs(m), m->nobjs,
-                        m->pid != (int32_t)getpid());
+                        m->pid != (int32_t)getpid(), 0);
+}
+
+int loomi_xfer_decode_raw (lua_State *L, const void *payload, size_t len) {
+  return decode_payload(L, payload, len, NULL, 0, 1, 1);
+}
+
+int loomi_xfer_decode_checked (lua_State *L, const void *msg, size_t len) {
+  const LoomMsg *m = msg;
+  if (len < sizeof(LoomMsg) || m->magic != MSG_MAGIC || m->nobjs != 0 ||
+      m->len != len - sizeof(LoomMsg))
+    return luaL_error(L, "cannot decode message: corrupt header");
+  return loomi_xfer_decode(L, m);
 }
