@@ -422,16 +422,23 @@ int loomi_hold (lua_State *L) {
   return 1;
 }
 
-static int guard_close (lua_State *L) {
+/* Runs the object's release in this frame rather than through lua_call:
+** in a cancelled thread every call is hooked to raise, and a guard must
+** still release while the cancellation unwinds. */
+int loomi_guard_close (lua_State *L) {
   Guard *g = luaL_checkudata(L, 1, LOOM_GUARD);
   if (!g->held)
     return 0;
   g->held = 0;
   lua_getiuservalue(L, 1, 1);
   lua_getfield(L, -1, "release");
-  lua_insert(L, -2);
-  lua_call(L, 1, 0);
-  return 0;
+  lua_CFunction release = lua_tocfunction(L, -1);
+  if (release == NULL)
+    return luaL_error(L, "guarded object has no release method");
+  lua_pop(L, 1);
+  lua_replace(L, 1);
+  lua_settop(L, 1);
+  return release(L);
 }
 
 static int guard_tostring (lua_State *L) {
@@ -441,7 +448,7 @@ static int guard_tostring (lua_State *L) {
 }
 
 static const luaL_Reg guard_meta[] = {
-  {"__close", guard_close},
+  {"__close", loomi_guard_close},
   {"__tostring", guard_tostring},
   {NULL, NULL}
 };

@@ -188,6 +188,8 @@ int  loomi_lock_lrelease (lua_State *L, LoomObj *lk);
 /* The hold([timeout]) method of anything with acquire/release: pushes a
 ** guard whose __close calls release, or fail, "timeout". */
 int  loomi_hold (lua_State *L);
+/* The guard's __close; a cancelled thread's hook lets it run. */
+int  loomi_guard_close (lua_State *L);
 /* This process's pid, cached and refreshed in forks. */
 pid_t loomi_self_pid (void);
 /* True when no process pid exists any more (or it is an unreaped zombie). */
