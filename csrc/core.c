@@ -128,6 +128,9 @@ static const struct {
   void (*open) (lua_State *L);
 } primitives[] = {
   {"thread", loomi_thread_open},
+  {"value", loomi_value_open},
+  {"array", loomi_array_open},
+  {"queue", loomi_queue_open},
 };
 
 LOOM_API int luaopen_loom_core (lua_State *L) {

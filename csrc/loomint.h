@@ -161,10 +161,45 @@ lua_State *loomi_newstate (const char *path, const char *cpath,
 /* A new loom.RLock object with one reference, or NULL (heap exhausted). */
 LoomObj *loomi_rlock_create (void);
 
+/* ---- shared.c: element types of loom.Value and loom.Array ---- */
+enum { LOOM_EK_INT, LOOM_EK_UINT, LOOM_EK_FLOAT, LOOM_EK_BOOL, LOOM_EK_CHAR };
+
+typedef struct LoomElemType {
+  const char *name;        /* canonical: "int8", ..., "double", "bool", "char" */
+  unsigned char kind;      /* LOOM_EK_* */
+  unsigned char size;      /* bytes: 1, 2, 4 or 8 */
+} LoomElemType;
+
+extern const LoomElemType loomi_elemtypes[];   /* ends with a NULL name */
+
+/* The element type named at arg (a name or a Python typecode), as an index
+** into loomi_elemtypes; raises "invalid element type 'x'". */
+int loomi_elem_check (lua_State *L, int arg);
+/* Converts the Lua value at idx to the bits of one element, raising on a
+** wrong type or range: as an argument error when arg > 0, plainly when 0. */
+uint64_t loomi_elem_tobits (lua_State *L, int idx, int type, int arg);
+void loomi_elem_push (lua_State *L, int type, uint64_t bits);
+/* Atomic access to one naturally aligned element of `size` bytes. */
+uint64_t loomi_elem_load (void *p, int size, memory_order mo);
+void loomi_elem_store (void *p, int size, uint64_t bits, memory_order mo);
+/* The atomic methods, operands from stack index arg on; they push their
+** results and return how many. */
+int loomi_elem_op_add (lua_State *L, void *p, int type, int arg, int sub);
+int loomi_elem_op_cas (lua_State *L, void *p, int type, int arg);
+int loomi_elem_op_exchange (lua_State *L, void *p, int type, int arg);
+/* The `lock` argument of value() and array(): checklockarg validates it
+** (0 none, 1 a new RLock, 2 the given Lock/RLock) before the object exists;
+** lockarg then returns a new reference to the lock, or NULL for none. */
+int loomi_checklockarg (lua_State *L, int arg);
+LoomObj *loomi_lockarg (lua_State *L, int arg, int kind);
+
 /* ---- one open function per primitive (core.c walks them) ----
 ** Each adds its functions to the module table on top of the stack and
 ** builds its metatables (loomi_newclass). */
 void loomi_thread_open (lua_State *L);
+void loomi_value_open (lua_State *L);
+void loomi_array_open (lua_State *L);
+void loomi_queue_open (lua_State *L);
 
 #pragma GCC visibility pop
 
