@@ -587,7 +587,8 @@ static void enc_value (Enc *e, int idx) {
   }
 }
 
-LoomMsg *loomi_xfer_encode (lua_State *L, int first, int n, const char *root) {
+/* Encodes the values into the state's buffer, which is left busy. */
+static Buf *enc_all (lua_State *L, int first, int n, const char *root) {
   Enc e;
   first = lua_absindex(L, first);
   int top = lua_gettop(L);
@@ -607,7 +608,22 @@ LoomMsg *loomi_xfer_encode (lua_State *L, int first, int n, const char *root) {
   }
   else if (n == 1)
     enc_value(&e, first);
-  Buf *b = e.b;
+  lua_settop(L, top + 1);   /* keeps the buffer's userdata anchored */
+  return e.b;
+}
+
+/* Releases the buffer enc_all left busy, and the stack slot it took. */
+static void enc_done (lua_State *L, Buf *b) {
+  if (b->cap > ((size_t)1 << 20)) {   /* do not keep a huge buffer around */
+    free(b->data);
+    b->data = NULL;
+    b->cap = 0;
+  }
+  b->busy = 0;
+  lua_pop(L, 1);
+}
+
+static LoomMsg *msg_build (lua_State *L, Buf *b, const char *root) {
   size_t total = sizeof(LoomMsg) + b->nobjs * sizeof(LoomObj *) + b->len;
   LoomMsg *m = loomi_heap_alloc(total);
   if (m == NULL) {
@@ -618,7 +634,7 @@ LoomMsg *loomi_xfer_encode (lua_State *L, int first, int n, const char *root) {
   m->magic = MSG_MAGIC;
   m->nobjs = b->nobjs;
   m->len = b->len;
-  m->pid = (int32_t)getpid();
+  m->pid = (int32_t)loomi_self_pid();
   m->pad = 0;
   for (uint32_t i = 0; i < b->nobjs; i++) {
     loomi_obj_retain(b->objs[i]);
@@ -626,13 +642,27 @@ LoomMsg *loomi_xfer_encode (lua_State *L, int first, int n, const char *root) {
   }
   memcpy(msg_payload(m), b->data, b->len);
   m->check = checksum(msg_payload(m), b->len);
-  if (b->cap > ((size_t)1 << 20)) {   /* do not keep a huge buffer around */
-    free(b->data);
-    b->data = NULL;
-    b->cap = 0;
+  return m;
+}
+
+LoomMsg *loomi_xfer_encode (lua_State *L, int first, int n, const char *root) {
+  Buf *b = enc_all(L, first, n, root);
+  LoomMsg *m = msg_build(L, b, root);
+  enc_done(L, b);
+  return m;
+}
+
+LoomMsg *loomi_xfer_encode_inline (lua_State *L, int first, int n,
+                                   const char *root, void *out, size_t *len) {
+  Buf *b = enc_all(L, first, n, root);
+  LoomMsg *m = NULL;
+  if (b->nobjs == 0 && b->len <= *len) {
+    memcpy(out, b->data, b->len);
+    *len = b->len;
   }
-  b->busy = 0;
-  lua_settop(L, top);
+  else
+    m = msg_build(L, b, root);
+  enc_done(L, b);
   return m;
 }
 
@@ -987,6 +1017,11 @@ static int decode_payload (lua_State *L, const unsigned char *p, size_t len,
   return n;
 }
 
+int loomi_xfer_decode_inline (lua_State *L, const void *p, size_t len,
+                              int32_t pid) {
+  return decode_payload(L, p, len, NULL, 0, pid != (int32_t)loomi_self_pid());
+}
+
 int loomi_xfer_decode (lua_State *L, const LoomMsg *m) {
   if (m == NULL || m->magic != MSG_MAGIC)
     return luaL_error(L, "cannot decode message: corrupt header");
@@ -994,5 +1029,5 @@ int loomi_xfer_decode (lua_State *L, const LoomMsg *m) {
   if (checksum(payload, (size_t)m->len) != m->check)
     return luaL_error(L, "cannot decode message: checksum mismatch");
   return decode_payload(L, payload, (size_t)m->len, msg_cobjs(m), m->nobjs,
-                        m->pid != (int32_t)getpid());
+                        m->pid != (int32_t)loomi_self_pid());
 }
