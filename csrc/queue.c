@@ -118,8 +118,13 @@ static int queue_push (LoomQueue *q, const Slot *it, const LoomDeadline *dl,
     q->putters++;
     rc = loomi_wait(&q->not_full, &q->mu, &q->obj, dl);
     q->putters--;
-    if (rc != 0)
+    if (rc != 0) {
+      /* a putter that gives up may have swallowed a signal meant for
+      ** another */
+      if (q->count < q->maxsize && q->putters > 0)
+        pthread_cond_signal(&q->not_full);
       break;
+    }
   }
   loomi_mutex_unlock(&q->mu);
   return rc;
