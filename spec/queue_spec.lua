@@ -115,7 +115,7 @@ describe("loom.Queue", function()
       assert.has_error(function() q:put({ f = io.stdout }) end,
         "cannot transfer item.f: userdata (FILE*)")
       assert.has_error(function() q:put(coroutine.create(print)) end,
-        "cannot transfer item: thread")
+        "cannot transfer item: coroutine")
       assert.equal(0, #q)
     end)
 
