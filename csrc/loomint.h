@@ -232,6 +232,12 @@ int loomi_elem_op_exchange (lua_State *L, void *p, int type, int arg);
 ** lockarg then returns a new reference to the lock, or NULL for none. */
 int loomi_checklockarg (lua_State *L, int arg);
 LoomObj *loomi_lockarg (lua_State *L, int arg, int kind);
+/* A class whose methods and metamethods are all closures over (methods
+** table, metatable), so that fastcheck, called from them, checks the type
+** with a pointer compare.  Builds what loomi_newclass builds otherwise. */
+void loomi_fastclass (lua_State *L, const char *tname, const luaL_Reg *meta,
+                      const luaL_Reg *methods);
+LoomObj *loomi_fastcheck (lua_State *L, int arg, const char *tname);
 
 /* ---- one open function per primitive (core.c walks them) ----
 ** Each adds its functions to the module table on top of the stack and

@@ -176,7 +176,7 @@ static int queue_pop (LoomQueue *q, Slot *it, const LoomDeadline *dl,
 /* ---- Lua bindings ---- */
 
 static LoomQueue *checkqueue (lua_State *L, int arg) {
-  return (LoomQueue *)loomi_checkobj(L, arg, LOOM_QUEUE);
+  return (LoomQueue *)loomi_fastcheck(L, arg, LOOM_QUEUE);
 }
 
 /* queue([maxsize]): 0 or nil means unbounded, as in Python. */
@@ -257,6 +257,8 @@ typedef struct Pending {
   size_t n, cap;
 } Pending;
 
+static const char PENDING_KEY = 'p';
+
 static int pending_gc (lua_State *L) {
   Pending *p = lua_touserdata(L, 1);
   for (size_t i = 0; i < p->n; i++)
@@ -272,7 +274,9 @@ static int decode_item (lua_State *L, const Slot *it) {
   if (it->msg == NULL)
     return loomi_xfer_decode_inline(L, it->data, it->len, it->pid);
   LoomMsg *m = it->msg;
-  Pending *p = lua_touserdata(L, lua_upvalueindex(1));
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &PENDING_KEY);
+  Pending *p = lua_touserdata(L, -1);
+  lua_pop(L, 1);   /* the registry keeps it */
   if (p->n == p->cap) {
     size_t cap = p->cap ? p->cap * 2 : 4;
     LoomMsg **list = realloc(p->list, cap * sizeof *list);
@@ -394,6 +398,7 @@ static int queue_index (lua_State *L) {
 }
 
 static const luaL_Reg queue_meta[] = {
+  {"__index", queue_index},
   {"__len", queue_size},
   {NULL, NULL}
 };
@@ -401,19 +406,13 @@ static const luaL_Reg queue_meta[] = {
 static const luaL_Reg queue_methods[] = {
   {"put", queue_put},
   {"try_put", queue_try_put},
-  {"get", NULL},               /* closures over the state's Pending */
-  {"try_get", NULL},
+  {"get", queue_get},
+  {"try_get", queue_try_get},
   {"close", queue_close},
   {"closed", queue_closed},
   {"size", queue_size},
   {"empty", queue_empty},
   {"full", queue_full},
-  {NULL, NULL}
-};
-
-static const luaL_Reg queue_getters[] = {
-  {"get", queue_get},
-  {"try_get", queue_try_get},
   {NULL, NULL}
 };
 
@@ -423,20 +422,16 @@ static const luaL_Reg queue_funcs[] = {
 };
 
 void loomi_queue_open (lua_State *L) {
-  loomi_newclass(L, LOOM_QUEUE, queue_meta, queue_methods);
-  int top = lua_gettop(L);
-  luaL_getmetatable(L, LOOM_QUEUE);
-  if (lua_getfield(L, -1, "__index") == LUA_TTABLE) {   /* not yet wrapped */
-    Pending *p = lua_newuserdatauv(L, sizeof(Pending), 0);   /* mt methods p */
+  loomi_fastclass(L, LOOM_QUEUE, queue_meta, queue_methods);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &PENDING_KEY) == LUA_TNIL) {
+    Pending *p = lua_newuserdatauv(L, sizeof(Pending), 0);
     memset(p, 0, sizeof *p);
     lua_createtable(L, 0, 1);
     lua_pushcfunction(L, pending_gc);
     lua_setfield(L, -2, "__gc");
     lua_setmetatable(L, -2);
-    luaL_setfuncs(L, queue_getters, 1);   /* into methods, p as upvalue */
-    lua_pushcclosure(L, queue_index, 1);
-    lua_setfield(L, -2, "__index");
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &PENDING_KEY);
   }
-  lua_settop(L, top);
+  lua_pop(L, 1);
   luaL_setfuncs(L, queue_funcs, 0);
 }
