@@ -13,6 +13,7 @@
 
 #define QUEUE_MINCAP  16
 #define QUEUE_INLINE  48     /* payload bytes an item may keep in its slot */
+#define QUEUE_SPIN    128    /* polls before a get or put goes to sleep */
 
 /* One item: a small one lives in the slot itself, so the common case costs
 ** no heap allocation; a larger one (or one holding loom objects) is a
@@ -32,6 +33,7 @@ typedef struct LoomQueue {
   size_t maxsize;            /* 0: unbounded */
   Slot *ring;                /* cap slots, count items from head */
   size_t cap, head, count;
+  atomic_size_t avail;       /* count, written under mu, polled without it */
   int closed;
   int getters, putters;      /* threads waiting, so a signal is only sent
                                 when someone listens */
@@ -61,6 +63,7 @@ static LoomQueue *queue_create (size_t maxsize) {
     return NULL;
   }
   q->maxsize = maxsize;
+  atomic_init(&q->avail, 0);
   return q;
 }
 
@@ -106,6 +109,7 @@ static int queue_push (LoomQueue *q, const Slot *it, const LoomDeadline *dl,
         if (it->msg == NULL)
           memcpy(s->data, it->data, it->len);
         q->count++;
+        atomic_store_explicit(&q->avail, q->count, memory_order_relaxed);
         if (q->getters > 0)
           pthread_cond_signal(&q->not_empty);
       }
@@ -148,6 +152,7 @@ static int queue_pop (LoomQueue *q, Slot *it, const LoomDeadline *dl,
       s->msg = NULL;
       q->head = (q->head + 1) % q->cap;
       q->count--;
+      atomic_store_explicit(&q->avail, q->count, memory_order_relaxed);
       if (q->putters > 0)
         pthread_cond_signal(&q->not_full);
       break;
@@ -171,6 +176,30 @@ static int queue_pop (LoomQueue *q, Slot *it, const LoomDeadline *dl,
     pthread_cond_signal(&q->not_empty);
   loomi_mutex_unlock(&q->mu);
   return rc;
+}
+
+static void cpu_relax (void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
+/* Before sleeping, polls briefly for the state a get (want_items) or put
+** waits for: with a producer and a consumer on two cores the other side
+** usually gets there within a microsecond, and a sleep plus wake-up costs
+** far more.  True when it is worth trying again. */
+static int queue_spin (LoomQueue *q, int want_items, const LoomDeadline *dl) {
+  if (dl != NULL && !dl->forever && loomi_deadline_passed(dl))
+    return 0;
+  for (int i = 0; i < QUEUE_SPIN; i++) {
+    size_t n = atomic_load_explicit(&q->avail, memory_order_relaxed);
+    if (want_items ? n > 0 : (q->maxsize == 0 || n < q->maxsize))
+      return 1;
+    cpu_relax();
+  }
+  return 0;
 }
 
 /* ---- Lua bindings ---- */
@@ -226,6 +255,8 @@ static int queue_put (lua_State *L) {
   Slot it;
   encode_item(L, &it);
   int rc = queue_push(q, &it, &dl, 0);
+  if (rc == EAGAIN && queue_spin(q, 0, &dl))
+    rc = queue_push(q, &it, &dl, 0);
   if (rc == EAGAIN) {
     loomi_block_begin(L);
     rc = queue_push(q, &it, &dl, 1);
@@ -320,6 +351,8 @@ static int queue_get (lua_State *L) {
   loomi_opttimeout(L, 2, &dl);
   Slot it;
   int rc = queue_pop(q, &it, &dl, 0);
+  if (rc == EAGAIN && queue_spin(q, 1, &dl))
+    rc = queue_pop(q, &it, &dl, 0);
   if (rc == EAGAIN) {
     loomi_block_begin(L);
     rc = queue_pop(q, &it, &dl, 1);
