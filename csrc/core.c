@@ -134,6 +134,9 @@ static const struct {
   {"condition", loomi_cond_open},
   {"event", loomi_event_open},
   {"barrier", loomi_barrier_open},
+  {"value", loomi_value_open},
+  {"array", loomi_array_open},
+  {"queue", loomi_queue_open},
 };
 
 /* A thread may still be leaving loom's code when the state that loaded the

@@ -21,6 +21,7 @@ build = {
   modules = {
     ["loom.core"] = {
       sources = {
+        "csrc/array.c",
         "csrc/barrier.c",
         "csrc/clock.c",
         "csrc/cond.c",
@@ -29,7 +30,9 @@ build = {
         "csrc/heap.c",
         "csrc/lock.c",
         "csrc/obj.c",
+        "csrc/queue.c",
         "csrc/sem.c",
+        "csrc/shared.c",
         "csrc/thread.c",
         "csrc/xfer.c",
       },
