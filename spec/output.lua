@@ -42,8 +42,6 @@ return function(options)
     return nil, true
   end
 
-  -- the loader calls handler:subscribe(options) itself; doing it here too
-  -- would count every test twice
   busted.subscribe({ "test", "end" }, handler.testEnd, { predicate = handler.cancelOnPending })
   busted.subscribe({ "failure" }, handler.failure)
   busted.subscribe({ "error" }, handler.failure)

@@ -1,37 +1,9 @@
 local loom = require "loom"
+local helpers = require "helpers"
 
--- A loom thread copies its function's upvalues; busted runs a spec in an
--- environment of its own, so a thread function that reads globals is
--- rebound to the real globals (which travel by name) first.
-local G = _G
-local function isolated(f)
-  local i = 1
-  while true do
-    local name = debug.getupvalue(f, i)
-    if name == nil then break end
-    if name == "_ENV" then
-      debug.upvaluejoin(f, i, function() return G end, 1)
-    end
-    i = i + 1
-  end
-  return f
-end
-
--- Runs a Lua script in a fresh interpreter (a pipe for stdout, so output
--- is fully buffered, as in a notebook) and returns its output and status.
-local function run_script(src)
-  local file = os.tmpname()
-  local f = assert(io.open(file, "w"))
-  f:write(src)
-  f:close()
-  local setup = "package.path='lua/?.lua;lua/?/init.lua;'..package.path " ..
-                "package.cpath='./?.so;'..package.cpath"
-  local pipe = assert(io.popen(string.format('lua5.4 -e "%s" %s 2>&1', setup, file)))
-  local out = pipe:read("a")
-  local ok, how, code = pipe:close()
-  os.remove(file)
-  return out, ok, how, code
-end
+-- Runs a script in a fresh interpreter whose stdout is a pipe (fully
+-- buffered, as in a notebook); returns its output and exit status.
+local run_script = helpers.run
 
 local function exists(pid)
   local f = io.open("/proc/" .. pid .. "/stat")
@@ -211,7 +183,7 @@ describe("loom.Process", function()
 
     it("fails with a clear message when results cannot travel", function()
       local p = loom.process(function() return coroutine.create(print) end):start()
-      assert.has_error(function() p:result(10) end, "cannot transfer results: thread")
+      assert.has_error(function() p:result(10) end, "cannot transfer results: coroutine")
       assert.equal(1, p.exitcode)
     end)
 
@@ -408,13 +380,13 @@ describe("loom.Process", function()
     end)
 
     it("reach a child forked from a loom thread", function()
-      local t = loom.thread(isolated(function()
+      local t = loom.thread(function()
         local lm = require "loom"
         local p = lm.process(function() lm.sleep(30) end):start()
         p:terminate()
         p:join(10)
         return p.exitcode
-      end)):start()
+      end):start()
       assert.equal(-15, t:result(20))
     end)
   end)
@@ -457,7 +429,7 @@ describe("loom.Process", function()
     end)
 
     it("does not wait for the parent's threads", function()
-      local t = loom.thread(isolated(function() require("loom").sleep(60) end)):start()
+      local t = loom.thread(function() require("loom").sleep(60) end):start()
       finally(function() t:cancel(); t:join(10) end)
       local p = loom.process(function() return t:is_alive() end):start()
       assert.is_true(p:join(20))
@@ -468,12 +440,12 @@ describe("loom.Process", function()
       local file = os.tmpname()
       finally(function() os.remove(file) end)
       local p = loom.process(function()
-        loom.thread(isolated(function(name)
+        loom.thread(function(name)
           require("loom").sleep(0.2)
           local f = io.open(name, "w")
           f:write("written")
           f:close()
-        end), file):start()
+        end, file):start()
       end):start()
       assert.is_true(p:join(20))
       local f = assert(io.open(file))
@@ -484,7 +456,7 @@ describe("loom.Process", function()
     it("survives 50 forks while two threads churn the shared heap", function()
       local workers = {}
       for i = 1, 2 do
-        workers[i] = loom.thread(isolated(function()
+        workers[i] = loom.thread(function()
           local lm = require "loom"
           local n = 0
           local deadline = lm.now() + 60
@@ -496,7 +468,7 @@ describe("loom.Process", function()
             if lm.current():cancelled() then break end
           end
           return n
-        end)):start()
+        end):start()
       end
       finally(function()
         for _, w in ipairs(workers) do w:cancel(); w:join(20) end
