@@ -70,6 +70,22 @@ describe("loom.Event", function()
     end)
   end)
 
+  describe("between processes", function()
+    it("wakes a waiting child, and a child's set() wakes the parent", function()
+      local go, back = loom.event(), loom.event()
+      local p = loom.process(function()
+        local ok = go:wait(5)
+        back:set()
+        return ok
+      end):start()
+      finally(function() p:join(5) end)
+      loom.sleep(0.02)
+      go:set()
+      assert.is_true(back:wait(5))
+      assert.is_true(p:result(5))
+    end)
+  end)
+
   it("raises when closed", function()
     local e = loom.event()
     do local c <close> = e end
