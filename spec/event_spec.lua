@@ -51,6 +51,17 @@ describe("loom.Event", function()
       for i = 1, 3 do assert.is_true(ts[i]:result(5)) end
     end)
 
+    it("wakes waiters even when cleared right after set()", function()
+      local e, ready = loom.event(), loom.semaphore(0)
+      local t = loom.thread(function(ev, r) r:release(); return ev:wait(5) end, e, ready):start()
+      finally(function() t:join(5) end)
+      assert.is_true(ready:acquire(true, 5))
+      loom.sleep(0.02)
+      e:set()
+      e:clear()
+      assert.is_true(t:result(5))
+    end)
+
     it("is set by another thread", function()
       local e = loom.event()
       local t = loom.thread(function(ev) ev:set() end, e):start()
