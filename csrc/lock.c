@@ -320,7 +320,7 @@ static int rlock_new (lua_State *L) {
 /* The methods carry their class's metatable as upvalue 1: comparing it is
 ** cheaper than luaL_checkudata's registry lookup, and acquire + release
 ** is the pair a program calls most. */
-static LoomObj *checkself (lua_State *L, const char *tname) {
+LoomObj *loomi_fastself (lua_State *L) {
   LoomObj **slot = lua_touserdata(L, 1);
   if (slot != NULL && *slot != NULL && lua_getmetatable(L, 1)) {
     int same = lua_rawequal(L, -1, lua_upvalueindex(1));
@@ -328,7 +328,12 @@ static LoomObj *checkself (lua_State *L, const char *tname) {
     if (same)
       return *slot;
   }
-  return loomi_checkobj(L, 1, tname);
+  return NULL;
+}
+
+static LoomObj *checkself (lua_State *L, const char *tname) {
+  LoomObj *o = loomi_fastself(L);
+  return o != NULL ? o : loomi_checkobj(L, 1, tname);
 }
 
 static int lock_acquire (lua_State *L) {
@@ -348,7 +353,17 @@ static int lock_release (lua_State *L) {
 }
 
 static int rlock_acquire (lua_State *L) {
-  return loomi_lock_lacquire(L, checkself(L, LOOM_RLOCK));
+  LoomObj *o = checkself(L, LOOM_RLOCK);
+  if (lua_gettop(L) == 1) {
+    LoomLock *k = (LoomLock *)o;
+    uint64_t me = lock_me(k);
+    if (lock_try(k, me)) {
+      k->count = 1;
+      lua_pushboolean(L, 1);
+      return 1;
+    }
+  }
+  return loomi_lock_lacquire(L, o);
 }
 
 static int rlock_release (lua_State *L) {
@@ -480,9 +495,8 @@ static const luaL_Reg lock_funcs[] = {
   {NULL, NULL}
 };
 
-/* Reinstalls the methods with the metatable as their upvalue. */
-static void set_fast_methods (lua_State *L, const char *tname,
-                              const luaL_Reg *methods) {
+void loomi_fast_methods (lua_State *L, const char *tname,
+                         const luaL_Reg *methods) {
   luaL_getmetatable(L, tname);
   lua_getfield(L, -1, "__index");
   lua_pushvalue(L, -2);
@@ -494,8 +508,8 @@ void loomi_lock_open (lua_State *L) {
   pthread_once(&ident_once, ident_init);
   loomi_newclass(L, LOOM_LOCK, lock_meta, lock_methods);
   loomi_newclass(L, LOOM_RLOCK, lock_meta, rlock_methods);
-  set_fast_methods(L, LOOM_LOCK, lock_methods);
-  set_fast_methods(L, LOOM_RLOCK, rlock_methods);
+  loomi_fast_methods(L, LOOM_LOCK, lock_methods);
+  loomi_fast_methods(L, LOOM_RLOCK, rlock_methods);
   if (luaL_newmetatable(L, LOOM_GUARD)) {
     luaL_setfuncs(L, guard_meta, 0);
     lua_pushboolean(L, 0);

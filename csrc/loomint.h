@@ -212,6 +212,13 @@ int  loomi_lock_lrelease (lua_State *L, LoomObj *lk);
 /* The hold([timeout]) method of anything with acquire/release: pushes a
 ** guard whose __close calls release, or fail, "timeout". */
 int  loomi_hold (lua_State *L);
+/* Methods that find their class's metatable in upvalue 1: fast_methods
+** reinstalls `methods` (already in the class's __index) that way, and
+** fastself returns the object at index 1 when it is an open proxy of that
+** class, else NULL (then check it the usual way, for the error message). */
+void loomi_fast_methods (lua_State *L, const char *tname,
+                         const luaL_Reg *methods);
+LoomObj *loomi_fastself (lua_State *L);
 /* The guard's __close; a cancelled thread's hook lets it run. */
 int  loomi_guard_close (lua_State *L);
 /* This process's pid, cached and refreshed in forks. */

@@ -174,6 +174,23 @@ describe("loom.Lock", function()
       assert.is_false(l:locked())
     end)
 
+    it("releases in a thread cancelled while it holds the guard", function()
+      local l, e = loom.lock(), loom.event()
+      local t = loom.thread(function(lk, ev)
+        local g <close> = lk:hold()
+        ev:wait()
+      end, l, e):start()
+      finally(function() t:join(5) end)
+      local deadline = loom.now() + 5
+      while not l:locked() and loom.now() < deadline do loom.sleep(0.005) end
+      assert.is_true(l:locked())
+      t:cancel()
+      local r, err = t:result(5)
+      assert.is_nil(r)
+      assert.equal("cancelled", err)
+      assert.is_false(l:locked())
+    end)
+
     it("raises on a negative timeout", function()
       local l = loom.lock()
       assert.has_error(function() l:hold(-1) end,
