@@ -3,8 +3,9 @@
 ** Lua: loom.core.condition([lock]) -> Condition; acquire(...); release();
 **      wait([timeout]) -> bool; wait_for(pred[, timeout]) -> pred's value;
 **      notify([n=1]); notify_all(); hold([timeout]).
-** Lock order: the user's lock is never held by C while taking cond->mu
-** beyond its own atomic word; cond->mu is taken alone.
+** Lock order: cond->mu and the user lock's internal mutex are never held
+** together; loomi_wait takes the thread's reg_mu under cond->mu, as
+** thread.c orders them.
 ** SPDX-License-Identifier: MIT */
 #include "loomint.h"
 
