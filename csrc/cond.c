@@ -100,7 +100,7 @@ static int cond_notify (Cond *c, int n) {
   while (woken < n && c->head.next != &c->head) {
     CondWaiter *w = c->head.next;
     unlink_waiter(w);
-    if (loomi_pid_gone(w->pid)) {
+    if (loomi_pid_gone(w->pid, 0)) {   /* a zombie's entry costs one notify */
       loomi_heap_free(w);
       continue;
     }

@@ -65,14 +65,17 @@ static uint64_t lock_me (const LoomLock *k) {
   return me;
 }
 
-/* A pid whose process is gone: no such process, or a zombie nobody has
-** reaped yet (a dead child of the waiter itself stays a zombie until it is
-** joined, and must not deadlock that join). */
-int loomi_pid_gone (pid_t pid) {
+/* A pid whose process is gone: no such process or, when `zombies` asks
+** for the dearer check (a read of /proc), a zombie nobody has reaped yet
+** (a dead child of the waiter itself stays one until it is joined, and
+** must not deadlock that join). */
+int loomi_pid_gone (pid_t pid, int zombies) {
   if (pid <= 0 || pid == self_pid)
     return 0;
   if (kill(pid, 0) == -1)
     return errno == ESRCH;
+  if (!zombies)
+    return 0;
   char path[48], buf[256];
   snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
   FILE *f = fopen(path, "r");
@@ -128,9 +131,9 @@ static int lock_try (LoomLock *k, uint64_t me) {
 }
 
 /* Takes over a lock whose holder's process is gone: 1 when taken. */
-static int lock_steal (LoomLock *k, uint64_t me) {
+static int lock_steal (LoomLock *k, uint64_t me, int zombies) {
   uint64_t cur = atomic_load_explicit(&k->owner, memory_order_relaxed);
-  if (cur == 0 || !loomi_pid_gone((pid_t)(cur >> 32)))
+  if (cur == 0 || !loomi_pid_gone((pid_t)(cur >> 32), zombies))
     return 0;
   return atomic_compare_exchange_strong(&k->owner, &cur, me);
 }
@@ -160,7 +163,7 @@ static int lock_take (LoomLock *k, uint64_t me, const LoomDeadline *dl,
     __builtin_ia32_pause();
 #endif
   }
-  int rc = 0;
+  int rc = 0, zombies = 0;
   loomi_mutex_lock(&k->mu);
   atomic_fetch_add(&k->waiters, 1);
   for (;;) {
@@ -168,7 +171,7 @@ static int lock_take (LoomLock *k, uint64_t me, const LoomDeadline *dl,
       rc = 0;
       break;
     }
-    if (lock_steal(k, me)) {
+    if (lock_steal(k, me, zombies)) {
       rc = 1;
       break;
     }
@@ -188,6 +191,7 @@ static int lock_take (LoomLock *k, uint64_t me, const LoomDeadline *dl,
       rc = ECANCELED;
       break;
     }
+    zombies = w == ETIMEDOUT;   /* a whole slice without a release */
   }
   atomic_fetch_sub(&k->waiters, 1);
   if (rc == ECANCELED && atomic_load(&k->owner) == 0)
@@ -262,7 +266,7 @@ int loomi_lock_lacquire (lua_State *L, LoomObj *o) {
   if (lock_try(k, me))
     rc = 0;
   else if (!blocking)
-    rc = lock_steal(k, me) ? 1 : ETIMEDOUT;
+    rc = lock_steal(k, me, 0) ? 1 : ETIMEDOUT;   /* kept cheap: no /proc */
   else {
     loomi_block_begin(L);
     rc = lock_take(k, me, &dl, 1);

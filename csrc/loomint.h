@@ -223,8 +223,9 @@ LoomObj *loomi_fastself (lua_State *L);
 int  loomi_guard_close (lua_State *L);
 /* This process's pid, cached and refreshed in forks. */
 pid_t loomi_self_pid (void);
-/* True when no process pid exists any more (or it is an unreaped zombie). */
-int  loomi_pid_gone (pid_t pid);
+/* True when process pid no longer exists; with zombies, also when it is
+** a zombie nobody has reaped yet (that check reads /proc). */
+int  loomi_pid_gone (pid_t pid, int zombies);
 
 /* ---- shared.c: element types of loom.Value and loom.Array ---- */
 enum { LOOM_EK_INT, LOOM_EK_UINT, LOOM_EK_FLOAT, LOOM_EK_BOOL, LOOM_EK_CHAR };
