@@ -128,6 +128,7 @@ static const struct {
   void (*open) (lua_State *L);
 } primitives[] = {
   {"thread", loomi_thread_open},
+  {"pool", loomi_pool_open},
 };
 
 LOOM_API int luaopen_loom_core (lua_State *L) {

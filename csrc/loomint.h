@@ -152,6 +152,20 @@ int  loomi_xfer_decode (lua_State *L, const LoomMsg *m);
 void loomi_msg_free (LoomMsg *m);            /* NULL is a no-op */
 size_t loomi_msg_size (const LoomMsg *m);    /* payload bytes */
 
+/* ---- thread.c: errors that cross states ----
+** loomi_msgh is the message handler of every
+** protected call whose error travels: it keeps the error value and saves
+** the traceback, which loomi_push_traceback then pushes (and forgets).
+** loomi_error_encode encodes (error, traceback) at errbase, errbase+1 into
+** a message, falling back to the error's text when the value cannot
+** travel; NULL when memory is exhausted; never raises.  loomi_raise_remote
+** re-raises such an error in the receiving state: "msg\n[where] traceback"
+** when both are strings, else the error value unchanged. */
+int  loomi_msgh (lua_State *L);
+void loomi_push_traceback (lua_State *L);
+LoomMsg *loomi_error_encode (lua_State *L, int errbase);
+int  loomi_raise_remote (lua_State *L, int errbase, const char *where);
+
 /* ---- core.c ---- */
 /* Creates a state for a loom thread or worker, on the OS thread that will
 ** run it: standard libraries, the given package paths (either may be NULL),
@@ -168,6 +182,7 @@ LoomObj *loomi_rlock_create (void);
 ** Each adds its functions to the module table on top of the stack and
 ** builds its metatables (loomi_newclass). */
 void loomi_thread_open (lua_State *L);
+void loomi_pool_open (lua_State *L);
 
 #pragma GCC visibility pop
 
