@@ -48,5 +48,7 @@ function M.excepthook(fn)
   return core.set_excepthook(fn)
 end
 
+require("loom.pool").install()
+
 setmetatable(M, { __name = "loom" })
 return M
