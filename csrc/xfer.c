@@ -181,8 +181,12 @@ static void enc_raise (Enc *e, const char *fmt, const char *what) {
     }
     d = 1;
   }
-  else
-    luaL_addstring(&pb, e->root);
+  else {
+    size_t rl = strlen(e->root);
+    if (rl >= 2 && strcmp(e->root + rl - 2, "[]") == 0)
+      rl -= 2;   /* "results[]": the values are always numbered */
+    luaL_addlstring(&pb, e->root, rl);
+  }
   for (; d < e->depth; d++) {
     const PathItem *p = &e->path[d];
     char num[32];
@@ -457,6 +461,8 @@ static void enc_bytecode (Enc *e, int idx) {
   lua_rawset(L, e->dumps);
 }
 
+static int is_env_upvalue (lua_State *L, int idx, int n);
+
 static void enc_upvalues (Enc *e, int idx, int nups, uint32_t ref) {
   lua_State *L = e->L;
   int ups = enc_lazy_table(e, &e->upvals);
@@ -476,6 +482,11 @@ static void enc_upvalues (Enc *e, int idx, int nups, uint32_t ref) {
     lua_pushlightuserdata(L, id);
     lua_pushinteger(L, ((lua_Integer)ref << 8) | n);
     lua_rawset(L, ups);
+    if (!lua_iscfunction(L, idx) && is_env_upvalue(L, idx, n)) {
+      put_u8(e, T_GLOBALS);
+      lua_pop(L, 1);
+      continue;
+    }
     enc_push_path(e, 3, 0, (name && *name) ? name : "?");
     enc_value(e, lua_gettop(L));
     e->depth--;
@@ -492,17 +503,29 @@ static int count_upvalues (lua_State *L, int idx) {
   return n;
 }
 
-/* A function whose upvalues are all the sender's globals has no state of
-** its own: the receiver may reuse one loaded copy for every message. */
-static int only_globals (lua_State *L, int idx, int nups) {
-  for (int n = 1; n <= nups; n++) {
-    lua_getupvalue(L, idx, n);
+/* An upvalue named _ENV is bound to the receiver's globals whatever it
+** holds here (a sandbox's environment does not travel); so is any upvalue
+** holding the sender's globals. */
+static int is_env_upvalue (lua_State *L, int idx, int n) {
+  const char *name = lua_getupvalue(L, idx, n);
+  if (name == NULL)
+    return 0;
+  int env = strcmp(name, "_ENV") == 0;
+  if (!env) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
-    int g = lua_rawequal(L, -1, -2);
-    lua_pop(L, 2);
-    if (!g)
-      return 0;
+    env = lua_rawequal(L, -1, -2);
+    lua_pop(L, 1);
   }
+  lua_pop(L, 1);
+  return env;
+}
+
+/* A function whose upvalues are all environments has no state of its own:
+** the receiver may reuse one loaded copy for every message. */
+static int only_globals (lua_State *L, int idx, int nups) {
+  for (int n = 1; n <= nups; n++)
+    if (!is_env_upvalue(L, idx, n))
+      return 0;
   return 1;
 }
 
@@ -651,7 +674,8 @@ static LoomMsg *encode (lua_State *L, int first, int n, const char *root,
   e.dumps = top + 5;
   e.nrefs = 0;
   e.depth = 0;
-  if (n > 1 || call) {
+  size_t rl = strlen(root);
+  if (n > 1 || call || (rl >= 2 && strcmp(root + rl - 2, "[]") == 0)) {
     for (int i = 0; i < n; i++) {
       enc_push_path(&e, 0, i + 1, NULL);
       enc_value(&e, first + i);
@@ -677,7 +701,8 @@ static LoomMsg *encode (lua_State *L, int first, int n, const char *root,
     loomi_obj_retain(b->objs[i]);
     msg_objs(m)[i] = b->objs[i];
   }
-  memcpy(msg_payload(m), b->data, b->len);
+  if (b->len > 0)
+    memcpy(msg_payload(m), b->data, b->len);
   m->check = checksum(msg_payload(m), b->len);
   if (b->cap > ((size_t)1 << 20)) {   /* do not keep a huge buffer around */
     free(b->data);
@@ -720,6 +745,7 @@ typedef struct Dec {
   int refs;              /* stack index: ref index -> value */
   uint32_t nrefs;
   int depth;
+  int nocode;            /* refuse bytecode (raw, unchecked input) */
   int base;              /* stack top before decoding */
   int foreign;           /* the message comes from another process */
 } Dec;
@@ -892,6 +918,8 @@ static void dec_plain (Dec *d, const char *code, size_t n, unsigned nups) {
 
 static void dec_lfunction (Dec *d) {
   lua_State *L = d->L;
+  if (d->nocode)
+    luaL_error(L, "cannot decode message: bytecode in an unchecked message");
   unsigned plain = get_u8(d);
   size_t n;
   const char *code = get_str(d, &n);
@@ -1024,7 +1052,8 @@ static void dec_value (Dec *d) {
 
 /* Decodes `len` payload bytes; objs are the message's object references. */
 static int decode_payload (lua_State *L, const unsigned char *p, size_t len,
-                           LoomObj *const *objs, uint32_t nobjs, int foreign) {
+                           LoomObj *const *objs, uint32_t nobjs, int foreign,
+                           int nocode) {
   Dec d;
   int base = lua_gettop(L);
   d.L = L;
@@ -1036,6 +1065,7 @@ static int decode_payload (lua_State *L, const unsigned char *p, size_t len,
   d.nrefs = 0;
   d.depth = 0;
   d.foreign = foreign;
+  d.nocode = nocode;
   d.base = base;
   luaL_checkstack(L, 16, "cannot decode message");
   int n = 0;
@@ -1055,5 +1085,17 @@ int loomi_xfer_decode (lua_State *L, const LoomMsg *m) {
   if (checksum(payload, (size_t)m->len) != m->check)
     return luaL_error(L, "cannot decode message: checksum mismatch");
   return decode_payload(L, payload, (size_t)m->len, msg_cobjs(m), m->nobjs,
-                        m->pid != current_pid());
+                        m->pid != current_pid(), 0);
+}
+
+int loomi_xfer_decode_raw (lua_State *L, const void *payload, size_t len) {
+  return decode_payload(L, payload, len, NULL, 0, 1, 1);
+}
+
+int loomi_xfer_decode_checked (lua_State *L, const void *msg, size_t len) {
+  const LoomMsg *m = msg;
+  if (len < sizeof(LoomMsg) || m->magic != MSG_MAGIC || m->nobjs != 0 ||
+      m->len != len - sizeof(LoomMsg))
+    return luaL_error(L, "cannot decode message: corrupt header");
+  return loomi_xfer_decode(L, m);
 }
