@@ -30,6 +30,9 @@
 ** sleeps: a wake-up through the kernel costs several microseconds, more
 ** than a short task, so a brief poll keeps a busy pool off that path. */
 #define POOL_SPIN_NS    20000
+#ifndef POOL_YIELD
+#define POOL_YIELD() sched_yield()
+#endif
 
 enum { F_PENDING, F_RUNNING, F_DONE, F_FAILED, F_CANCELLED };
 
@@ -137,7 +140,7 @@ static int spin_while_size (atomic_size_t *flag, size_t unset,
         start = now;
       else if (now - start > POOL_SPIN_NS)
         return 0;
-      sched_yield();
+      POOL_YIELD();
     }
   }
 }
@@ -154,7 +157,7 @@ static int spin_while_int (atomic_int *flag, int below) {
         start = now;
       else if (now - start > POOL_SPIN_NS)
         return 0;
-      sched_yield();
+      POOL_YIELD();
     }
   }
 }
