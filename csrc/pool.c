@@ -824,10 +824,15 @@ static Future **collect_futures (lua_State *L, int arg, uint32_t *n) {
 static const char *const wait_modes[] = { "all", "any", "first_error", NULL };
 
 /* wait(futures, [timeout], [mode]) -> done, not_done: two lists of the
-** distinct futures, in the order given; returns at the timeout too. */
+** distinct futures, in the order given; returns at the timeout too.  The
+** mode may come second when there is no timeout. */
 static int pool_wait (lua_State *L) {
   LoomDeadline dl;
   luaL_checktype(L, 1, LUA_TTABLE);
+  if (lua_type(L, 2) == LUA_TSTRING && lua_isnone(L, 3)) {
+    lua_pushnil(L);
+    lua_insert(L, 2);
+  }
   loomi_opttimeout(L, 2, &dl);
   int mode = luaL_checkoption(L, 3, "all", wait_modes);
   lua_settop(L, 1);

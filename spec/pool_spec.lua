@@ -145,7 +145,7 @@ describe("loom.Pool", function()
 
     it("cancels pending tasks when asked", function()
       local pool = loom.pool(1)
-      local ev = pool:submit(function() require("loom").sleep(0.2) return "first" end)
+      local ev = pool:submit(function() require("loom").sleep(0.5) return "first" end)
       local fs = {}
       for i = 1, 5 do fs[i] = pool:submit(inc, i) end
       local deadline = loom.now() + 5
