@@ -312,9 +312,18 @@ static Future *queue_take_all (TaskQueue *q) {
   return all;
 }
 
+/* Protected: a full collection of a worker's state. */
+static int worker_collect (lua_State *L) {
+  lua_gc(L, LUA_GCCOLLECT);
+  return 0;
+}
+
 /* The next task, blocking; NULL once the queue is shut down and empty, or
-** broken.  The caller inherits the queue's reference. */
-static Future *queue_pop (TaskQueue *q) {
+** broken.  The caller inherits the queue's reference.  Before sleeping, a
+** worker whose state ran tasks since it last slept (*dirty) collects it:
+** what those tasks left behind may hold loom objects, this pool's own
+** handle among them, which must not stay alive for as long as it idles. */
+static Future *queue_pop (TaskQueue *q, lua_State *L, int *dirty) {
   Future *f = NULL;
   int polled = 0;
   loomi_mutex_lock(&q->mu);
@@ -342,6 +351,15 @@ static Future *queue_pop (TaskQueue *q) {
       spin_while_size(&q->nqueued, 0, &q->shutdown);
       loomi_mutex_lock(&q->mu);
       q->nspinning--;
+      continue;
+    }
+    if (*dirty) {
+      *dirty = 0;
+      loomi_mutex_unlock(&q->mu);
+      lua_pushcfunction(L, worker_collect);
+      if (lua_pcall(L, 0, 0, 0) != LUA_OK)
+        lua_pop(L, 1);
+      loomi_mutex_lock(&q->mu);
       continue;
     }
     q->nidle++;
@@ -465,7 +483,9 @@ static void queue_serve (TaskQueue *q, lua_State *L, int worker) {
     }
   }
   Future *f;
-  while ((f = queue_pop(q)) != NULL) {
+  int dirty = 0;
+  while ((f = queue_pop(q, L, &dirty)) != NULL) {
+    dirty = 1;
     Task t = { f, NULL, NULL };
     if (future_claim(f, &t.call)) {
       f->pool_id = q->id;

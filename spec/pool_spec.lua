@@ -308,3 +308,25 @@ describe("loom.Pool", function()
     end)
   end)
 end)
+
+describe("loom.Pool lifetime", function()
+  local function threads()
+    local f = assert(io.open("/proc/self/status"))
+    local s = f:read("a")
+    f:close()
+    return tonumber(s:match("Threads:%s*(%d+)"))
+  end
+
+  it("lets its workers go when dropped, even with its handle sent to a task", function()
+    local before = threads()
+    do
+      local pool = loom.pool(2)
+      pool:submit(function(p) return p.workers end, pool):result(5)
+    end
+    collectgarbage()
+    collectgarbage()
+    local deadline = loom.now() + 10
+    while threads() > before and loom.now() < deadline do loom.sleep(0.01) end
+    assert.equal(before, threads())
+  end)
+end)
