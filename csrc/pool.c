@@ -5,11 +5,12 @@
 **      Pool:submit(fn, ...) -> Future; Pool:shutdown([wait], [cancel]);
 **      Future:result([t]), error(), done(), running(), cancel(), cancelled();
 **      wait(futures, [t], [mode]) -> done, not_done; as_completed(fs, [t]).
-** Three parts, all in the shared heap: the Future; the TaskQueue (a FIFO of
-** futures, each carrying its call as one message) with loomi_pool_serve, the
-** loop any worker runs over it; and the runner, which decides how a worker
-** exists (here: a detached thread with its own state, see worker_main).  A
-** process kind forks runners that call the same loomi_pool_serve.
+** Three parts: the Future and the TaskQueue (a FIFO of futures, each
+** carrying its call as one message), both in the shared heap, with
+** queue_serve, the loop any worker runs over a queue; and the runner, which
+** decides how a worker exists (here: a detached thread with its own state,
+** see worker_main).  A process kind forks runners that call the same
+** queue_serve (doc/api-pool.md, last section).
 ** Lock order: a future's mu, then a waiter's mu.  The queue's mu is never
 ** held with either.
 ** SPDX-License-Identifier: MIT */
@@ -30,9 +31,6 @@
 ** sleeps: a wake-up through the kernel costs several microseconds, more
 ** than a short task, so a brief poll keeps a busy pool off that path. */
 #define POOL_SPIN_NS    20000
-#ifndef POOL_YIELD
-#define POOL_YIELD() sched_yield()
-#endif
 
 enum { F_PENDING, F_RUNNING, F_DONE, F_FAILED, F_CANCELLED };
 
@@ -140,7 +138,7 @@ static int spin_while_size (atomic_size_t *flag, size_t unset,
         start = now;
       else if (now - start > POOL_SPIN_NS)
         return 0;
-      POOL_YIELD();
+      sched_yield();
     }
   }
 }
@@ -157,7 +155,7 @@ static int spin_while_int (atomic_int *flag, int below) {
         start = now;
       else if (now - start > POOL_SPIN_NS)
         return 0;
-      POOL_YIELD();
+      sched_yield();
     }
   }
 }
