@@ -218,34 +218,30 @@ static void future_finish (Future *f, int state, LoomMsg *results,
 }
 
 /* PENDING -> RUNNING for the worker that will run it; 0 when it was
-** cancelled meanwhile.  The call message passes to the caller. */
+** cancelled meanwhile.  The call message passes to the caller.  No lock:
+** whoever wins the exchange out of PENDING owns the call, and nobody
+** waiting cares about the step to RUNNING. */
 static int future_claim (Future *f, LoomMsg **call) {
-  loomi_mutex_lock(&f->mu);
-  int ok = atomic_load(&f->state) == F_PENDING;
-  if (ok) {
-    atomic_store(&f->state, F_RUNNING);
-    *call = f->call;
-    f->call = NULL;
-  }
-  loomi_mutex_unlock(&f->mu);
-  return ok;
+  int expected = F_PENDING;
+  if (!atomic_compare_exchange_strong(&f->state, &expected, F_RUNNING))
+    return 0;
+  *call = f->call;
+  f->call = NULL;
+  return 1;
 }
 
 /* PENDING -> CANCELLED; true when the future is (now) cancelled. */
 static int future_cancel (Future *f) {
-  LoomMsg *call = NULL;
+  int state = F_PENDING;
+  if (!atomic_compare_exchange_strong(&f->state, &state, F_CANCELLED))
+    return state == F_CANCELLED;
+  LoomMsg *call = f->call;
+  f->call = NULL;
   loomi_mutex_lock(&f->mu);
-  int state = atomic_load(&f->state);
-  if (state == F_PENDING) {
-    state = F_CANCELLED;
-    call = f->call;
-    f->call = NULL;
-    atomic_store(&f->state, F_CANCELLED);
-    future_notify(f, F_CANCELLED);
-  }
+  future_notify(f, F_CANCELLED);
   loomi_mutex_unlock(&f->mu);
   loomi_msg_free(call);
-  return state == F_CANCELLED;
+  return 1;
 }
 
 /* ---- the task queue ---- */
