@@ -21,11 +21,16 @@ build = {
   modules = {
     ["loom.core"] = {
       sources = {
+        "csrc/barrier.c",
         "csrc/clock.c",
+        "csrc/cond.c",
         "csrc/core.c",
+        "csrc/event.c",
         "csrc/heap.c",
+        "csrc/lock.c",
         "csrc/obj.c",
         "csrc/pool.c",
+        "csrc/sem.c",
         "csrc/thread.c",
         "csrc/xfer.c",
       },
