@@ -9,8 +9,8 @@
 ** carrying its call as one message), both in the shared heap, with
 ** queue_serve, the loop any worker runs over a queue; and the runner, which
 ** decides how a worker exists (here: a detached thread with its own state,
-** see worker_main).  A process kind forks runners that call the same
-** queue_serve (doc/api-pool.md, last section).
+** see worker_main; or a forked process under a supervisor thread, see
+** supervisor_main): both call the same queue_serve.
 ** Lock order: a future's mu, then a waiter's mu.  The queue's mu is never
 ** held with either.
 ** SPDX-License-Identifier: MIT */
@@ -495,13 +495,12 @@ static void queue_serve (TaskQueue *q, lua_State *L, int worker) {
   while ((f = queue_pop(q, L, &dirty)) != NULL) {
     dirty = 1;
     Task t = { f, NULL, NULL };
+    if (q->claimed != NULL)
+      q->claimed[worker - 1] = f;   /* before the claim: no gap to die in */
     if (future_claim(f, &t.call)) {
       f->pool_id = q->id;
       f->worker = worker;
-      if (q->claimed != NULL) {
-        f->by_process = 1;
-        q->claimed[worker - 1] = f;
-      }
+      f->by_process = q->claimed != NULL;
       lua_pushcfunction(L, task_run);
       lua_pushlightuserdata(L, &t);
       if (lua_pcall(L, 1, 0, 1) == LUA_OK)
@@ -512,9 +511,9 @@ static void queue_serve (TaskQueue *q, lua_State *L, int worker) {
       }
       loomi_msg_free(t.call);
       lua_settop(L, 1);
-      if (q->claimed != NULL)
-        q->claimed[worker - 1] = NULL;
     }
+    if (q->claimed != NULL)
+      q->claimed[worker - 1] = NULL;
     loomi_obj_release(&f->obj);
   }
   lua_settop(L, 0);
@@ -662,6 +661,9 @@ static void proc_reaped (Supervisor *s, int i, int status) {
   Future *f = q->claimed[i];
   q->claimed[i] = NULL;
   if (f != NULL) {
+    LoomMsg *call = NULL;
+    if (future_claim(f, &call))   /* taken from the queue, never started */
+      loomi_msg_free(call);
     if (atomic_load(&f->state) == F_RUNNING) {
       LoomMsg *err = NULL;
       lua_settop(s->L, 0);
