@@ -92,6 +92,14 @@ LoomObj *loomi_toobj (lua_State *L, int idx);
 void loomi_newclass (lua_State *L, const char *tname,
                      const luaL_Reg *meta, const luaL_Reg *methods);
 int  loomi_proxy_gc (lua_State *L);          /* idempotent release */
+/* Fork support.  A child inherits its states' proxies but not the
+** references they stand for (the counts live in the shared heap).
+** proxy_forked (an atfork child handler) makes every proxy let go without
+** releasing; the child loom forks then adopts the forking state's proxies
+** (a reference each) and, before it leaves, releases them all. */
+void loomi_proxy_forked (void);
+void loomi_proxy_adopt (lua_State *L);
+void loomi_proxy_release_all (lua_State *L);
 
 /* Process-shared, robust, and (for conditions) CLOCK_MONOTONIC. */
 int  loomi_mutex_init (pthread_mutex_t *mu);       /* 0 | errno */
@@ -132,6 +140,14 @@ int loomi_raise_cancelled (lua_State *L);
 ** No Lua API call may happen in between. */
 void loomi_block_begin (lua_State *L);
 void loomi_block_end (lua_State *L);
+/* In a forked child, on the thread that forked (process.c): the threads L
+** started run in the parent, so the child forgets them without touching
+** their references, and stops being a loom thread.  Returns 1 when the fork
+** came from a loom thread. */
+int  loomi_thread_forked (lua_State *L);
+/* What closing L does to the threads it started: cancel the daemons, wait
+** for the rest.  A forked child calls it before it leaves. */
+void loomi_thread_shutdown (lua_State *L);
 
 /* ---- xfer.c: the transfer codec ----
 ** A message is one block in the shared heap holding the encoded values and
@@ -196,10 +212,20 @@ int  loomi_lock_lrelease (lua_State *L, LoomObj *lk);
 /* The hold([timeout]) method of anything with acquire/release: pushes a
 ** guard whose __close calls release, or fail, "timeout". */
 int  loomi_hold (lua_State *L);
+/* Methods that find their class's metatable in upvalue 1: fast_methods
+** reinstalls `methods` (already in the class's __index) that way, and
+** fastself returns the object at index 1 when it is an open proxy of that
+** class, else NULL (then check it the usual way, for the error message). */
+void loomi_fast_methods (lua_State *L, const char *tname,
+                         const luaL_Reg *methods);
+LoomObj *loomi_fastself (lua_State *L);
+/* The guard's __close; a cancelled thread's hook lets it run. */
+int  loomi_guard_close (lua_State *L);
 /* This process's pid, cached and refreshed in forks. */
 pid_t loomi_self_pid (void);
-/* True when no process pid exists any more (or it is an unreaped zombie). */
-int  loomi_pid_gone (pid_t pid);
+/* True when process pid no longer exists; with zombies, also when it is
+** a zombie nobody has reaped yet (that check reads /proc). */
+int  loomi_pid_gone (pid_t pid, int zombies);
 
 /* ---- shared.c: element types of loom.Value and loom.Array ---- */
 enum { LOOM_EK_INT, LOOM_EK_UINT, LOOM_EK_FLOAT, LOOM_EK_BOOL, LOOM_EK_CHAR };
@@ -251,6 +277,7 @@ void loomi_barrier_open (lua_State *L);
 void loomi_value_open (lua_State *L);
 void loomi_array_open (lua_State *L);
 void loomi_queue_open (lua_State *L);
+void loomi_process_open (lua_State *L);
 
 #pragma GCC visibility pop
 
