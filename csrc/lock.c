@@ -38,7 +38,7 @@ typedef struct LoomLock {
 ** atfork child handler refreshes both (the child's only thread is the one
 ** that forked), so a fork never inherits its parent's identity. */
 static pid_t self_pid = 0;
-static _Thread_local uint32_t self_tid = 0;
+static LOOM_THREAD_LOCAL uint32_t self_tid = 0;
 static pthread_once_t ident_once = PTHREAD_ONCE_INIT;
 
 static void ident_atfork_child (void) {

@@ -23,6 +23,12 @@
 
 #include "loom.h"
 
+/* loom's thread-locals sit in the static TLS block every thread gets when it
+ * is created.  In a dlopen'ed module the default model allocates them on a
+ * thread's first access instead, and glibc aborts the whole process when
+ * that allocation fails under memory pressure. */
+#define LOOM_THREAD_LOCAL _Thread_local __attribute__((tls_model("initial-exec")))
+
 /* Type names double as metatable names and __name. */
 #define LOOM_THREAD     "loom.Thread"
 #define LOOM_LOCK       "loom.Lock"

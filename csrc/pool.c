@@ -116,7 +116,7 @@ typedef struct Pool {
 static atomic_int pool_counter = 0;
 
 /* The queue the calling OS thread serves, NULL for other threads. */
-static _Thread_local TaskQueue *self_queue = NULL;
+static LOOM_THREAD_LOCAL TaskQueue *self_queue = NULL;
 
 /* ---- polling ---- */
 

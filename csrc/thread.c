@@ -45,7 +45,7 @@ typedef struct LoomThread {
 } LoomThread;
 
 /* The loom thread the calling OS thread runs, NULL for others. */
-static _Thread_local LoomThread *self_thread = NULL;
+static LOOM_THREAD_LOCAL LoomThread *self_thread = NULL;
 
 /* Default thread names count up across the process, like Python's. */
 static atomic_long thread_counter = 0;
