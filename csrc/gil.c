@@ -465,16 +465,27 @@ static int shared_handler (lua_State *L) {
   return 1;
 }
 
+/* report_orphan(s, error, traceback): an error no handle will collect. */
 static int report_orphan (lua_State *L) {
   SharedThread *s = lua_touserdata(L, 1);
-  lua_State *co = s->co;
-  const char *msg = luaL_tolstring(co, 1, NULL);
-  const char *tb = lua_tostring(co, 2);
+  const char *msg = luaL_tolstring(L, 2, NULL);
+  const char *tb = lua_tostring(L, 3);
   fprintf(stderr, "loom: exception in thread %s:\n%s\n%s\n", s->name, msg,
           tb ? tb : "");
   fflush(stderr);
-  lua_pop(co, 1);
   return 0;
+}
+
+static void report (lua_State *L, SharedThread *s, lua_State *co) {
+  if (!lua_checkstack(L, 5))
+    return;
+  lua_pushcfunction(L, report_orphan);
+  lua_pushlightuserdata(L, s);
+  lua_pushvalue(co, 1);
+  lua_pushvalue(co, 2);
+  lua_xmove(co, L, 2);
+  if (lua_pcall(L, 3, 0, 0) != LUA_OK)
+    lua_pop(L, 1);
 }
 
 static void *shared_main (void *arg) {
@@ -507,14 +518,10 @@ static void *shared_main (void *arg) {
     s->collected = 1;
   pthread_cond_broadcast(&s->cv);
   pthread_mutex_unlock(&s->mu);
-  if (orphan) {
-    lua_State *L = co;
-    if (lua_checkstack(L, 4)) {
-      lua_pushcfunction(L, report_orphan);
-      lua_pushlightuserdata(L, s);
-      if (lua_pcall(L, 1, 0, 0) != LUA_OK)
-        lua_pop(L, 1);
-    }
+  if (orphan && lua_checkstack(co, 6)) {
+    lua_State *L = lua_newthread(co);   /* co's stack stays as it is */
+    report(L, s, co);
+    lua_pop(co, 1);
   }
   luaL_unref(co, LUA_REGISTRYINDEX, s->ref);
   atomic_fetch_sub(&g->nthreads, 1);
@@ -759,10 +766,7 @@ static int shared_gc (lua_State *L) {
   if (s->state == SH_DONE && s->failed && !s->collected && !was_cancelled(s) &&
       s->gil != NULL && s->gil->key == main_of(L)) {
     s->collected = 1;
-    lua_pushcfunction(L, report_orphan);
-    lua_pushlightuserdata(L, s);
-    if (lua_pcall(L, 1, 0, 0) != LUA_OK)
-      lua_pop(L, 1);
+    report(L, s, s->co);
   }
   return loomi_proxy_gc(L);
 }

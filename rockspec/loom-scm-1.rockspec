@@ -21,10 +21,16 @@ build = {
   modules = {
     ["loom.core"] = {
       sources = {
+        "csrc/barrier.c",
         "csrc/clock.c",
+        "csrc/cond.c",
         "csrc/core.c",
+        "csrc/event.c",
+        "csrc/gil.c",
         "csrc/heap.c",
+        "csrc/lock.c",
         "csrc/obj.c",
+        "csrc/sem.c",
         "csrc/thread.c",
         "csrc/xfer.c",
       },
@@ -32,6 +38,7 @@ build = {
       libraries = { "pthread", "m" },
     },
     ["loom"] = "lua/loom/init.lua",
+    ["loom.gil"] = "lua/loom/gil.lua",
   },
   platforms = {
     linux = {
