@@ -885,7 +885,7 @@ int loomi_thread_cancelled (LoomObj *o) {
 }
 
 int loomi_thread_is_self (LoomObj *o) {
-  return o == &self_thread->obj && self_thread != NULL;
+  return self_thread != NULL && o == &self_thread->obj;
 }
 
 static const luaL_Reg thread_meta[] = {
