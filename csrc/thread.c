@@ -129,18 +129,7 @@ int loomi_cancel_requested (void) {
   return t != NULL && atomic_load(&t->cancel);
 }
 
-static void cancel_hook (lua_State *L, lua_Debug *ar);
-
-/* Instructions a cancelled thread may run between two cancellation errors:
-** enough for <close> handlers (a guard releasing a lock) to run while the
-** error unwinds, few enough that code swallowing the error is stopped. */
-#define CANCEL_GRACE 1000
-
 int loomi_raise_cancelled (lua_State *L) {
-  /* A call hook would raise again on the very call of each __close
-  ** handler, skipping it; count instructions only from now on. */
-  if (lua_gethook(L) == cancel_hook)
-    lua_sethook(L, cancel_hook, LUA_MASKCOUNT, CANCEL_GRACE);
   lua_pushliteral(L, LOOM_CANCELLED);
   return lua_error(L);
 }
@@ -154,10 +143,19 @@ void loomi_block_end (lua_State *L) {
   loomi_gil_block_end(L);
 }
 
+/* Raises on every call and instruction of a cancelled thread, except on
+** the call of the __close handlers that release loom objects and hold()
+** guards, so that unwinding the cancellation still releases a lock. */
 static void cancel_hook (lua_State *L, lua_Debug *ar) {
-  (void)ar;
-  if (loomi_cancel_requested())
-    loomi_raise_cancelled(L);
+  if (!loomi_cancel_requested())
+    return;
+  if (ar->event == LUA_HOOKCALL && lua_getinfo(L, "f", ar)) {
+    lua_CFunction f = lua_tocfunction(L, -1);
+    lua_pop(L, 1);
+    if (f == loomi_guard_close || f == loomi_proxy_gc)
+      return;
+  }
+  loomi_raise_cancelled(L);
 }
 
 /* Flags t, reaches a pure-Lua loop through a hook on its state, and wakes
@@ -233,11 +231,17 @@ static int report_error (lua_State *L) {
 static const char TRACEBACK_KEY = 't';
 
 /* Message handler: keeps the error value as it is and the traceback of
-** where it was raised in the registry, for thread_fail. */
-static int traceback_handler (lua_State *L) {
+** where it was raised in the registry, for loomi_push_traceback. */
+int loomi_msgh (lua_State *L) {
   luaL_traceback(L, L, NULL, 1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &TRACEBACK_KEY);
   return 1;
+}
+
+void loomi_push_traceback (lua_State *L) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &TRACEBACK_KEY);
+  lua_pushnil(L);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &TRACEBACK_KEY);
 }
 
 /* Runs in the new state, protected: decodes the call, runs it, and stores
@@ -256,13 +260,52 @@ static int thread_run (lua_State *L) {
   return 0;
 }
 
-/* Runs in the new state, protected: stores (error, traceback) in t,
-** falling back to the error's text when the value cannot travel. */
-static int thread_store_error (lua_State *L) {
-  LoomThread *t = lua_touserdata(L, 3);
+/* Protected: encodes the two values below the slot pointer. */
+static int store_error (lua_State *L) {
+  LoomMsg **slot = lua_touserdata(L, 3);
   lua_settop(L, 2);
-  t->error = loomi_xfer_encode(L, 1, 2, "error");
+  *slot = loomi_xfer_encode(L, 1, 2, "error");
   return 0;
+}
+
+LoomMsg *loomi_error_encode (lua_State *L, int errbase) {
+  LoomMsg *m = NULL;
+  errbase = lua_absindex(L, errbase);
+  if (!lua_checkstack(L, 4))
+    return NULL;
+  lua_pushcfunction(L, store_error);
+  lua_pushvalue(L, errbase);
+  lua_pushvalue(L, errbase + 1);
+  lua_pushlightuserdata(L, &m);
+  if (lua_pcall(L, 3, 0, 0) == LUA_OK)
+    return m;
+  lua_pop(L, 1);
+  lua_pushcfunction(L, store_error);
+  const char *msg = lua_tostring(L, errbase);
+  if (msg != NULL)
+    lua_pushstring(L, msg);
+  else
+    lua_pushfstring(L, "(error object is a %s value)",
+                    luaL_typename(L, errbase));
+  lua_pushvalue(L, errbase + 1);
+  lua_pushlightuserdata(L, &m);
+  if (lua_pcall(L, 3, 0, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    return NULL;
+  }
+  return m;
+}
+
+int loomi_raise_remote (lua_State *L, int errbase, const char *where) {
+  errbase = lua_absindex(L, errbase);
+  if (lua_type(L, errbase) == LUA_TSTRING &&
+      lua_type(L, errbase + 1) == LUA_TSTRING) {
+    lua_pushfstring(L, "%s\n[%s] %s", lua_tostring(L, errbase), where,
+                    lua_tostring(L, errbase + 1));
+    return lua_error(L);
+  }
+  lua_pushvalue(L, errbase);
+  return lua_error(L);
 }
 
 static void thread_fail (LoomThread *t, lua_State *L, int errbase) {
@@ -270,24 +313,9 @@ static void thread_fail (LoomThread *t, lua_State *L, int errbase) {
   const char *text = lua_tostring(L, errbase);
   snprintf(t->failmsg, sizeof t->failmsg, "%s",
            text ? text : "(error object is not a string)");
-  lua_pushcfunction(L, thread_store_error);
-  lua_pushvalue(L, errbase);
-  lua_pushvalue(L, errbase + 1);
-  lua_pushlightuserdata(L, t);
-  if (lua_pcall(L, 3, 0, 0) != LUA_OK) {
-    lua_pop(L, 1);
-    lua_pushcfunction(L, thread_store_error);
-    const char *msg = lua_tostring(L, errbase);
-    if (msg != NULL)
-      lua_pushstring(L, msg);
-    else
-      lua_pushfstring(L, "(error object is a %s value)",
-                      luaL_typename(L, errbase));
-    lua_pushvalue(L, errbase + 1);
-    lua_pushlightuserdata(L, t);
-    if (lua_pcall(L, 3, 0, 0) != LUA_OK)
-      snprintf(t->failmsg, sizeof t->failmsg, "%s", "not enough memory");
-  }
+  t->error = loomi_error_encode(L, errbase);
+  if (t->error == NULL)
+    snprintf(t->failmsg, sizeof t->failmsg, "%s", "not enough memory");
   t->failed = 1;
 }
 
@@ -344,11 +372,11 @@ static void *thread_main (void *arg) {
     loomi_mutex_unlock(&t->mu);
     if (atomic_load(&t->cancel))
       lua_sethook(L, cancel_hook, LUA_MASKCOUNT | LUA_MASKCALL, 1);
-    lua_pushcfunction(L, traceback_handler);
+    lua_pushcfunction(L, loomi_msgh);
     lua_pushcfunction(L, thread_run);
     lua_pushlightuserdata(L, t);
     if (lua_pcall(L, 1, 0, 1) != LUA_OK) {
-      lua_rawgetp(L, LUA_REGISTRYINDEX, &TRACEBACK_KEY);
+      loomi_push_traceback(L);
       thread_fail(t, L, lua_gettop(L) - 1);
       report_orphan(t, L);
     }
@@ -390,6 +418,7 @@ static void *thread_main (void *arg) {
 typedef struct Children {
   LoomThread **list;
   size_t n, cap;
+  pid_t pid;             /* the process whose references the list holds */
 } Children;
 
 static const char CHILDREN_KEY = 'c';
@@ -414,8 +443,9 @@ static void children_prune (Children *c) {
 /* When the state that started threads closes: cancel the daemons, then
 ** wait for everyone (a daemon stuck outside Lua is given up on after a
 ** grace period; the library stays mapped, see the Makefile). */
-static int children_gc (lua_State *L) {
-  Children *c = lua_touserdata(L, 1);
+static void children_shutdown (Children *c) {
+  if (c->pid != getpid())
+    c->n = 0;   /* a copy made by a fork loom did not do: not ours to wait */
   for (size_t i = 0; i < c->n; i++)
     if (c->list[i]->daemon)
       thread_request_cancel(c->list[i]);
@@ -429,6 +459,10 @@ static int children_gc (lua_State *L) {
   free(c->list);
   c->list = NULL;
   c->n = c->cap = 0;
+}
+
+static int children_gc (lua_State *L) {
+  children_shutdown(lua_touserdata(L, 1));
   return 0;
 }
 
@@ -441,6 +475,7 @@ static Children *children_of (lua_State *L) {
   lua_pop(L, 1);
   Children *c = lua_newuserdatauv(L, sizeof(Children), 0);
   memset(c, 0, sizeof *c);
+  c->pid = getpid();
   lua_createtable(L, 0, 1);
   lua_pushcfunction(L, children_gc);
   lua_setfield(L, -2, "__gc");
@@ -645,13 +680,8 @@ static int thread_result (lua_State *L) {
   if (t->failed) {
     t->collected = 1;
     push_error(L, t);
-    if (lua_type(L, 2) == LUA_TSTRING && lua_type(L, 3) == LUA_TSTRING) {
-      lua_pushfstring(L, "%s\n[thread %s] %s", lua_tostring(L, 2), t->name,
-                      lua_tostring(L, 3));
-      return lua_error(L);
-    }
-    lua_settop(L, 2);
-    return lua_error(L);
+    lua_pushfstring(L, "thread %s", t->name);
+    return loomi_raise_remote(L, 2, lua_tostring(L, -1));
   }
   if (t->results == NULL)
     return 0;
@@ -886,6 +916,26 @@ int loomi_thread_cancelled (LoomObj *o) {
 
 int loomi_thread_is_self (LoomObj *o) {
   return self_thread != NULL && o == &self_thread->obj;
+}
+
+int loomi_thread_forked (lua_State *L) {
+  int was = self_thread != NULL;
+  self_thread = NULL;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &CHILDREN_KEY) == LUA_TUSERDATA) {
+    Children *c = lua_touserdata(L, -1);
+    c->n = 0;
+    c->pid = getpid();
+  }
+  lua_pop(L, 1);
+  lua_pushnil(L);   /* current() makes the child a main thread of its own */
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &MAIN_KEY);
+  return was;
+}
+
+void loomi_thread_shutdown (lua_State *L) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &CHILDREN_KEY) == LUA_TUSERDATA)
+    children_shutdown(lua_touserdata(L, -1));
+  lua_pop(L, 1);
 }
 
 static const luaL_Reg thread_meta[] = {

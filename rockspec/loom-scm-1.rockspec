@@ -21,6 +21,7 @@ build = {
   modules = {
     ["loom.core"] = {
       sources = {
+        "csrc/array.c",
         "csrc/barrier.c",
         "csrc/clock.c",
         "csrc/cond.c",
@@ -30,7 +31,11 @@ build = {
         "csrc/heap.c",
         "csrc/lock.c",
         "csrc/obj.c",
+        "csrc/pool.c",
+        "csrc/process.c",
+        "csrc/queue.c",
         "csrc/sem.c",
+        "csrc/shared.c",
         "csrc/thread.c",
         "csrc/xfer.c",
       },
@@ -39,6 +44,8 @@ build = {
     },
     ["loom"] = "lua/loom/init.lua",
     ["loom.gil"] = "lua/loom/gil.lua",
+    ["loom.pool"] = "lua/loom/pool.lua",
+    ["loom.process"] = "lua/loom/process.lua",
   },
   platforms = {
     linux = {

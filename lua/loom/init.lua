@@ -64,5 +64,8 @@ function M.excepthook(fn)
   return core.set_excepthook(fn)
 end
 
+M.process = require("loom.process").process
+require("loom.pool").install()
+
 setmetatable(M, { __name = "loom" })
 return M
