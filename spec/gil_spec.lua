@@ -210,10 +210,12 @@ describe("the GIL", function()
 
   it("loses updates to a shared global without a lock", function()
     _G.gil_counter = 0
+    local all = loom.barrier(4)    -- every thread is running before any counts
     local function racy(n)
+      all:wait(10)
       for _ = 1, n do
         local v = _G.gil_counter
-        loom.sleep(0)              -- the GIL goes between read and write
+        loom.sleep(0.001)          -- the GIL goes between read and write
         _G.gil_counter = v + 1
       end
     end
@@ -232,7 +234,7 @@ describe("the GIL", function()
       for _ = 1, n do
         local _ <close> = lock:hold()
         local v = _G.gil_counter
-        loom.sleep(0)
+        loom.sleep(0.001)
         _G.gil_counter = v + 1
       end
     end
@@ -362,6 +364,19 @@ describe("the GIL", function()
       assert.equal(55, x)
       assert.is_true(lines >= 10)
     end)
+  end)
+
+  it("lets a shared thread wait for a process and a pool", function()
+    local pool = loom.pool(1)
+    finally(function() pool:shutdown() end)
+    local t = shared(function()
+      local p = loom.process(function() return "child" end):start()
+      return p:result(10), pool:submit(function(a) return a * 2 end, 21):result(10)
+    end):start()
+    finally(function() t:join(10) end)
+    local child, n = t:result(20)
+    assert.equal("child", child)
+    assert.equal(42, n)
   end)
 
   describe("finalizers", function()
