@@ -313,70 +313,6 @@ static void report_orphan (LoomThread *t, lua_State *L) {
     lua_pop(L, 1);
 }
 
-static void *thread_main (void *arg) {
-  LoomThread *t = arg;
-  self_thread = t;
-  loomi_mutex_lock(&t->mu);
-  t->native_id = os_thread_id();
-  loomi_mutex_unlock(&t->mu);
-  char err[sizeof t->failmsg];
-  lua_State *L = loomi_newstate(t->path, t->cpath, err, sizeof err);
-  free(t->path);
-  free(t->cpath);
-  t->path = t->cpath = NULL;
-  if (L == NULL) {
-    loomi_mutex_lock(&t->mu);
-    memcpy(t->failmsg, err, sizeof err);
-    t->failed = 1;
-    loomi_mutex_unlock(&t->mu);
-  }
-  else {
-    loomi_mutex_lock(&t->mu);
-    t->L = L;
-    loomi_mutex_unlock(&t->mu);
-    if (atomic_load(&t->cancel))
-      lua_sethook(L, cancel_hook, LUA_MASKCOUNT | LUA_MASKCALL, 1);
-    lua_pushcfunction(L, traceback_handler);
-    lua_pushcfunction(L, thread_run);
-    lua_pushlightuserdata(L, t);
-    if (lua_pcall(L, 1, 0, 1) != LUA_OK) {
-      lua_rawgetp(L, LUA_REGISTRYINDEX, &TRACEBACK_KEY);
-      thread_fail(t, L, lua_gettop(L) - 1);
-      report_orphan(t, L);
-    }
-    lua_settop(L, 0);
-    loomi_mutex_lock(&t->mu);
-    t->L = NULL;
-    loomi_mutex_unlock(&t->mu);
-    lua_close(L);   /* waits for the threads this one started */
-  }
-  /* The running thread's reference goes in the same critical section that
-  ** marks it done, so a dying handle that sees "done" can trust the count;
-  ** an error no handle will ever see is reported now. */
-  loomi_mutex_lock(&t->mu);
-  t->state = TH_DONE;
-  int last = 0, refs = atomic_load(&t->obj.refs);
-  do {
-    if (refs == 1) {
-      last = 1;
-      break;
-    }
-  } while (!atomic_compare_exchange_weak(&t->obj.refs, &refs, refs - 1));
-  if (t->failed && !t->collected && !atomic_load(&t->cancel) &&
-      (last || refs - 1 == t->listed)) {
-    t->collected = 1;
-    fprintf(stderr, "loom: exception in thread %s:\n%s\n", t->name,
-            t->failmsg);
-    fflush(stderr);
-  }
-  pthread_cond_broadcast(&t->cv);
-  loomi_mutex_unlock(&t->mu);
-  self_thread = NULL;
-  if (last)
-    loomi_obj_release(&t->obj);
-  return NULL;
-}
-
 /* ---- the per-state list of started threads, for lifecycle ---- */
 
 typedef struct Children {
@@ -406,8 +342,7 @@ static void children_prune (Children *c) {
 /* When the state that started threads closes: cancel the daemons, then
 ** wait for everyone (a daemon stuck outside Lua is given up on after a
 ** grace period; the library stays mapped, see the Makefile). */
-static int children_gc (lua_State *L) {
-  Children *c = lua_touserdata(L, 1);
+static void children_finish (Children *c) {
   for (size_t i = 0; i < c->n; i++)
     if (c->list[i]->daemon)
       thread_request_cancel(c->list[i]);
@@ -421,6 +356,10 @@ static int children_gc (lua_State *L) {
   free(c->list);
   c->list = NULL;
   c->n = c->cap = 0;
+}
+
+static int children_gc (lua_State *L) {
+  children_finish(lua_touserdata(L, 1));
   return 0;
 }
 
@@ -439,6 +378,525 @@ static Children *children_of (lua_State *L) {
   lua_setmetatable(L, -2);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &CHILDREN_KEY);
   return c;
+}
+
+/* ---- clean interpreters: what a fresh state looks like, and going back ----
+** A state made for a thread records once the contents of every table its
+** globals reach (the globals, every library table, package.loaded and the
+** tables those hold), their metatables, the metatables of the basic types
+** (the string one among them), the default input and output files and
+** loom's own registry entries.  Putting those back makes the state look
+** fresh to the next thread.  What C modules keep in the registry (their
+** references and metatables), and the C libraries a thread loaded, stay. */
+
+static const char SNAPSHOT_KEY = 's';
+static const char MAIN_KEY = 'm';
+
+/* Fields of the snapshot table.  SNAP_TABLES is a sequence of quadruples:
+** table, its copy, its entry count, its metatable (false when none). */
+enum { SNAP_TABLES = 1, SNAP_TYPES, SNAP_REGISTRY, SNAP_GCMODE };
+
+static const int basic_types[] = {
+  LUA_TNIL, LUA_TBOOLEAN, LUA_TLIGHTUSERDATA, LUA_TNUMBER, LUA_TSTRING,
+  LUA_TFUNCTION, LUA_TTHREAD
+};
+#define NBASIC ((int)(sizeof basic_types / sizeof basic_types[0]))
+
+/* Pushes one value of a basic type, to reach the type's metatable. */
+static void push_basic (lua_State *L, int type) {
+  switch (type) {
+    case LUA_TNIL: lua_pushnil(L); break;
+    case LUA_TBOOLEAN: lua_pushboolean(L, 0); break;
+    case LUA_TLIGHTUSERDATA: lua_pushlightuserdata(L, NULL); break;
+    case LUA_TNUMBER: lua_pushinteger(L, 0); break;
+    case LUA_TSTRING: lua_pushliteral(L, ""); break;
+    case LUA_TFUNCTION: lua_pushcfunction(L, traceback_handler); break;
+    default: lua_pushthread(L); break;
+  }
+}
+
+/* The registry entries a thread may change through the libraries. */
+static const char *const reg_names[] = { "_IO_input", "_IO_output" };
+#define NREGNAMES ((int)(sizeof reg_names / sizeof reg_names[0]))
+static const void *const reg_keys[] = { &REPORTER_KEY, &TRACEBACK_KEY,
+                                        &MAIN_KEY };
+#define NREGKEYS ((int)(sizeof reg_keys / sizeof reg_keys[0]))
+
+static void push_reg (lua_State *L, int i) {
+  if (i < NREGNAMES)
+    lua_getfield(L, LUA_REGISTRYINDEX, reg_names[i]);
+  else
+    lua_rawgetp(L, LUA_REGISTRYINDEX, reg_keys[i - NREGNAMES]);
+}
+
+static void set_reg (lua_State *L, int i) {
+  if (i < NREGNAMES)
+    lua_setfield(L, LUA_REGISTRYINDEX, reg_names[i]);
+  else
+    lua_rawsetp(L, LUA_REGISTRYINDEX, reg_keys[i - NREGNAMES]);
+}
+
+/* Queues the table at idx (seen set at 2, queue at 3) once. */
+static void snap_enqueue (lua_State *L, int idx, lua_Integer *qn) {
+  idx = lua_absindex(L, idx);
+  if (!lua_istable(L, idx))
+    return;
+  lua_pushvalue(L, idx);
+  if (lua_rawget(L, 2) != LUA_TNIL) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_pop(L, 1);
+  lua_pushvalue(L, idx);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, 2);
+  lua_pushvalue(L, idx);
+  lua_rawseti(L, 3, ++*qn);
+}
+
+/* Protected: records the snapshot of a new state in its registry. */
+static int snapshot_take (lua_State *L) {
+  lua_settop(L, 0);
+  lua_createtable(L, 4, 0);                   /* 1: snapshot */
+  lua_createtable(L, 0, 32);                  /* 2: seen */
+  lua_createtable(L, 32, 0);                  /* 3: queue */
+  lua_Integer qn = 0;
+  lua_createtable(L, NBASIC, 0);              /* 4: type metatables */
+  for (int i = 0; i < NBASIC; i++) {
+    push_basic(L, basic_types[i]);
+    if (!lua_getmetatable(L, -1))
+      lua_pushboolean(L, 0);
+    snap_enqueue(L, -1, &qn);
+    lua_rawseti(L, 4, i + 1);
+    lua_pop(L, 1);
+  }
+  lua_rawseti(L, 1, SNAP_TYPES);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+  snap_enqueue(L, -1, &qn);
+  lua_pop(L, 1);
+  lua_createtable(L, (int)(4 * 32), 0);       /* 4: the quadruples */
+  lua_Integer k = 0;
+  for (lua_Integer qi = 1; qi <= qn; qi++) {
+    lua_rawgeti(L, 3, qi);                    /* 5: table */
+    lua_newtable(L);                          /* 6: its copy */
+    lua_Integer n = 0;
+    lua_pushnil(L);
+    while (lua_next(L, 5)) {
+      lua_pushvalue(L, -2);
+      lua_pushvalue(L, -2);
+      lua_rawset(L, 6);
+      n++;
+      snap_enqueue(L, -1, &qn);
+      lua_pop(L, 1);
+    }
+    if (!lua_getmetatable(L, 5))
+      lua_pushboolean(L, 0);
+    snap_enqueue(L, -1, &qn);
+    lua_rawseti(L, 4, k + 4);
+    lua_pushinteger(L, n);
+    lua_rawseti(L, 4, k + 3);
+    lua_rawseti(L, 4, k + 2);
+    lua_rawseti(L, 4, k + 1);
+    k += 4;
+  }
+  lua_rawseti(L, 1, SNAP_TABLES);
+  lua_createtable(L, NREGNAMES + NREGKEYS, 0);
+  for (int i = 0; i < NREGNAMES + NREGKEYS; i++) {
+    push_reg(L, i);
+    if (lua_isnil(L, -1)) {
+      lua_pop(L, 1);
+      lua_pushboolean(L, 0);
+    }
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_rawseti(L, 1, SNAP_REGISTRY);
+  int mode = lua_gc(L, LUA_GCINC, 0, 0, 0);
+  lua_gc(L, mode, 0, 0, 0);
+  lua_pushinteger(L, mode);
+  lua_rawseti(L, 1, SNAP_GCMODE);
+  lua_settop(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &SNAPSHOT_KEY);
+  return 0;
+}
+
+/* Makes table t (stack index) hold exactly what copy c holds again;
+** `count` is the number of entries of c. */
+static void restore_table (lua_State *L, int t, int c, lua_Integer count) {
+  lua_Integer same = 0;
+  lua_pushnil(L);
+  while (lua_next(L, t)) {                    /* key value */
+    lua_pushvalue(L, -2);
+    lua_rawget(L, c);                         /* key value saved */
+    if (lua_rawequal(L, -1, -2)) {
+      same++;
+      lua_pop(L, 2);
+      continue;
+    }
+    if (!lua_isnil(L, -1))
+      same++;
+    lua_pushvalue(L, -3);
+    lua_insert(L, -2);
+    lua_rawset(L, t);          /* an existing field: allowed while iterating */
+    lua_pop(L, 1);
+  }
+  if (same == count)
+    return;
+  lua_pushnil(L);                             /* some saved keys are gone */
+  while (lua_next(L, c)) {
+    lua_pushvalue(L, -2);
+    if (lua_rawget(L, t) == LUA_TNIL) {
+      lua_pushvalue(L, -3);
+      lua_pushvalue(L, -3);
+      lua_rawset(L, t);
+    }
+    lua_pop(L, 2);
+  }
+}
+
+/* Protected: puts a state that ran a thread back as it was made, and
+** steps the collector over what the thread left behind. */
+static int snapshot_restore (lua_State *L) {
+  lua_settop(L, 0);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &SNAPSHOT_KEY) != LUA_TTABLE)
+    return luaL_error(L, "state has no snapshot");
+  lua_rawgeti(L, 1, SNAP_TYPES);              /* 2 */
+  for (int i = 0; i < NBASIC; i++) {
+    push_basic(L, basic_types[i]);
+    if (lua_rawgeti(L, 2, i + 1) != LUA_TTABLE) {
+      lua_pop(L, 1);
+      lua_pushnil(L);
+    }
+    lua_setmetatable(L, -2);
+    lua_pop(L, 1);
+  }
+  lua_rawgeti(L, 1, SNAP_REGISTRY);           /* 3 */
+  for (int i = 0; i < NREGNAMES + NREGKEYS; i++) {
+    if (lua_rawgeti(L, 3, i + 1) == LUA_TBOOLEAN) {
+      lua_pop(L, 1);
+      lua_pushnil(L);
+    }
+    set_reg(L, i);
+  }
+  lua_rawgeti(L, 1, SNAP_TABLES);             /* 4 */
+  lua_Integer n = (lua_Integer)lua_rawlen(L, 4);
+  for (lua_Integer k = 0; k + 4 <= n; k += 4) {
+    lua_rawgeti(L, 4, k + 1);                 /* 5: table */
+    lua_rawgeti(L, 4, k + 2);                 /* 6: copy */
+    lua_rawgeti(L, 4, k + 3);
+    lua_Integer count = lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    restore_table(L, 5, 6, count);
+    if (lua_rawgeti(L, 4, k + 4) != LUA_TTABLE) {     /* 7: metatable */
+      lua_pop(L, 1);
+      lua_pushnil(L);
+    }
+    int has = lua_getmetatable(L, 5);
+    int same = has ? lua_rawequal(L, -1, 7) : lua_isnil(L, 7);
+    if (!same) {
+      lua_pushvalue(L, 7);
+      lua_setmetatable(L, 5);
+    }
+    lua_settop(L, 4);
+  }
+  lua_rawgeti(L, 1, SNAP_GCMODE);
+  int mode = (int)lua_tointeger(L, -1);
+  lua_gc(L, LUA_GCRESTART);
+  lua_gc(L, mode, 0, 0, 0);
+  lua_settop(L, 0);
+  lua_warning(L, "@off", 0);
+  lua_getglobal(L, "math");
+  if (lua_getfield(L, -1, "randomseed") == LUA_TFUNCTION)
+    lua_call(L, 0, 0);                /* a seed the last thread set goes */
+  lua_settop(L, 0);
+  lua_gc(L, LUA_GCSTEP, 0);
+  return 0;
+}
+
+/* ---- workers: OS threads kept, idle, with their interpreters ----
+** A worker runs one thread after another.  When a thread's body is over,
+** it waits for the threads that state started, marks the thread done,
+** then cleans its state and parks in the idle list, to be handed the next
+** start() whose package paths its state was made with.  Idle workers are
+** detached and wait for nothing but a job: a closing state never waits for
+** them, and they leave after WORKER_IDLE_SECONDS or when IDLE_MAX wait
+** already.  A forked child starts with no idle workers. */
+
+#define WORKER_IDLE_SECONDS 5.0
+
+typedef struct Worker {
+  struct Worker *next;       /* in the idle list */
+  pthread_cond_t cv;         /* a job arrived; idle_mu */
+  LoomThread *job;           /* idle_mu held while the worker is idle */
+  pthread_t tid;             /* set by the worker before it first parks */
+  lua_State *L;              /* kept between jobs, NULL when none */
+  char *path, *cpath;        /* the package paths L was made with */
+} Worker;
+
+/* Process-global: the idle workers of this process.  idle_mu guards the
+** list, the count and the job field of every idle worker. */
+static pthread_mutex_t idle_mu = PTHREAD_MUTEX_INITIALIZER;
+static Worker *idle_list = NULL;
+static int idle_count = 0;
+static int idle_max = 4;
+static pthread_once_t worker_once = PTHREAD_ONCE_INIT;
+
+static void worker_atfork_prepare (void) {
+  pthread_mutex_lock(&idle_mu);
+}
+
+static void worker_atfork_parent (void) {
+  pthread_mutex_unlock(&idle_mu);
+}
+
+/* The idle workers are threads of the parent: the child has none. */
+static void worker_atfork_child (void) {
+  pthread_mutex_init(&idle_mu, NULL);
+  idle_list = NULL;
+  idle_count = 0;
+}
+
+static void worker_init (void) {
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  if (n > 2)
+    idle_max = (int)(2 * n);
+  pthread_atfork(worker_atfork_prepare, worker_atfork_parent,
+                 worker_atfork_child);
+}
+
+static int same_string (const char *a, const char *b) {
+  return a == b || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+/* Takes an idle worker out of the list: one whose state was made with these
+** paths, else any (it makes a new state).  NULL when none is idle. */
+static Worker *worker_take (const char *path, const char *cpath) {
+  pthread_mutex_lock(&idle_mu);
+  Worker **best = NULL;
+  for (Worker **p = &idle_list; *p != NULL; p = &(*p)->next) {
+    if (same_string((*p)->path, path) && same_string((*p)->cpath, cpath)) {
+      best = p;
+      break;
+    }
+    if (best == NULL)
+      best = p;
+  }
+  Worker *w = NULL;
+  if (best != NULL) {
+    w = *best;
+    *best = w->next;
+    w->next = NULL;
+    idle_count--;
+  }
+  pthread_mutex_unlock(&idle_mu);
+  return w;
+}
+
+static void worker_give (Worker *w, LoomThread *t) {
+  pthread_mutex_lock(&idle_mu);
+  w->job = t;
+  pthread_cond_signal(&w->cv);
+  pthread_mutex_unlock(&idle_mu);
+}
+
+/* Parks w until it is handed a job, which it returns; NULL: w leaves. */
+static LoomThread *worker_park (Worker *w) {
+  pthread_mutex_lock(&idle_mu);
+  w->job = NULL;
+  if (idle_count >= idle_max) {
+    pthread_mutex_unlock(&idle_mu);
+    return NULL;
+  }
+  w->next = idle_list;
+  idle_list = w;
+  idle_count++;
+  LoomDeadline dl;
+  loomi_deadline_in(&dl, WORKER_IDLE_SECONDS);
+  while (w->job == NULL &&
+         pthread_cond_timedwait(&w->cv, &idle_mu, &dl.at) != ETIMEDOUT)
+    ;
+  LoomThread *t = w->job;
+  if (t == NULL) {
+    for (Worker **p = &idle_list; *p != NULL; p = &(*p)->next)
+      if (*p == w) {
+        *p = w->next;
+        idle_count--;
+        break;
+      }
+  }
+  pthread_mutex_unlock(&idle_mu);
+  return t;
+}
+
+static void worker_drop_state (Worker *w) {
+  if (w->L != NULL)
+    lua_close(w->L);
+  w->L = NULL;
+  free(w->path);
+  free(w->cpath);
+  w->path = w->cpath = NULL;
+}
+
+/* Makes sure w has a clean state for t's paths; NULL with t->failmsg set
+** when no state can be made.  Takes t's paths. */
+static lua_State *worker_state (Worker *w, LoomThread *t) {
+  if (w->L != NULL &&
+      !(same_string(w->path, t->path) && same_string(w->cpath, t->cpath)))
+    worker_drop_state(w);
+  if (w->L != NULL) {
+    free(t->path);
+    free(t->cpath);
+    t->path = t->cpath = NULL;
+    return w->L;
+  }
+  char err[sizeof t->failmsg];
+  lua_State *L = loomi_newstate(t->path, t->cpath, err, sizeof err);
+  if (L == NULL) {
+    free(t->path);
+    free(t->cpath);
+    t->path = t->cpath = NULL;
+    loomi_mutex_lock(&t->mu);
+    memcpy(t->failmsg, err, sizeof err);
+    t->failed = 1;
+    loomi_mutex_unlock(&t->mu);
+    return NULL;
+  }
+  lua_pushcfunction(L, snapshot_take);
+  if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+    lua_pop(L, 1);          /* runs once; w keeps no state after it */
+    lua_pushnil(L);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &SNAPSHOT_KEY);
+  }
+  w->L = L;
+  w->path = t->path;
+  w->cpath = t->cpath;
+  t->path = t->cpath = NULL;
+  return L;
+}
+
+/* Waits for the threads this state started, as closing it would. */
+static void children_wait_state (lua_State *L) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &CHILDREN_KEY) == LUA_TUSERDATA)
+    children_finish(lua_touserdata(L, -1));
+  lua_pop(L, 1);
+}
+
+/* Runs thread t on worker w, up to marking it done. */
+static void worker_run (Worker *w, LoomThread *t) {
+  self_thread = t;
+  loomi_mutex_lock(&t->mu);
+  t->native_id = os_thread_id();
+  t->ident = (int64_t)pthread_self();
+  loomi_mutex_unlock(&t->mu);
+  lua_State *L = worker_state(w, t);
+  if (L != NULL) {
+    loomi_mutex_lock(&t->mu);
+    t->L = L;
+    loomi_mutex_unlock(&t->mu);
+    if (atomic_load(&t->cancel))
+      lua_sethook(L, cancel_hook, LUA_MASKCOUNT | LUA_MASKCALL, 1);
+    lua_pushcfunction(L, traceback_handler);
+    lua_pushcfunction(L, thread_run);
+    lua_pushlightuserdata(L, t);
+    if (lua_pcall(L, 1, 0, 1) != LUA_OK) {
+      lua_rawgetp(L, LUA_REGISTRYINDEX, &TRACEBACK_KEY);
+      thread_fail(t, L, lua_gettop(L) - 1);
+      report_orphan(t, L);
+    }
+    lua_settop(L, 0);
+    loomi_mutex_lock(&t->mu);
+    t->L = NULL;
+    loomi_mutex_unlock(&t->mu);
+    lua_sethook(L, NULL, 0, 0);   /* no cancel may reach the next thread */
+    children_wait_state(L);
+  }
+  /* The running thread's reference goes in the same critical section that
+  ** marks it done, so a dying handle that sees "done" can trust the count;
+  ** an error no handle will ever see is reported now. */
+  loomi_mutex_lock(&t->mu);
+  t->state = TH_DONE;
+  int last = 0, refs = atomic_load(&t->obj.refs);
+  do {
+    if (refs == 1) {
+      last = 1;
+      break;
+    }
+  } while (!atomic_compare_exchange_weak(&t->obj.refs, &refs, refs - 1));
+  if (t->failed && !t->collected && !atomic_load(&t->cancel) &&
+      (last || refs - 1 == t->listed)) {
+    t->collected = 1;
+    fprintf(stderr, "loom: exception in thread %s:\n%s\n", t->name,
+            t->failmsg);
+    fflush(stderr);
+  }
+  pthread_cond_broadcast(&t->cv);
+  loomi_mutex_unlock(&t->mu);
+  self_thread = NULL;
+  if (last)
+    loomi_obj_release(&t->obj);
+}
+
+/* Cleans w's state for the next thread, or drops it when that fails. */
+static void worker_clean (Worker *w) {
+  lua_State *L = w->L;
+  if (L == NULL)
+    return;
+  lua_pushcfunction(L, snapshot_restore);
+  if (lua_pcall(L, 0, 0, 0) != LUA_OK)
+    worker_drop_state(w);
+}
+
+static void *worker_main (void *arg) {
+  Worker *w = arg;
+  LoomThread *t = w->job;
+  w->tid = pthread_self();
+  while (t != NULL) {
+    worker_run(w, t);
+    worker_clean(w);
+    t = worker_park(w);
+  }
+  worker_drop_state(w);
+  pthread_cond_destroy(&w->cv);
+  free(w);
+  return NULL;
+}
+
+/* Starts t on an idle worker or a new one: 0 with *tid set, or an errno. */
+static int worker_start (LoomThread *t, pthread_t *tid) {
+  pthread_once(&worker_once, worker_init);
+  Worker *w = worker_take(t->path, t->cpath);
+  if (w != NULL) {
+    *tid = w->tid;
+    worker_give(w, t);
+    return 0;
+  }
+  w = calloc(1, sizeof *w);
+  if (w == NULL)
+    return ENOMEM;
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  int err = pthread_cond_init(&w->cv, &ca);
+  pthread_condattr_destroy(&ca);
+  if (err != 0) {
+    free(w);
+    return err;
+  }
+  w->job = t;
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  pthread_attr_setstacksize(&attr, (size_t)2 << 20);
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);   /* the new thread inherits it */
+  err = pthread_create(tid, &attr, worker_main, w);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  pthread_attr_destroy(&attr);
+  if (err != 0) {
+    pthread_cond_destroy(&w->cv);
+    free(w);
+  }
+  return err;
 }
 
 /* ---- Lua bindings ---- */
@@ -535,19 +993,10 @@ static int thread_start (lua_State *L) {
     c->list = list;
     c->cap = cap;
   }
-  pthread_attr_t attr;
-  pthread_attr_init(&attr);
-  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-  pthread_attr_setstacksize(&attr, (size_t)2 << 20);
-  sigset_t all, old;
-  sigfillset(&all);
-  pthread_sigmask(SIG_SETMASK, &all, &old);   /* the new thread inherits it */
   loomi_obj_retain(&t->obj);                  /* the running thread's ref */
   t->state = TH_RUNNING;
   pthread_t tid;
-  int err = pthread_create(&tid, &attr, thread_main, t);
-  pthread_sigmask(SIG_SETMASK, &old, NULL);
-  pthread_attr_destroy(&attr);
+  int err = worker_start(t, &tid);
   if (err != 0) {
     t->state = TH_NEW;
     loomi_msg_free(t->call);
@@ -774,7 +1223,6 @@ static int thread_tostring (lua_State *L) {
 
 /* current() -> the Thread running this code; the main thread of a program
 ** gets a handle of its own, made once per state. */
-static const char MAIN_KEY = 'm';
 
 static int thread_current (lua_State *L) {
   if (self_thread != NULL) {
