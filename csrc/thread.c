@@ -626,7 +626,7 @@ static int snapshot_restore (lua_State *L) {
 typedef struct Worker {
   struct Worker *next;       /* in the idle list */
   pthread_cond_t cv;         /* a job arrived; idle_mu */
-  LoomThread *job;           /* idle_mu held while the worker is idle */
+  _Atomic(LoomThread *) job; /* set under idle_mu while w is idle */
   pthread_t tid;             /* set by the worker before it first parks */
   lua_State *L;              /* kept between jobs, NULL when none */
   char *path, *cpath;        /* the package paths L was made with */
@@ -698,23 +698,32 @@ static void worker_give (Worker *w, LoomThread *t) {
   pthread_mutex_unlock(&idle_mu);
 }
 
-/* Parks w until it is handed a job, which it returns; NULL: w leaves. */
-static LoomThread *worker_park (Worker *w) {
+/* Puts w, its thread done, at the head of the idle list, where start()
+** looks first: w is handed the next thread even while it still cleans its
+** state, and takes it without a wake-up.  0: enough wait, w leaves. */
+static int worker_offer (Worker *w) {
   pthread_mutex_lock(&idle_mu);
-  w->job = NULL;
-  if (idle_count >= idle_max) {
-    pthread_mutex_unlock(&idle_mu);
-    return NULL;
+  atomic_store(&w->job, NULL);
+  int ok = idle_count < idle_max;
+  if (ok) {
+    w->next = idle_list;
+    idle_list = w;
+    idle_count++;
   }
-  w->next = idle_list;
-  idle_list = w;
-  idle_count++;
+  pthread_mutex_unlock(&idle_mu);
+  return ok;
+}
+
+/* Waits in the idle list for a thread to run; NULL after
+** WORKER_IDLE_SECONDS, w out of the list. */
+static LoomThread *worker_wait (Worker *w) {
+  pthread_mutex_lock(&idle_mu);
   LoomDeadline dl;
   loomi_deadline_in(&dl, WORKER_IDLE_SECONDS);
-  while (w->job == NULL &&
+  while (atomic_load(&w->job) == NULL &&
          pthread_cond_timedwait(&w->cv, &idle_mu, &dl.at) != ETIMEDOUT)
     ;
-  LoomThread *t = w->job;
+  LoomThread *t = atomic_load(&w->job);
   if (t == NULL) {
     for (Worker **p = &idle_list; *p != NULL; p = &(*p)->next)
       if (*p == w) {
@@ -740,37 +749,35 @@ static void worker_drop_state (Worker *w) {
 ** when no state can be made.  Takes t's paths. */
 static lua_State *worker_state (Worker *w, LoomThread *t) {
   if (w->L != NULL &&
-      !(same_string(w->path, t->path) && same_string(w->cpath, t->cpath)))
-    worker_drop_state(w);
-  if (w->L != NULL) {
-    free(t->path);
-    free(t->cpath);
-    t->path = t->cpath = NULL;
-    return w->L;
+      !(same_string(w->path, t->path) && same_string(w->cpath, t->cpath))) {
+    lua_close(w->L);
+    w->L = NULL;
   }
-  char err[sizeof t->failmsg];
-  lua_State *L = loomi_newstate(t->path, t->cpath, err, sizeof err);
-  if (L == NULL) {
-    free(t->path);
-    free(t->cpath);
-    t->path = t->cpath = NULL;
-    loomi_mutex_lock(&t->mu);
-    memcpy(t->failmsg, err, sizeof err);
-    t->failed = 1;
-    loomi_mutex_unlock(&t->mu);
-    return NULL;
+  if (w->L == NULL) {
+    char err[sizeof t->failmsg];
+    lua_State *L = loomi_newstate(t->path, t->cpath, err, sizeof err);
+    if (L == NULL) {
+      loomi_mutex_lock(&t->mu);
+      memcpy(t->failmsg, err, sizeof err);
+      t->failed = 1;
+      loomi_mutex_unlock(&t->mu);
+    }
+    else {
+      lua_pushcfunction(L, snapshot_take);
+      if (lua_pcall(L, 0, 0, 0) != LUA_OK)
+        lua_pop(L, 1);      /* no snapshot: the state is not kept */
+      w->L = L;
+      free(w->path);
+      free(w->cpath);
+      w->path = t->path;
+      w->cpath = t->cpath;
+      t->path = t->cpath = NULL;
+    }
   }
-  lua_pushcfunction(L, snapshot_take);
-  if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
-    lua_pop(L, 1);          /* runs once; w keeps no state after it */
-    lua_pushnil(L);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &SNAPSHOT_KEY);
-  }
-  w->L = L;
-  w->path = t->path;
-  w->cpath = t->cpath;
+  free(t->path);
+  free(t->cpath);
   t->path = t->cpath = NULL;
-  return L;
+  return w->L;
 }
 
 /* Waits for the threads this state started, as closing it would. */
@@ -835,14 +842,17 @@ static void worker_run (Worker *w, LoomThread *t) {
     loomi_obj_release(&t->obj);
 }
 
-/* Cleans w's state for the next thread, or drops it when that fails. */
+/* Cleans w's state for the next thread, or closes it when that fails (w
+** is in the idle list: its paths stay as they are). */
 static void worker_clean (Worker *w) {
   lua_State *L = w->L;
   if (L == NULL)
     return;
   lua_pushcfunction(L, snapshot_restore);
-  if (lua_pcall(L, 0, 0, 0) != LUA_OK)
-    worker_drop_state(w);
+  if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+    lua_close(L);
+    w->L = NULL;
+  }
 }
 
 static void *worker_main (void *arg) {
@@ -851,8 +861,10 @@ static void *worker_main (void *arg) {
   w->tid = pthread_self();
   while (t != NULL) {
     worker_run(w, t);
+    if (!worker_offer(w))
+      break;
     worker_clean(w);
-    t = worker_park(w);
+    t = worker_wait(w);
   }
   worker_drop_state(w);
   pthread_cond_destroy(&w->cv);
