@@ -394,7 +394,7 @@ static const char MAIN_KEY = 'm';
 
 /* Fields of the snapshot table.  SNAP_TABLES is a sequence of quadruples:
 ** table, its copy, its entry count, its metatable (false when none). */
-enum { SNAP_TABLES = 1, SNAP_TYPES, SNAP_REGISTRY, SNAP_GCMODE };
+enum { SNAP_TABLES = 1, SNAP_TYPES, SNAP_REGISTRY, SNAP_GCMODE, SNAP_BASEKB };
 
 static const int basic_types[] = {
   LUA_TNIL, LUA_TBOOLEAN, LUA_TLIGHTUSERDATA, LUA_TNUMBER, LUA_TSTRING,
@@ -516,6 +516,11 @@ static int snapshot_take (lua_State *L) {
   lua_rawseti(L, 1, SNAP_GCMODE);
   lua_settop(L, 1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &SNAPSHOT_KEY);
+  lua_gc(L, LUA_GCCOLLECT);
+  lua_pushinteger(L, lua_gc(L, LUA_GCCOUNT));   /* KiB a clean state holds */
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &SNAPSHOT_KEY);
+  lua_insert(L, -2);
+  lua_rawseti(L, -2, SNAP_BASEKB);
   return 0;
 }
 
@@ -553,12 +558,10 @@ static void restore_table (lua_State *L, int t, int c, lua_Integer count) {
   }
 }
 
-/* Protected: puts a state that ran a thread back as it was made, and
-** steps the collector over what the thread left behind. */
-static int snapshot_restore (lua_State *L) {
-  lua_settop(L, 0);
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &SNAPSHOT_KEY) != LUA_TTABLE)
-    return luaL_error(L, "state has no snapshot");
+/* Puts back what the snapshot at stack index 1 holds; the stack is left
+** with only the snapshot. */
+static void snapshot_apply (lua_State *L) {
+  lua_settop(L, 1);
   lua_rawgeti(L, 1, SNAP_TYPES);              /* 2 */
   for (int i = 0; i < NBASIC; i++) {
     push_basic(L, basic_types[i]);
@@ -598,17 +601,34 @@ static int snapshot_restore (lua_State *L) {
     }
     lua_settop(L, 4);
   }
+  lua_settop(L, 1);
+}
+
+/* Protected: puts a state that ran a thread back as it was made.  When
+** the thread left much garbage behind, a full collection frees it now and
+** runs its finalizers, which may touch the libraries again; otherwise the
+** collector goes on at its own pace. */
+static int snapshot_restore (lua_State *L) {
+  lua_settop(L, 0);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &SNAPSHOT_KEY) != LUA_TTABLE)
+    return luaL_error(L, "state has no snapshot");
+  snapshot_apply(L);
   lua_rawgeti(L, 1, SNAP_GCMODE);
   int mode = (int)lua_tointeger(L, -1);
+  lua_rawgeti(L, 1, SNAP_BASEKB);
+  int base = (int)lua_tointeger(L, -1);
+  lua_settop(L, 1);
   lua_gc(L, LUA_GCRESTART);
   lua_gc(L, mode, 0, 0, 0);
-  lua_settop(L, 0);
+  if (lua_gc(L, LUA_GCCOUNT) > 2 * base + 64) {
+    lua_gc(L, LUA_GCCOLLECT);
+    snapshot_apply(L);
+  }
   lua_warning(L, "@off", 0);
   lua_getglobal(L, "math");
   if (lua_getfield(L, -1, "randomseed") == LUA_TFUNCTION)
     lua_call(L, 0, 0);                /* a seed the last thread set goes */
   lua_settop(L, 0);
-  lua_gc(L, LUA_GCSTEP, 0);
   return 0;
 }
 
