@@ -137,9 +137,16 @@ static void cancel_hook (lua_State *L, lua_Debug *ar);
 
 int loomi_raise_cancelled (lua_State *L) {
   /* A call hook would raise again on the very call of each __close
-  ** handler, skipping it; count instructions only from now on. */
-  if (lua_gethook(L) == cancel_hook)
-    lua_sethook(L, cancel_hook, LUA_MASKCOUNT, CANCEL_GRACE);
+  ** handler, skipping it: after an error raised on any instruction, count
+  ** CANCEL_GRACE instructions.  Code still running then has caught the
+  ** error: raise on every instruction again, so that the next one outside
+  ** the catching pcall gets it. */
+  if (lua_gethook(L) == cancel_hook) {
+    if (lua_gethookmask(L) & LUA_MASKCALL)
+      lua_sethook(L, cancel_hook, LUA_MASKCOUNT, CANCEL_GRACE);
+    else
+      lua_sethook(L, cancel_hook, LUA_MASKCOUNT | LUA_MASKCALL, 1);
+  }
   lua_pushliteral(L, LOOM_CANCELLED);
   return lua_error(L);
 }
@@ -324,6 +331,65 @@ static void report_orphan (LoomThread *t, lua_State *L) {
     lua_pop(L, 1);
 }
 
+typedef struct Worker Worker;
+static lua_State *worker_state (Worker *w, LoomThread *t);
+static void children_wait_state (lua_State *L);
+
+/* Runs thread t on worker w, up to marking it done. */
+static void worker_run (Worker *w, LoomThread *t) {
+  self_thread = t;
+  loomi_mutex_lock(&t->mu);
+  t->native_id = os_thread_id();
+  t->ident = (int64_t)pthread_self();
+  loomi_mutex_unlock(&t->mu);
+  lua_State *L = worker_state(w, t);
+  if (L != NULL) {
+    loomi_mutex_lock(&t->mu);
+    t->L = L;
+    loomi_mutex_unlock(&t->mu);
+    if (atomic_load(&t->cancel))
+      lua_sethook(L, cancel_hook, LUA_MASKCOUNT | LUA_MASKCALL, 1);
+    lua_pushcfunction(L, traceback_handler);
+    lua_pushcfunction(L, thread_run);
+    lua_pushlightuserdata(L, t);
+    if (lua_pcall(L, 1, 0, 1) != LUA_OK) {
+      lua_rawgetp(L, LUA_REGISTRYINDEX, &TRACEBACK_KEY);
+      thread_fail(t, L, lua_gettop(L) - 1);
+      report_orphan(t, L);
+    }
+    lua_settop(L, 0);
+    loomi_mutex_lock(&t->mu);
+    t->L = NULL;
+    loomi_mutex_unlock(&t->mu);
+    lua_sethook(L, NULL, 0, 0);   /* no cancel may reach the next thread */
+    children_wait_state(L);
+  }
+  /* The running thread's reference goes in the same critical section that
+  ** marks it done, so a dying handle that sees "done" can trust the count;
+  ** an error no handle will ever see is reported now. */
+  loomi_mutex_lock(&t->mu);
+  t->state = TH_DONE;
+  int last = 0, refs = atomic_load(&t->obj.refs);
+  do {
+    if (refs == 1) {
+      last = 1;
+      break;
+    }
+  } while (!atomic_compare_exchange_weak(&t->obj.refs, &refs, refs - 1));
+  if (t->failed && !t->collected && !atomic_load(&t->cancel) &&
+      (last || refs - 1 == t->listed)) {
+    t->collected = 1;
+    fprintf(stderr, "loom: exception in thread %s:\n%s\n", t->name,
+            t->failmsg);
+    fflush(stderr);
+  }
+  pthread_cond_broadcast(&t->cv);
+  loomi_mutex_unlock(&t->mu);
+  self_thread = NULL;
+  if (last)
+    loomi_obj_release(&t->obj);
+}
+
 /* ---- the per-state list of started threads, for lifecycle ---- */
 
 typedef struct Children {
@@ -353,7 +419,7 @@ static void children_prune (Children *c) {
 /* When the state that started threads closes: cancel the daemons, then
 ** wait for everyone (a daemon stuck outside Lua is given up on after a
 ** grace period; the library stays mapped, see the Makefile). */
-static void children_finish (Children *c) {
+static void children_shutdown (Children *c) {
   for (size_t i = 0; i < c->n; i++)
     if (c->list[i]->daemon)
       thread_request_cancel(c->list[i]);
@@ -370,7 +436,7 @@ static void children_finish (Children *c) {
 }
 
 static int children_gc (lua_State *L) {
-  children_finish(lua_touserdata(L, 1));
+  children_shutdown(lua_touserdata(L, 1));
   return 0;
 }
 
@@ -646,22 +712,23 @@ static int snapshot_restore (lua_State *L) {
 /* ---- workers: OS threads kept, idle, with their interpreters ----
 ** A worker runs one thread after another.  When a thread's body is over,
 ** it waits for the threads that state started, marks the thread done,
-** then cleans its state and parks in the idle list, to be handed the next
-** start() whose package paths its state was made with.  Idle workers are
-** detached and wait for nothing but a job: a closing state never waits for
-** them, and they leave after WORKER_IDLE_SECONDS or when IDLE_MAX wait
-** already.  A forked child starts with no idle workers. */
+** joins the idle list, cleans its state and waits there to be handed the
+** next start() (one whose package paths its state was made with, if any
+** such worker is idle).  Idle workers are detached and wait for nothing
+** but work: a closing state never waits for them, and they leave after
+** WORKER_IDLE_SECONDS, or at once when idle_max wait already.  A forked
+** child starts with no idle workers. */
 
 #define WORKER_IDLE_SECONDS 5.0
 
-typedef struct Worker {
+struct Worker {
   struct Worker *next;       /* in the idle list */
   pthread_cond_t cv;         /* a job arrived; idle_mu */
   _Atomic(LoomThread *) job; /* set under idle_mu while w is idle */
   pthread_t tid;             /* set by the worker before it first parks */
   lua_State *L;              /* kept between jobs, NULL when none */
   char *path, *cpath;        /* the package paths L was made with */
-} Worker;
+};
 
 /* Process-global: the idle workers of this process.  idle_mu guards the
 ** list, the count and the job field of every idle worker. */
@@ -681,7 +748,7 @@ static void worker_atfork_parent (void) {
 
 /* The idle workers are threads of the parent: the child has none. */
 static void worker_atfork_child (void) {
-  pthread_mutex_init(&idle_mu, NULL);
+  pthread_mutex_unlock(&idle_mu);
   idle_list = NULL;
   idle_count = 0;
 }
@@ -814,63 +881,8 @@ static lua_State *worker_state (Worker *w, LoomThread *t) {
 /* Waits for the threads this state started, as closing it would. */
 static void children_wait_state (lua_State *L) {
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &CHILDREN_KEY) == LUA_TUSERDATA)
-    children_finish(lua_touserdata(L, -1));
+    children_shutdown(lua_touserdata(L, -1));
   lua_pop(L, 1);
-}
-
-/* Runs thread t on worker w, up to marking it done. */
-static void worker_run (Worker *w, LoomThread *t) {
-  self_thread = t;
-  loomi_mutex_lock(&t->mu);
-  t->native_id = os_thread_id();
-  t->ident = (int64_t)pthread_self();
-  loomi_mutex_unlock(&t->mu);
-  lua_State *L = worker_state(w, t);
-  if (L != NULL) {
-    loomi_mutex_lock(&t->mu);
-    t->L = L;
-    loomi_mutex_unlock(&t->mu);
-    if (atomic_load(&t->cancel))
-      lua_sethook(L, cancel_hook, LUA_MASKCOUNT | LUA_MASKCALL, 1);
-    lua_pushcfunction(L, traceback_handler);
-    lua_pushcfunction(L, thread_run);
-    lua_pushlightuserdata(L, t);
-    if (lua_pcall(L, 1, 0, 1) != LUA_OK) {
-      lua_rawgetp(L, LUA_REGISTRYINDEX, &TRACEBACK_KEY);
-      thread_fail(t, L, lua_gettop(L) - 1);
-      report_orphan(t, L);
-    }
-    lua_settop(L, 0);
-    loomi_mutex_lock(&t->mu);
-    t->L = NULL;
-    loomi_mutex_unlock(&t->mu);
-    lua_sethook(L, NULL, 0, 0);   /* no cancel may reach the next thread */
-    children_wait_state(L);
-  }
-  /* The running thread's reference goes in the same critical section that
-  ** marks it done, so a dying handle that sees "done" can trust the count;
-  ** an error no handle will ever see is reported now. */
-  loomi_mutex_lock(&t->mu);
-  t->state = TH_DONE;
-  int last = 0, refs = atomic_load(&t->obj.refs);
-  do {
-    if (refs == 1) {
-      last = 1;
-      break;
-    }
-  } while (!atomic_compare_exchange_weak(&t->obj.refs, &refs, refs - 1));
-  if (t->failed && !t->collected && !atomic_load(&t->cancel) &&
-      (last || refs - 1 == t->listed)) {
-    t->collected = 1;
-    fprintf(stderr, "loom: exception in thread %s:\n%s\n", t->name,
-            t->failmsg);
-    fflush(stderr);
-  }
-  pthread_cond_broadcast(&t->cv);
-  loomi_mutex_unlock(&t->mu);
-  self_thread = NULL;
-  if (last)
-    loomi_obj_release(&t->obj);
 }
 
 /* Cleans w's state for the next thread, or closes it when that fails (w
