@@ -695,7 +695,8 @@ static int snapshot_restore (lua_State *L) {
   lua_rawgeti(L, 1, SNAP_BASEKB);
   int base = (int)lua_tointeger(L, -1);
   lua_settop(L, 1);
-  lua_gc(L, LUA_GCRESTART);
+  if (!lua_gc(L, LUA_GCISRUNNING))
+    lua_gc(L, LUA_GCRESTART);         /* which also resets the debt: rare */
   lua_gc(L, mode, 0, 0, 0);
   if (lua_gc(L, LUA_GCCOUNT) > 2 * base + 64) {
     lua_gc(L, LUA_GCCOLLECT);
