@@ -470,7 +470,7 @@ static const char SNAPSHOT_KEY = 's';
 static const char MAIN_KEY = 'm';
 
 /* Fields of the snapshot table.  SNAP_TABLES is a sequence of quadruples:
-** table, its copy, its entry count, its metatable (false when none). */
+** table, its copy, its Print, its metatable (false when none). */
 enum { SNAP_TABLES = 1, SNAP_TYPES, SNAP_REGISTRY, SNAP_GCMODE, SNAP_BASEKB };
 
 static const int basic_types[] = {
@@ -511,6 +511,79 @@ static void set_reg (lua_State *L, int i) {
     lua_setfield(L, LUA_REGISTRYINDEX, reg_names[i]);
   else
     lua_rawsetp(L, LUA_REGISTRYINDEX, reg_keys[i - NREGNAMES]);
+}
+
+/* A table's entries in traversal order, each key and value reduced to its
+** type and identity: comparing a table with it costs no lookup, and a table
+** nobody changed traverses in the same order.  The copy is what the table
+** is put back from when they differ. */
+typedef struct Slot {
+  int type;                  /* lua_type, or -1 for an integer */
+  union { const void *p; lua_Integer i; lua_Number f; int b; } u;
+} Slot;
+
+typedef struct Print {
+  lua_Integer n;             /* entries */
+  Slot s[];                  /* key, value, key, value... */
+} Print;
+
+static void slot_get (lua_State *L, int idx, Slot *s) {
+  s->type = lua_type(L, idx);
+  switch (s->type) {
+    case LUA_TNUMBER:
+      if (lua_isinteger(L, idx)) {
+        s->type = -1;
+        s->u.i = lua_tointeger(L, idx);
+      }
+      else
+        s->u.f = lua_tonumber(L, idx);
+      break;
+    case LUA_TBOOLEAN: s->u.b = lua_toboolean(L, idx); break;
+    default: s->u.p = lua_topointer(L, idx); break;
+  }
+}
+
+/* True when the value at idx is the one s describes (a NaN never is). */
+static int slot_same (lua_State *L, int idx, const Slot *s) {
+  Slot v;
+  slot_get(L, idx, &v);
+  if (v.type != s->type)
+    return 0;
+  switch (v.type) {
+    case -1: return v.u.i == s->u.i;
+    case LUA_TNUMBER: return v.u.f == s->u.f;
+    case LUA_TBOOLEAN: return v.u.b == s->u.b;
+    default: return v.u.p == s->u.p;
+  }
+}
+
+/* Records table t (stack index), which has p->n entries, into p. */
+static void print_record (lua_State *L, int t, Print *p) {
+  lua_Integer i = 0;
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    if (i < p->n) {
+      slot_get(L, -2, &p->s[2 * i]);
+      slot_get(L, -1, &p->s[2 * i + 1]);
+    }
+    i++;
+    lua_pop(L, 1);
+  }
+}
+
+static int print_matches (lua_State *L, int t, const Print *p) {
+  lua_Integer i = 0;
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    if (i >= p->n || !slot_same(L, -2, &p->s[2 * i]) ||
+        !slot_same(L, -1, &p->s[2 * i + 1])) {
+      lua_pop(L, 2);
+      return 0;
+    }
+    i++;
+    lua_pop(L, 1);
+  }
+  return i == p->n;
 }
 
 /* Queues the table at idx (seen set at 2, queue at 3) once. */
@@ -570,7 +643,10 @@ static int snapshot_take (lua_State *L) {
       lua_pushboolean(L, 0);
     snap_enqueue(L, -1, &qn);
     lua_rawseti(L, 4, k + 4);
-    lua_pushinteger(L, n);
+    Print *p = lua_newuserdatauv(L, sizeof(Print) +
+                                    (size_t)(2 * n) * sizeof(Slot), 0);
+    p->n = n;
+    print_record(L, 5, p);
     lua_rawseti(L, 4, k + 3);
     lua_rawseti(L, 4, k + 2);
     lua_rawseti(L, 4, k + 1);
@@ -663,9 +739,12 @@ static void snapshot_apply (lua_State *L) {
     lua_rawgeti(L, 4, k + 1);                 /* 5: table */
     lua_rawgeti(L, 4, k + 2);                 /* 6: copy */
     lua_rawgeti(L, 4, k + 3);
-    lua_Integer count = lua_tointeger(L, -1);
+    Print *p = lua_touserdata(L, -1);         /* the snapshot keeps it */
     lua_pop(L, 1);
-    restore_table(L, 5, 6, count);
+    if (!print_matches(L, 5, p)) {
+      restore_table(L, 5, 6, p->n);
+      print_record(L, 5, p);    /* the order may have changed with it */
+    }
     if (lua_rawgeti(L, 4, k + 4) != LUA_TTABLE) {     /* 7: metatable */
       lua_pop(L, 1);
       lua_pushnil(L);
