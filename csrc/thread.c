@@ -128,25 +128,7 @@ int loomi_cancel_requested (void) {
   return t != NULL && atomic_load(&t->cancel);
 }
 
-static void cancel_hook (lua_State *L, lua_Debug *ar);
-
-/* Instructions a cancelled thread may run between two cancellation errors:
-** enough for <close> handlers (a guard releasing a lock) to run while the
-** error unwinds, few enough that code swallowing the error is stopped. */
-#define CANCEL_GRACE 1000
-
 int loomi_raise_cancelled (lua_State *L) {
-  /* A call hook would raise again on the very call of each __close
-  ** handler, skipping it: after an error raised on any instruction, count
-  ** CANCEL_GRACE instructions.  Code still running then has caught the
-  ** error: raise on every instruction again, so that the next one outside
-  ** the catching pcall gets it. */
-  if (lua_gethook(L) == cancel_hook) {
-    if (lua_gethookmask(L) & LUA_MASKCALL)
-      lua_sethook(L, cancel_hook, LUA_MASKCOUNT, CANCEL_GRACE);
-    else
-      lua_sethook(L, cancel_hook, LUA_MASKCOUNT | LUA_MASKCALL, 1);
-  }
   lua_pushliteral(L, LOOM_CANCELLED);
   return lua_error(L);
 }
@@ -164,10 +146,19 @@ void loomi_block_end (lua_State *L) {
     block_hooks[1](L);
 }
 
+/* Raises on every call and instruction of a cancelled thread, except on
+** the call of the __close handlers that release loom objects and hold()
+** guards, so that unwinding the cancellation still releases a lock. */
 static void cancel_hook (lua_State *L, lua_Debug *ar) {
-  (void)ar;
-  if (loomi_cancel_requested())
-    loomi_raise_cancelled(L);
+  if (!loomi_cancel_requested())
+    return;
+  if (ar->event == LUA_HOOKCALL && lua_getinfo(L, "f", ar)) {
+    lua_CFunction f = lua_tocfunction(L, -1);
+    lua_pop(L, 1);
+    if (f == loomi_guard_close || f == loomi_proxy_gc)
+      return;
+  }
+  loomi_raise_cancelled(L);
 }
 
 /* Flags t, reaches a pure-Lua loop through a hook on its state, and wakes
@@ -333,7 +324,6 @@ static void report_orphan (LoomThread *t, lua_State *L) {
 
 typedef struct Worker Worker;
 static lua_State *worker_state (Worker *w, LoomThread *t);
-static void children_wait_state (lua_State *L);
 
 /* Runs thread t on worker w, up to marking it done. */
 static void worker_run (Worker *w, LoomThread *t) {
@@ -362,7 +352,7 @@ static void worker_run (Worker *w, LoomThread *t) {
     t->L = NULL;
     loomi_mutex_unlock(&t->mu);
     lua_sethook(L, NULL, 0, 0);   /* no cancel may reach the next thread */
-    children_wait_state(L);
+    loomi_thread_shutdown(L);   /* as closing the state would */
   }
   /* The running thread's reference goes in the same critical section that
   ** marks it done, so a dying handle that sees "done" can trust the count;
@@ -395,6 +385,7 @@ static void worker_run (Worker *w, LoomThread *t) {
 typedef struct Children {
   LoomThread **list;
   size_t n, cap;
+  pid_t pid;             /* the process whose references the list holds */
 } Children;
 
 static const char CHILDREN_KEY = 'c';
@@ -420,6 +411,8 @@ static void children_prune (Children *c) {
 ** wait for everyone (a daemon stuck outside Lua is given up on after a
 ** grace period; the library stays mapped, see the Makefile). */
 static void children_shutdown (Children *c) {
+  if (c->pid != getpid())
+    c->n = 0;   /* a copy made by a fork loom did not do: not ours to wait */
   for (size_t i = 0; i < c->n; i++)
     if (c->list[i]->daemon)
       thread_request_cancel(c->list[i]);
@@ -449,6 +442,7 @@ static Children *children_of (lua_State *L) {
   lua_pop(L, 1);
   Children *c = lua_newuserdatauv(L, sizeof(Children), 0);
   memset(c, 0, sizeof *c);
+  c->pid = getpid();
   lua_createtable(L, 0, 1);
   lua_pushcfunction(L, children_gc);
   lua_setfield(L, -2, "__gc");
@@ -958,13 +952,6 @@ static lua_State *worker_state (Worker *w, LoomThread *t) {
   return w->L;
 }
 
-/* Waits for the threads this state started, as closing it would. */
-static void children_wait_state (lua_State *L) {
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &CHILDREN_KEY) == LUA_TUSERDATA)
-    children_shutdown(lua_touserdata(L, -1));
-  lua_pop(L, 1);
-}
-
 /* Cleans w's state for the next thread, or closes it when that fails (w
 ** is in the idle list: its paths stay as they are). */
 static void worker_clean (Worker *w) {
@@ -1418,6 +1405,26 @@ static int thread_set_excepthook (lua_State *L) {
   lua_pushvalue(L, 1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &REPORTER_KEY);
   return 1;
+}
+
+int loomi_thread_forked (lua_State *L) {
+  int was = self_thread != NULL;
+  self_thread = NULL;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &CHILDREN_KEY) == LUA_TUSERDATA) {
+    Children *c = lua_touserdata(L, -1);
+    c->n = 0;
+    c->pid = getpid();
+  }
+  lua_pop(L, 1);
+  lua_pushnil(L);   /* current() makes the child a main thread of its own */
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &MAIN_KEY);
+  return was;
+}
+
+void loomi_thread_shutdown (lua_State *L) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &CHILDREN_KEY) == LUA_TUSERDATA)
+    children_shutdown(lua_touserdata(L, -1));
+  lua_pop(L, 1);
 }
 
 static const luaL_Reg thread_meta[] = {
