@@ -160,6 +160,7 @@ static const struct {
   {"array", loomi_array_open},
   {"queue", loomi_queue_open},
   {"process", loomi_process_open},
+  {"pool", loomi_pool_open},
 };
 
 /* A thread may still be leaving loom's code when the state that loaded the

@@ -30,6 +30,7 @@ build = {
         "csrc/heap.c",
         "csrc/lock.c",
         "csrc/obj.c",
+        "csrc/pool.c",
         "csrc/process.c",
         "csrc/queue.c",
         "csrc/sem.c",
@@ -41,6 +42,7 @@ build = {
       libraries = { "pthread", "m" },
     },
     ["loom"] = "lua/loom/init.lua",
+    ["loom.pool"] = "lua/loom/pool.lua",
     ["loom.process"] = "lua/loom/process.lua",
   },
   platforms = {
