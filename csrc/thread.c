@@ -511,7 +511,7 @@ static void push_basic (lua_State *L, int type) {
     case LUA_TLIGHTUSERDATA: lua_pushlightuserdata(L, NULL); break;
     case LUA_TNUMBER: lua_pushinteger(L, 0); break;
     case LUA_TSTRING: lua_pushliteral(L, ""); break;
-    case LUA_TFUNCTION: lua_pushcfunction(L, traceback_handler); break;
+    case LUA_TFUNCTION: lua_pushcfunction(L, loomi_msgh); break;
     default: lua_pushthread(L); break;
   }
 }
