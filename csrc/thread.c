@@ -827,6 +827,7 @@ static int snapshot_restore (lua_State *L) {
 
 struct Worker {
   struct Worker *next;       /* in the idle list */
+  struct Worker *prev_all, *next_all;   /* in all_workers */
   pthread_cond_t cv;         /* a job arrived; idle_mu */
   _Atomic(LoomThread *) job; /* set under idle_mu while w is idle */
   pthread_t tid;             /* set by the worker before it first parks */
@@ -839,6 +840,9 @@ struct Worker {
 static pthread_mutex_t idle_mu = PTHREAD_MUTEX_INITIALIZER;
 static Worker *idle_list = NULL;
 static int idle_count = 0;
+/* Every worker, idle or not: in a forked child, the parent's workers stay
+** listed (never run, never freed) so their memory is not leaked but kept. */
+static Worker *all_workers = NULL;
 static int idle_max = 4;
 static pthread_once_t worker_once = PTHREAD_ONCE_INIT;
 
@@ -850,7 +854,8 @@ static void worker_atfork_parent (void) {
   pthread_mutex_unlock(&idle_mu);
 }
 
-/* The idle workers are threads of the parent: the child has none. */
+/* The idle workers are threads of the parent: the child has none (they stay
+** in all_workers). */
 static void worker_atfork_child (void) {
   pthread_mutex_unlock(&idle_mu);
   idle_list = NULL;
@@ -867,6 +872,27 @@ static void worker_init (void) {
 
 static int same_string (const char *a, const char *b) {
   return a == b || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+static void worker_list (Worker *w) {
+  pthread_mutex_lock(&idle_mu);
+  w->prev_all = NULL;
+  w->next_all = all_workers;
+  if (all_workers != NULL)
+    all_workers->prev_all = w;
+  all_workers = w;
+  pthread_mutex_unlock(&idle_mu);
+}
+
+static void worker_unlist (Worker *w) {
+  pthread_mutex_lock(&idle_mu);
+  if (w->prev_all != NULL)
+    w->prev_all->next_all = w->next_all;
+  else
+    all_workers = w->next_all;
+  if (w->next_all != NULL)
+    w->next_all->prev_all = w->prev_all;
+  pthread_mutex_unlock(&idle_mu);
 }
 
 /* Takes an idle worker out of the list: one whose state was made with these
@@ -1007,6 +1033,7 @@ static void *worker_main (void *arg) {
     t = worker_wait(w);
   }
   worker_drop_state(w);
+  worker_unlist(w);
   pthread_cond_destroy(&w->cv);
   free(w);
   return NULL;
@@ -1041,10 +1068,12 @@ static int worker_start (LoomThread *t, pthread_t *tid) {
   sigset_t all, old;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);   /* the new thread inherits it */
+  worker_list(w);
   err = pthread_create(tid, &attr, worker_main, w);
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   pthread_attr_destroy(&attr);
   if (err != 0) {
+    worker_unlist(w);
     pthread_cond_destroy(&w->cv);
     free(w);
   }
