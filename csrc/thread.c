@@ -1181,7 +1181,10 @@ static int thread_new (lua_State *L) {
 
 static int thread_start (lua_State *L) {
   LoomThread *t = checkthread(L, 1);
-  if (t->main || t->state != TH_NEW || t->call != NULL)
+  loomi_mutex_lock(&t->mu);
+  int state = t->state;           /* a worker may be ending it right now */
+  loomi_mutex_unlock(&t->mu);
+  if (t->main || state != TH_NEW || t->call != NULL)
     return luaL_error(L, "threads can only be started once");
   lua_settop(L, 1);
   lua_getiuservalue(L, 1, 1);
