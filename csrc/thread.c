@@ -1425,7 +1425,10 @@ static int thread_newindex (lua_State *L) {
     return 0;
   }
   if (strcmp(key, "daemon") == 0) {
-    if (t->state != TH_NEW)
+    loomi_mutex_lock(&t->mu);
+    int state = t->state;
+    loomi_mutex_unlock(&t->mu);
+    if (state != TH_NEW)
       return luaL_error(L, "cannot set daemon status of active thread");
     t->daemon = lua_toboolean(L, 3);
     return 0;
