@@ -27,6 +27,7 @@ typedef struct LoomThread {
   int main;                  /* stands for a thread loom did not start */
   int listed;                /* a reference is held by a Children list */
   atomic_int cancel;
+  atomic_int done;           /* state is TH_DONE, for a look without mu */
   lua_State *L;              /* the running state, for lua_sethook */
   LoomMsg *call;             /* function and arguments, until it starts */
   LoomMsg *results;
@@ -181,9 +182,50 @@ static void thread_request_cancel (LoomThread *t) {
   loomi_obj_release(obj);
 }
 
+/* Before a wait sleeps, it polls for a few microseconds: a thread that
+** ends that soon, or a job that comes that soon, costs no sleep and no
+** wake-up, the bulk of a short thread's cost.  Polls that come to nothing
+** (a busy machine, where they would take the CPU from the very thread
+** awaited) use up spin_credit, and polling stops but for a probe now and
+** then.  Process-global, a hint only: races on it are harmless. */
+#define SPIN_SECONDS 20e-6
+static atomic_int spin_credit = 0;
+static atomic_uint spin_probe = 0;
+
+/* Polls until *flag is nonzero or *ptr non-NULL (whichever is given);
+** 1 when it is. */
+static int spin_for (atomic_int *flag, void *_Atomic *ptr) {
+  int credit = atomic_load_explicit(&spin_credit, memory_order_relaxed);
+  if (credit <= 0 &&
+      (atomic_fetch_add_explicit(&spin_probe, 1, memory_order_relaxed) & 63))
+    return 0;
+  double until = 0;
+  for (unsigned i = 0;; i++) {
+    if (flag != NULL ? atomic_load(flag) != 0 : atomic_load(ptr) != NULL) {
+      if (credit < 64)
+        atomic_fetch_add_explicit(&spin_credit, 1, memory_order_relaxed);
+      return 1;
+    }
+    if ((i & 31) == 0) {
+      double now = loomi_now();
+      if (until == 0)
+        until = now + SPIN_SECONDS;
+      else if (now >= until)
+        break;
+    }
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
+  if (credit > -64)
+    atomic_fetch_sub_explicit(&spin_credit, 4, memory_order_relaxed);
+  return 0;
+}
+
 /* Waits until t is done; 0, ETIMEDOUT or ECANCELED. */
 static int thread_wait_done (LoomThread *t, const LoomDeadline *dl) {
   int rc = 0;
+  spin_for(&t->done, NULL);
   loomi_mutex_lock(&t->mu);
   while (t->state != TH_DONE && rc == 0)
     rc = loomi_wait(&t->cv, &t->mu, &t->obj, dl);
@@ -349,24 +391,18 @@ static void report_orphan (LoomThread *t, lua_State *L) {
     lua_pop(L, 1);
 }
 
-static void *thread_main (void *arg) {
-  LoomThread *t = arg;
+typedef struct Worker Worker;
+static lua_State *worker_state (Worker *w, LoomThread *t);
+
+/* Runs thread t on worker w, up to marking it done. */
+static void worker_run (Worker *w, LoomThread *t) {
   self_thread = t;
   loomi_mutex_lock(&t->mu);
   t->native_id = os_thread_id();
+  t->ident = (int64_t)pthread_self();
   loomi_mutex_unlock(&t->mu);
-  char err[sizeof t->failmsg];
-  lua_State *L = loomi_newstate(t->path, t->cpath, err, sizeof err);
-  free(t->path);
-  free(t->cpath);
-  t->path = t->cpath = NULL;
-  if (L == NULL) {
-    loomi_mutex_lock(&t->mu);
-    memcpy(t->failmsg, err, sizeof err);
-    t->failed = 1;
-    loomi_mutex_unlock(&t->mu);
-  }
-  else {
+  lua_State *L = worker_state(w, t);
+  if (L != NULL) {
     loomi_mutex_lock(&t->mu);
     t->L = L;
     loomi_mutex_unlock(&t->mu);
@@ -384,13 +420,15 @@ static void *thread_main (void *arg) {
     loomi_mutex_lock(&t->mu);
     t->L = NULL;
     loomi_mutex_unlock(&t->mu);
-    lua_close(L);   /* waits for the threads this one started */
+    lua_sethook(L, NULL, 0, 0);   /* no cancel may reach the next thread */
+    loomi_thread_shutdown(L);   /* as closing the state would */
   }
   /* The running thread's reference goes in the same critical section that
   ** marks it done, so a dying handle that sees "done" can trust the count;
   ** an error no handle will ever see is reported now. */
   loomi_mutex_lock(&t->mu);
   t->state = TH_DONE;
+  atomic_store(&t->done, 1);
   int last = 0, refs = atomic_load(&t->obj.refs);
   do {
     if (refs == 1) {
@@ -410,7 +448,6 @@ static void *thread_main (void *arg) {
   self_thread = NULL;
   if (last)
     loomi_obj_release(&t->obj);
-  return NULL;
 }
 
 /* ---- the per-state list of started threads, for lifecycle ---- */
@@ -484,6 +521,606 @@ static Children *children_of (lua_State *L) {
   return c;
 }
 
+/* ---- clean interpreters: what a fresh state looks like, and going back ----
+** A state made for a thread records once the contents of every table its
+** globals reach (the globals, every library table, package.loaded and the
+** tables those hold), their metatables, the metatables of the basic types
+** (the string one among them), the default input and output files and
+** loom's own registry entries.  Putting those back makes the state look
+** fresh to the next thread.  What C modules keep in the registry (their
+** references and metatables), and the C libraries a thread loaded, stay. */
+
+static const char SNAPSHOT_KEY = 's';
+static const char MAIN_KEY = 'm';
+
+/* Fields of the snapshot table.  SNAP_TABLES is a sequence of quadruples:
+** table, its copy, its Print, its metatable (false when none). */
+enum { SNAP_TABLES = 1, SNAP_TYPES, SNAP_REGISTRY, SNAP_GCMODE, SNAP_BASEKB };
+
+static const int basic_types[] = {
+  LUA_TNIL, LUA_TBOOLEAN, LUA_TLIGHTUSERDATA, LUA_TNUMBER, LUA_TSTRING,
+  LUA_TFUNCTION, LUA_TTHREAD
+};
+#define NBASIC ((int)(sizeof basic_types / sizeof basic_types[0]))
+
+/* Pushes one value of a basic type, to reach the type's metatable. */
+static void push_basic (lua_State *L, int type) {
+  switch (type) {
+    case LUA_TNIL: lua_pushnil(L); break;
+    case LUA_TBOOLEAN: lua_pushboolean(L, 0); break;
+    case LUA_TLIGHTUSERDATA: lua_pushlightuserdata(L, NULL); break;
+    case LUA_TNUMBER: lua_pushinteger(L, 0); break;
+    case LUA_TSTRING: lua_pushliteral(L, ""); break;
+    case LUA_TFUNCTION: lua_pushcfunction(L, loomi_msgh); break;
+    default: lua_pushthread(L); break;
+  }
+}
+
+/* The registry entries a thread may change through the libraries. */
+static const char *const reg_names[] = { "_IO_input", "_IO_output" };
+#define NREGNAMES ((int)(sizeof reg_names / sizeof reg_names[0]))
+static const void *const reg_keys[] = { &REPORTER_KEY, &TRACEBACK_KEY,
+                                        &MAIN_KEY };
+#define NREGKEYS ((int)(sizeof reg_keys / sizeof reg_keys[0]))
+
+static void push_reg (lua_State *L, int i) {
+  if (i < NREGNAMES)
+    lua_getfield(L, LUA_REGISTRYINDEX, reg_names[i]);
+  else
+    lua_rawgetp(L, LUA_REGISTRYINDEX, reg_keys[i - NREGNAMES]);
+}
+
+static void set_reg (lua_State *L, int i) {
+  if (i < NREGNAMES)
+    lua_setfield(L, LUA_REGISTRYINDEX, reg_names[i]);
+  else
+    lua_rawsetp(L, LUA_REGISTRYINDEX, reg_keys[i - NREGNAMES]);
+}
+
+/* A table's entries in traversal order, each key and value reduced to its
+** type and identity: comparing a table with it costs no lookup, and a table
+** nobody changed traverses in the same order.  The copy is what the table
+** is put back from when they differ. */
+typedef struct Slot {
+  int type;                  /* lua_type, or -1 for an integer */
+  union { const void *p; lua_Integer i; lua_Number f; int b; } u;
+} Slot;
+
+typedef struct Print {
+  lua_Integer n;             /* entries */
+  Slot s[];                  /* key, value, key, value... */
+} Print;
+
+static void slot_get (lua_State *L, int idx, Slot *s) {
+  s->type = lua_type(L, idx);
+  switch (s->type) {
+    case LUA_TNUMBER:
+      if (lua_isinteger(L, idx)) {
+        s->type = -1;
+        s->u.i = lua_tointeger(L, idx);
+      }
+      else
+        s->u.f = lua_tonumber(L, idx);
+      break;
+    case LUA_TBOOLEAN: s->u.b = lua_toboolean(L, idx); break;
+    default: s->u.p = lua_topointer(L, idx); break;
+  }
+}
+
+/* True when the value at idx is the one s describes (a NaN never is). */
+static int slot_same (lua_State *L, int idx, const Slot *s) {
+  Slot v;
+  slot_get(L, idx, &v);
+  if (v.type != s->type)
+    return 0;
+  switch (v.type) {
+    case -1: return v.u.i == s->u.i;
+    case LUA_TNUMBER: return v.u.f == s->u.f;
+    case LUA_TBOOLEAN: return v.u.b == s->u.b;
+    default: return v.u.p == s->u.p;
+  }
+}
+
+/* Records table t (stack index), which has p->n entries, into p. */
+static void print_record (lua_State *L, int t, Print *p) {
+  lua_Integer i = 0;
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    if (i < p->n) {
+      slot_get(L, -2, &p->s[2 * i]);
+      slot_get(L, -1, &p->s[2 * i + 1]);
+    }
+    i++;
+    lua_pop(L, 1);
+  }
+}
+
+static int print_matches (lua_State *L, int t, const Print *p) {
+  lua_Integer i = 0;
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    if (i >= p->n || !slot_same(L, -2, &p->s[2 * i]) ||
+        !slot_same(L, -1, &p->s[2 * i + 1])) {
+      lua_pop(L, 2);
+      return 0;
+    }
+    i++;
+    lua_pop(L, 1);
+  }
+  return i == p->n;
+}
+
+/* Queues the table at idx (seen set at 2, queue at 3) once. */
+static void snap_enqueue (lua_State *L, int idx, lua_Integer *qn) {
+  idx = lua_absindex(L, idx);
+  if (!lua_istable(L, idx))
+    return;
+  lua_pushvalue(L, idx);
+  if (lua_rawget(L, 2) != LUA_TNIL) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_pop(L, 1);
+  lua_pushvalue(L, idx);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, 2);
+  lua_pushvalue(L, idx);
+  lua_rawseti(L, 3, ++*qn);
+}
+
+/* Protected: records the snapshot of a new state in its registry. */
+static int snapshot_take (lua_State *L) {
+  lua_settop(L, 0);
+  lua_createtable(L, 4, 0);                   /* 1: snapshot */
+  lua_createtable(L, 0, 32);                  /* 2: seen */
+  lua_createtable(L, 32, 0);                  /* 3: queue */
+  lua_Integer qn = 0;
+  lua_createtable(L, NBASIC, 0);              /* 4: type metatables */
+  for (int i = 0; i < NBASIC; i++) {
+    push_basic(L, basic_types[i]);
+    if (!lua_getmetatable(L, -1))
+      lua_pushboolean(L, 0);
+    snap_enqueue(L, -1, &qn);
+    lua_rawseti(L, 4, i + 1);
+    lua_pop(L, 1);
+  }
+  lua_rawseti(L, 1, SNAP_TYPES);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+  snap_enqueue(L, -1, &qn);
+  lua_pop(L, 1);
+  lua_createtable(L, (int)(4 * 32), 0);       /* 4: the quadruples */
+  lua_Integer k = 0;
+  for (lua_Integer qi = 1; qi <= qn; qi++) {
+    lua_rawgeti(L, 3, qi);                    /* 5: table */
+    lua_newtable(L);                          /* 6: its copy */
+    lua_Integer n = 0;
+    lua_pushnil(L);
+    while (lua_next(L, 5)) {
+      lua_pushvalue(L, -2);
+      lua_pushvalue(L, -2);
+      lua_rawset(L, 6);
+      n++;
+      snap_enqueue(L, -1, &qn);
+      lua_pop(L, 1);
+    }
+    if (!lua_getmetatable(L, 5))
+      lua_pushboolean(L, 0);
+    snap_enqueue(L, -1, &qn);
+    lua_rawseti(L, 4, k + 4);
+    Print *p = lua_newuserdatauv(L, sizeof(Print) +
+                                    (size_t)(2 * n) * sizeof(Slot), 0);
+    p->n = n;
+    print_record(L, 5, p);
+    lua_rawseti(L, 4, k + 3);
+    lua_rawseti(L, 4, k + 2);
+    lua_rawseti(L, 4, k + 1);
+    k += 4;
+  }
+  lua_rawseti(L, 1, SNAP_TABLES);
+  lua_createtable(L, NREGNAMES + NREGKEYS, 0);
+  for (int i = 0; i < NREGNAMES + NREGKEYS; i++) {
+    push_reg(L, i);
+    if (lua_isnil(L, -1)) {
+      lua_pop(L, 1);
+      lua_pushboolean(L, 0);
+    }
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_rawseti(L, 1, SNAP_REGISTRY);
+  int mode = lua_gc(L, LUA_GCINC, 0, 0, 0);
+  lua_gc(L, mode, 0, 0, 0);
+  lua_pushinteger(L, mode);
+  lua_rawseti(L, 1, SNAP_GCMODE);
+  lua_settop(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &SNAPSHOT_KEY);
+  lua_gc(L, LUA_GCCOLLECT);
+  lua_pushinteger(L, lua_gc(L, LUA_GCCOUNT));   /* KiB a clean state holds */
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &SNAPSHOT_KEY);
+  lua_insert(L, -2);
+  lua_rawseti(L, -2, SNAP_BASEKB);
+  return 0;
+}
+
+/* Makes table t (stack index) hold exactly what copy c holds again;
+** `count` is the number of entries of c. */
+static void restore_table (lua_State *L, int t, int c, lua_Integer count) {
+  lua_Integer same = 0;
+  lua_pushnil(L);
+  while (lua_next(L, t)) {                    /* key value */
+    lua_pushvalue(L, -2);
+    lua_rawget(L, c);                         /* key value saved */
+    if (lua_rawequal(L, -1, -2)) {
+      same++;
+      lua_pop(L, 2);
+      continue;
+    }
+    if (!lua_isnil(L, -1))
+      same++;
+    lua_pushvalue(L, -3);
+    lua_insert(L, -2);
+    lua_rawset(L, t);          /* an existing field: allowed while iterating */
+    lua_pop(L, 1);
+  }
+  if (same == count)
+    return;
+  lua_pushnil(L);                             /* some saved keys are gone */
+  while (lua_next(L, c)) {
+    lua_pushvalue(L, -2);
+    if (lua_rawget(L, t) == LUA_TNIL) {
+      lua_pushvalue(L, -3);
+      lua_pushvalue(L, -3);
+      lua_rawset(L, t);
+    }
+    lua_pop(L, 2);
+  }
+}
+
+/* Puts back what the snapshot at stack index 1 holds; the stack is left
+** with only the snapshot. */
+static void snapshot_apply (lua_State *L) {
+  lua_settop(L, 1);
+  lua_rawgeti(L, 1, SNAP_TYPES);              /* 2 */
+  for (int i = 0; i < NBASIC; i++) {
+    push_basic(L, basic_types[i]);
+    if (lua_rawgeti(L, 2, i + 1) != LUA_TTABLE) {
+      lua_pop(L, 1);
+      lua_pushnil(L);
+    }
+    lua_setmetatable(L, -2);
+    lua_pop(L, 1);
+  }
+  lua_rawgeti(L, 1, SNAP_REGISTRY);           /* 3 */
+  for (int i = 0; i < NREGNAMES + NREGKEYS; i++) {
+    if (lua_rawgeti(L, 3, i + 1) == LUA_TBOOLEAN) {
+      lua_pop(L, 1);
+      lua_pushnil(L);
+    }
+    set_reg(L, i);
+  }
+  lua_rawgeti(L, 1, SNAP_TABLES);             /* 4 */
+  lua_Integer n = (lua_Integer)lua_rawlen(L, 4);
+  for (lua_Integer k = 0; k + 4 <= n; k += 4) {
+    lua_rawgeti(L, 4, k + 1);                 /* 5: table */
+    lua_rawgeti(L, 4, k + 2);                 /* 6: copy */
+    lua_rawgeti(L, 4, k + 3);
+    Print *p = lua_touserdata(L, -1);         /* the snapshot keeps it */
+    lua_pop(L, 1);
+    if (!print_matches(L, 5, p)) {
+      restore_table(L, 5, 6, p->n);
+      print_record(L, 5, p);    /* the order may have changed with it */
+    }
+    if (lua_rawgeti(L, 4, k + 4) != LUA_TTABLE) {     /* 7: metatable */
+      lua_pop(L, 1);
+      lua_pushnil(L);
+    }
+    int has = lua_getmetatable(L, 5);
+    int same = has ? lua_rawequal(L, -1, 7) : lua_isnil(L, 7);
+    if (!same) {
+      lua_pushvalue(L, 7);
+      lua_setmetatable(L, 5);
+    }
+    lua_settop(L, 4);
+  }
+  lua_settop(L, 1);
+}
+
+/* Protected: puts a state that ran a thread back as it was made.  When
+** the thread left much garbage behind, a full collection frees it now and
+** runs its finalizers, which may touch the libraries again; otherwise the
+** collector goes on at its own pace. */
+static int snapshot_restore (lua_State *L) {
+  lua_settop(L, 0);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &SNAPSHOT_KEY) != LUA_TTABLE)
+    return luaL_error(L, "state has no snapshot");
+  snapshot_apply(L);
+  lua_rawgeti(L, 1, SNAP_GCMODE);
+  int mode = (int)lua_tointeger(L, -1);
+  lua_rawgeti(L, 1, SNAP_BASEKB);
+  int base = (int)lua_tointeger(L, -1);
+  lua_settop(L, 1);
+  if (!lua_gc(L, LUA_GCISRUNNING))
+    lua_gc(L, LUA_GCRESTART);         /* which also resets the debt: rare */
+  lua_gc(L, mode, 0, 0, 0);
+  if (lua_gc(L, LUA_GCCOUNT) > 2 * base + 64) {
+    lua_gc(L, LUA_GCCOLLECT);
+    snapshot_apply(L);
+  }
+  lua_warning(L, "@off", 0);
+  lua_getglobal(L, "math");
+  if (lua_getfield(L, -1, "randomseed") == LUA_TFUNCTION)
+    lua_call(L, 0, 0);                /* a seed the last thread set goes */
+  lua_settop(L, 0);
+  return 0;
+}
+
+/* ---- workers: OS threads kept, idle, with their interpreters ----
+** A worker runs one thread after another.  When a thread's body is over,
+** it waits for the threads that state started, marks the thread done,
+** joins the idle list, cleans its state and waits there to be handed the
+** next start() (one whose package paths its state was made with, if any
+** such worker is idle).  Idle workers are detached and wait for nothing
+** but work: a closing state never waits for them, and they leave after
+** WORKER_IDLE_SECONDS, or at once when idle_max wait already.  A forked
+** child starts with no idle workers. */
+
+#define WORKER_IDLE_SECONDS 5.0
+
+struct Worker {
+  struct Worker *next;       /* in the idle list */
+  struct Worker *prev_all, *next_all;   /* in all_workers */
+  pthread_cond_t cv;         /* a job arrived; idle_mu */
+  _Atomic(LoomThread *) job; /* set under idle_mu while w is idle */
+  pthread_t tid;             /* set by the worker before it first parks */
+  lua_State *L;              /* kept between jobs, NULL when none */
+  char *path, *cpath;        /* the package paths L was made with */
+};
+
+/* Process-global: the idle workers of this process.  idle_mu guards the
+** list, the count and the job field of every idle worker. */
+static pthread_mutex_t idle_mu = PTHREAD_MUTEX_INITIALIZER;
+static Worker *idle_list = NULL;
+static int idle_count = 0;
+/* Every worker, idle or not: in a forked child, the parent's workers stay
+** listed (never run, never freed) so their memory is not leaked but kept. */
+static Worker *all_workers = NULL;
+static int idle_max = 4;
+static pthread_once_t worker_once = PTHREAD_ONCE_INIT;
+
+static void worker_atfork_prepare (void) {
+  pthread_mutex_lock(&idle_mu);
+}
+
+static void worker_atfork_parent (void) {
+  pthread_mutex_unlock(&idle_mu);
+}
+
+/* The idle workers are threads of the parent: the child has none (they stay
+** in all_workers). */
+static void worker_atfork_child (void) {
+  pthread_mutex_unlock(&idle_mu);
+  idle_list = NULL;
+  idle_count = 0;
+}
+
+static void worker_init (void) {
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  if (n > 2)
+    idle_max = (int)(2 * n);
+  pthread_atfork(worker_atfork_prepare, worker_atfork_parent,
+                 worker_atfork_child);
+}
+
+static int same_string (const char *a, const char *b) {
+  return a == b || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+static void worker_list (Worker *w) {
+  pthread_mutex_lock(&idle_mu);
+  w->prev_all = NULL;
+  w->next_all = all_workers;
+  if (all_workers != NULL)
+    all_workers->prev_all = w;
+  all_workers = w;
+  pthread_mutex_unlock(&idle_mu);
+}
+
+static void worker_unlist (Worker *w) {
+  pthread_mutex_lock(&idle_mu);
+  if (w->prev_all != NULL)
+    w->prev_all->next_all = w->next_all;
+  else
+    all_workers = w->next_all;
+  if (w->next_all != NULL)
+    w->next_all->prev_all = w->prev_all;
+  pthread_mutex_unlock(&idle_mu);
+}
+
+/* Takes an idle worker out of the list: one whose state was made with these
+** paths, else any (it makes a new state).  NULL when none is idle. */
+static Worker *worker_take (const char *path, const char *cpath) {
+  pthread_mutex_lock(&idle_mu);
+  Worker **best = NULL;
+  for (Worker **p = &idle_list; *p != NULL; p = &(*p)->next) {
+    if (same_string((*p)->path, path) && same_string((*p)->cpath, cpath)) {
+      best = p;
+      break;
+    }
+    if (best == NULL)
+      best = p;
+  }
+  Worker *w = NULL;
+  if (best != NULL) {
+    w = *best;
+    *best = w->next;
+    w->next = NULL;
+    idle_count--;
+  }
+  pthread_mutex_unlock(&idle_mu);
+  return w;
+}
+
+static void worker_give (Worker *w, LoomThread *t) {
+  pthread_mutex_lock(&idle_mu);
+  w->job = t;
+  pthread_cond_signal(&w->cv);
+  pthread_mutex_unlock(&idle_mu);
+}
+
+/* Puts w, its thread done, at the head of the idle list, where start()
+** looks first: w is handed the next thread even while it still cleans its
+** state, and takes it without a wake-up.  0: enough wait, w leaves. */
+static int worker_offer (Worker *w) {
+  pthread_mutex_lock(&idle_mu);
+  atomic_store(&w->job, NULL);
+  int ok = idle_count < idle_max;
+  if (ok) {
+    w->next = idle_list;
+    idle_list = w;
+    idle_count++;
+  }
+  pthread_mutex_unlock(&idle_mu);
+  return ok;
+}
+
+/* Waits in the idle list for a thread to run; NULL after
+** WORKER_IDLE_SECONDS, w out of the list. */
+static LoomThread *worker_wait (Worker *w) {
+  spin_for(NULL, (void *_Atomic *)&w->job);
+  pthread_mutex_lock(&idle_mu);
+  LoomDeadline dl;
+  loomi_deadline_in(&dl, WORKER_IDLE_SECONDS);
+  while (atomic_load(&w->job) == NULL &&
+         pthread_cond_timedwait(&w->cv, &idle_mu, &dl.at) != ETIMEDOUT)
+    ;
+  LoomThread *t = atomic_load(&w->job);
+  if (t == NULL) {
+    for (Worker **p = &idle_list; *p != NULL; p = &(*p)->next)
+      if (*p == w) {
+        *p = w->next;
+        idle_count--;
+        break;
+      }
+  }
+  pthread_mutex_unlock(&idle_mu);
+  return t;
+}
+
+static void worker_drop_state (Worker *w) {
+  if (w->L != NULL)
+    lua_close(w->L);
+  w->L = NULL;
+  free(w->path);
+  free(w->cpath);
+  w->path = w->cpath = NULL;
+}
+
+/* Makes sure w has a clean state for t's paths; NULL with t->failmsg set
+** when no state can be made.  Takes t's paths. */
+static lua_State *worker_state (Worker *w, LoomThread *t) {
+  if (w->L != NULL &&
+      !(same_string(w->path, t->path) && same_string(w->cpath, t->cpath))) {
+    lua_close(w->L);
+    w->L = NULL;
+  }
+  if (w->L == NULL) {
+    char err[sizeof t->failmsg];
+    lua_State *L = loomi_newstate(t->path, t->cpath, err, sizeof err);
+    if (L == NULL) {
+      loomi_mutex_lock(&t->mu);
+      memcpy(t->failmsg, err, sizeof err);
+      t->failed = 1;
+      loomi_mutex_unlock(&t->mu);
+    }
+    else {
+      lua_pushcfunction(L, snapshot_take);
+      if (lua_pcall(L, 0, 0, 0) != LUA_OK)
+        lua_pop(L, 1);      /* no snapshot: the state is not kept */
+      w->L = L;
+      free(w->path);
+      free(w->cpath);
+      w->path = t->path;
+      w->cpath = t->cpath;
+      t->path = t->cpath = NULL;
+    }
+  }
+  free(t->path);
+  free(t->cpath);
+  t->path = t->cpath = NULL;
+  return w->L;
+}
+
+/* Cleans w's state for the next thread, or closes it when that fails (w
+** is in the idle list: its paths stay as they are). */
+static void worker_clean (Worker *w) {
+  lua_State *L = w->L;
+  if (L == NULL)
+    return;
+  lua_pushcfunction(L, snapshot_restore);
+  if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+    lua_close(L);
+    w->L = NULL;
+  }
+}
+
+static void *worker_main (void *arg) {
+  Worker *w = arg;
+  LoomThread *t = w->job;
+  w->tid = pthread_self();
+  while (t != NULL) {
+    worker_run(w, t);
+    if (!worker_offer(w))
+      break;
+    worker_clean(w);
+    t = worker_wait(w);
+  }
+  worker_drop_state(w);
+  worker_unlist(w);
+  pthread_cond_destroy(&w->cv);
+  free(w);
+  return NULL;
+}
+
+/* Starts t on an idle worker or a new one: 0 with *tid set, or an errno. */
+static int worker_start (LoomThread *t, pthread_t *tid) {
+  pthread_once(&worker_once, worker_init);
+  Worker *w = worker_take(t->path, t->cpath);
+  if (w != NULL) {
+    *tid = w->tid;
+    worker_give(w, t);
+    return 0;
+  }
+  w = calloc(1, sizeof *w);
+  if (w == NULL)
+    return ENOMEM;
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  int err = pthread_cond_init(&w->cv, &ca);
+  pthread_condattr_destroy(&ca);
+  if (err != 0) {
+    free(w);
+    return err;
+  }
+  w->job = t;
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  pthread_attr_setstacksize(&attr, (size_t)2 << 20);
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);   /* the new thread inherits it */
+  worker_list(w);
+  err = pthread_create(tid, &attr, worker_main, w);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  pthread_attr_destroy(&attr);
+  if (err != 0) {
+    worker_unlist(w);
+    pthread_cond_destroy(&w->cv);
+    free(w);
+  }
+  return err;
+}
+
 /* ---- Lua bindings ---- */
 
 static LoomThread *checkthread (lua_State *L, int arg) {
@@ -541,7 +1178,10 @@ static int thread_new (lua_State *L) {
 
 static int thread_start (lua_State *L) {
   LoomThread *t = checkthread(L, 1);
-  if (t->main || t->state != TH_NEW || t->call != NULL)
+  loomi_mutex_lock(&t->mu);
+  int state = t->state;           /* a worker may be ending it right now */
+  loomi_mutex_unlock(&t->mu);
+  if (t->main || state != TH_NEW || t->call != NULL)
     return luaL_error(L, "threads can only be started once");
   lua_settop(L, 1);
   lua_getiuservalue(L, 1, 1);
@@ -578,19 +1218,10 @@ static int thread_start (lua_State *L) {
     c->list = list;
     c->cap = cap;
   }
-  pthread_attr_t attr;
-  pthread_attr_init(&attr);
-  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-  pthread_attr_setstacksize(&attr, (size_t)2 << 20);
-  sigset_t all, old;
-  sigfillset(&all);
-  pthread_sigmask(SIG_SETMASK, &all, &old);   /* the new thread inherits it */
   loomi_obj_retain(&t->obj);                  /* the running thread's ref */
   t->state = TH_RUNNING;
   pthread_t tid;
-  int err = pthread_create(&tid, &attr, thread_main, t);
-  pthread_sigmask(SIG_SETMASK, &old, NULL);
-  pthread_attr_destroy(&attr);
+  int err = worker_start(t, &tid);
   if (err != 0) {
     t->state = TH_NEW;
     loomi_msg_free(t->call);
@@ -791,7 +1422,10 @@ static int thread_newindex (lua_State *L) {
     return 0;
   }
   if (strcmp(key, "daemon") == 0) {
-    if (t->state != TH_NEW)
+    loomi_mutex_lock(&t->mu);
+    int state = t->state;
+    loomi_mutex_unlock(&t->mu);
+    if (state != TH_NEW)
       return luaL_error(L, "cannot set daemon status of active thread");
     t->daemon = lua_toboolean(L, 3);
     return 0;
@@ -812,7 +1446,6 @@ static int thread_tostring (lua_State *L) {
 
 /* current() -> the Thread running this code; the main thread of a program
 ** gets a handle of its own, made once per state. */
-static const char MAIN_KEY = 'm';
 
 static int thread_current (lua_State *L) {
   if (self_thread != NULL) {

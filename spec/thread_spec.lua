@@ -290,6 +290,153 @@ describe("loom.Thread", function()
     end)
   end)
 
+  describe("reuse", function()
+    -- Runs fn in threads one after another; the pause lets each worker
+    -- park, so the next thread is handed the same interpreter.
+    local function one_by_one(...)
+      local out, ids = {}, {}
+      for i, fn in ipairs({ ... }) do
+        local t = loom.thread(fn):start()
+        out[i] = table.pack(t:result(10))
+        ids[t.native_id] = (ids[t.native_id] or 0) + 1
+        loom.sleep(0.02)
+      end
+      local reused = false
+      for _, n in pairs(ids) do reused = reused or n > 1 end
+      return out, reused
+    end
+
+    it("hands a finished thread's interpreter to the next one", function()
+      local id = function() return tostring(_G), require("loom").current().native_id end
+      local out, reused = one_by_one(id, id, id)
+      assert.is_true(reused)
+      local same = out[1][1] == out[2][1] or out[2][1] == out[3][1]
+      assert.is_true(same)
+    end)
+
+    it("does not leak globals set or removed", function()
+      local out = one_by_one(
+        function() leaked = 1; print = nil; _G.tostring = nil end,
+        function() return leaked, type(print), type(tostring) end,
+        function() return leaked, type(print), type(tostring) end)
+      for i = 2, 3 do
+        assert.are.same({ n = 3, nil, "function", "function" }, out[i])
+      end
+    end)
+
+    it("does not leak changes to the standard libraries", function()
+      local change = function()
+        string.foo = 1
+        math.pi = 3
+        table.insert = nil
+        getmetatable("").__add = function() return 0 end
+        getmetatable("").__call = function() return 0 end
+        getmetatable("").__index = {}
+        setmetatable(_G, { __index = function() return 42 end })
+        setmetatable(math, { __index = function() return 7 end })
+        debug.setmetatable(0, { __index = math })
+        io.output(io.stderr)
+        collectgarbage("generational")
+      end
+      local check = function()
+        return string.foo, math.pi, type(table.insert), ("x"):upper(),
+          getmetatable("").__call, "1" + 1, undefined_name, math.nothing,
+          getmetatable(0), io.output() == io.stdout, collectgarbage("incremental")
+      end
+      local out = one_by_one(change, check, check)
+      for i = 2, 3 do
+        assert.are.same({ n = 11, nil, math.pi, "function", "X", nil, 2, nil, nil, nil, true, "incremental" }, out[i])
+      end
+    end)
+
+    it("does not leak modules loaded by require", function()
+      local out = one_by_one(
+        function()
+          package.preload.made_here = function() return { v = 1 } end
+          require("made_here").v = 2
+          require("helpers").marker = true
+        end,
+        function()
+          return package.loaded.made_here, package.preload.made_here,
+            package.loaded.helpers, require("helpers").marker
+        end)
+      assert.are.same({ n = 4 }, out[2])
+    end)
+
+    it("does not leak an excepthook set in a thread", function()
+      local set = function() require("loom").excepthook(function() end) end
+      local get = function() return type(require("loom").excepthook(nil)) end
+      local out = one_by_one(set, get, get)
+      assert.are.equal("nil", out[2][1])
+      assert.are.equal("nil", out[3][1])
+    end)
+
+    it("does not carry a cancel into the next thread", function()
+      for _ = 1, 3 do
+        local t = loom.thread(function() while true do pcall(function() while true do end end) end end):start()
+        loom.sleep(0.01)
+        t:cancel()
+        assert.is_true(t:join(5))
+        local u = loom.thread(function()
+          local loom = require "loom"
+          local x = 0
+          for i = 1, 1e5 do x = x + i end
+          loom.sleep(0.01)
+          return x
+        end):start()
+        assert.are.equal(5000050000, u:result(10))
+        assert.is_false(u:cancelled())
+        loom.sleep(0.01)
+      end
+    end)
+
+    it("gives a thread started with other package paths its own state", function()
+      local saved = package.path
+      finally(function() package.path = saved end)
+      local get = function() return package.path end
+      assert.are.equal(saved, loom.thread(get):start():result(5))
+      loom.sleep(0.02)
+      package.path = "./?.lua;" .. saved .. ";/other/?.lua"
+      assert.are.equal(package.path, loom.thread(get):start():result(5))
+      loom.sleep(0.02)
+      package.path = saved
+      assert.are.equal(saved, loom.thread(get):start():result(5))
+    end)
+
+    it("waits for the threads a thread started before it is done", function()
+      local child = loom.thread(function()
+        local loom = require "loom"
+        return loom.thread(function() require("loom").sleep(0.2) end):start()
+      end):start():result(10)
+      assert.is_false(child:is_alive())
+    end)
+
+    it("sets ident and native_id for the thread on its worker", function()
+      for _ = 1, 3 do
+        local t = loom.thread(function()
+          local me = require("loom").current()
+          return me.ident, me.native_id
+        end):start()
+        local ident, native = t:result(5)
+        assert.are.equal(t.ident, ident)
+        assert.are.equal(t.native_id, native)
+        loom.sleep(0.01)
+      end
+    end)
+
+    it("lets a process exit without waiting for idle workers", function()
+      local t0 = loom.now()
+      local out, ok = helpers.run [[
+        local loom = require "loom"
+        for _ = 1, 8 do loom.thread(function() return 1 end):start():join() end
+        print("done")
+      ]]
+      assert.is_true(ok)
+      assert.are.equal("done\n", out)
+      assert.is_true(loom.now() - t0 < 4)   -- idle workers wait 5 s for work
+    end)
+  end)
+
   it("runs two CPU-bound threads at the same time", function()
     -- not a timing test: both threads must be inside their loops together
     local t = {}
