@@ -58,9 +58,9 @@ static atomic_llong switch_ns = 5000000;
 /* The GIL the calling OS thread holds, and the one it released around a
 ** blocking call (with the object that call waits on, kept alive until the
 ** GIL is back: a frozen interpreter never frees a primitive with waiters). */
-static _Thread_local Gil *held_gil = NULL;
-static _Thread_local Gil *released_gil = NULL;
-static _Thread_local LoomObj *pinned_obj = NULL;
+static LOOM_THREAD_LOCAL Gil *held_gil = NULL;
+static LOOM_THREAD_LOCAL Gil *released_gil = NULL;
+static LOOM_THREAD_LOCAL LoomObj *pinned_obj = NULL;
 
 enum { SH_NEW, SH_RUNNING, SH_DONE };
 
