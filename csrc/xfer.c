@@ -135,6 +135,7 @@ typedef struct Enc {
   int loaded;            /* stack index: module table -> name, or 0 */
   int upvals;            /* stack index: upvalue id -> ref*256+n, or 0 */
   int dumps;             /* stack index: function -> bytecode */
+  int lazy;              /* first of 4 stack slots reserved for the above */
   uint32_t nrefs;
   int depth;
   PathItem path[XFER_MAXPATH + 1];
@@ -206,10 +207,14 @@ static void put_str (Enc *e, const char *s, size_t n) {
   put(e, s, n);
 }
 
-static int enc_lazy_table (Enc *e, int *slot) {
+/* The lookup tables are made on first use, in slots reserved below
+** everything the walk pushes: a table made on top of the stack in the
+** middle of the walk would be popped in place of the value above it. */
+static int enc_lazy_table (Enc *e, int *slot, int which) {
   if (*slot == 0) {
     lua_newtable(e->L);
-    *slot = lua_gettop(e->L);
+    lua_replace(e->L, e->lazy + which);
+    *slot = e->lazy + which;
   }
   return *slot;
 }
@@ -220,7 +225,7 @@ static void enc_register (Enc *e, int idx, int remember) {
   uint32_t ref = e->nrefs++;
   if (remember) {
     lua_State *L = e->L;
-    int seen = enc_lazy_table(e, &e->seen);
+    int seen = enc_lazy_table(e, &e->seen, 0);
     lua_pushvalue(L, idx);
     lua_pushinteger(L, ref);
     lua_rawset(L, seen);
@@ -246,7 +251,7 @@ static int enc_seen (Enc *e, int idx) {
 static const char *enc_module_name (Enc *e, int idx) {
   lua_State *L = e->L;
   if (e->loaded == 0) {
-    enc_lazy_table(e, &e->loaded);
+    enc_lazy_table(e, &e->loaded, 1);
     if (lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE) == LUA_TTABLE) {
       lua_pushnil(L);
       while (lua_next(L, -2)) {
@@ -389,7 +394,8 @@ static void enc_bytecode (Enc *e, int idx) {
       lua_pushvalue(L, -1);
       lua_rawsetp(L, LUA_REGISTRYINDEX, &DUMPCACHE_KEY);
     }
-    e->dumps = lua_gettop(L);
+    lua_replace(L, e->lazy + 3);
+    e->dumps = e->lazy + 3;
   }
   lua_pushvalue(L, idx);
   if (lua_rawget(L, e->dumps) == LUA_TSTRING)
@@ -413,7 +419,7 @@ static void enc_bytecode (Enc *e, int idx) {
 
 static void enc_upvalues (Enc *e, int idx, int nups, uint32_t ref) {
   lua_State *L = e->L;
-  int ups = enc_lazy_table(e, &e->upvals);
+  int ups = enc_lazy_table(e, &e->upvals, 2);
   for (int n = 1; n <= nups; n++) {
     const char *name = lua_getupvalue(L, idx, n);
     void *id = lua_upvalueid(L, idx, n);
@@ -596,6 +602,8 @@ LoomMsg *loomi_xfer_encode (lua_State *L, int first, int n, const char *root) {
   e.b = buf_get(L);
   e.root = root;
   e.seen = e.loaded = e.upvals = e.dumps = 0;
+  e.lazy = top + 1;
+  lua_settop(L, top + 4);
   e.nrefs = 0;
   e.depth = 0;
   if (n > 1 || n < 0) {
