@@ -129,6 +129,14 @@ static const struct {
   void (*open) (lua_State *L);
 } primitives[] = {
   {"thread", loomi_thread_open},
+  {"lock", loomi_lock_open},
+  {"semaphore", loomi_sem_open},
+  {"condition", loomi_cond_open},
+  {"event", loomi_event_open},
+  {"barrier", loomi_barrier_open},
+  {"value", loomi_value_open},
+  {"array", loomi_array_open},
+  {"queue", loomi_queue_open},
 };
 
 /* A thread may still be leaving loom's code when the state that loaded the

@@ -14,6 +14,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <time.h>
 
 #include "lua.h"
@@ -170,11 +171,72 @@ lua_State *loomi_newstate (const char *path, const char *cpath,
 /* ---- lock.c: for primitives that carry a lock (Value.get_lock) ---- */
 /* A new loom.RLock object with one reference, or NULL (heap exhausted). */
 LoomObj *loomi_rlock_create (void);
+/* The lock core a Condition drives.  islock: a loom.Lock or loom.RLock.
+** owned: held by the calling thread (RLock) or by anyone (Lock), Python's
+** _is_owned.  release_all frees a lock the caller owns and returns the
+** recursion depth to give restore, which takes it back, waiting as long
+** as it takes and ignoring cancellation (the caller raises afterwards);
+** restore returns 1 when it took the lock from a dead holder, else 0. */
+int  loomi_islock (const LoomObj *o);
+int  loomi_lock_owned (LoomObj *lk);
+int  loomi_lock_release_all (LoomObj *lk);
+int  loomi_lock_restore (LoomObj *lk, int count);
+/* acquire([blocking], [timeout]) and release() on lk with the Lua
+** arguments from index 2 on: the methods of Lock and RLock, shared. */
+int  loomi_lock_lacquire (lua_State *L, LoomObj *lk);
+int  loomi_lock_lrelease (lua_State *L, LoomObj *lk);
+/* The hold([timeout]) method of anything with acquire/release: pushes a
+** guard whose __close calls release, or fail, "timeout". */
+int  loomi_hold (lua_State *L);
+/* This process's pid, cached and refreshed in forks. */
+pid_t loomi_self_pid (void);
+/* True when no process pid exists any more (or it is an unreaped zombie). */
+int  loomi_pid_gone (pid_t pid);
+
+/* ---- shared.c: element types of loom.Value and loom.Array ---- */
+enum { LOOM_EK_INT, LOOM_EK_UINT, LOOM_EK_FLOAT, LOOM_EK_BOOL, LOOM_EK_CHAR };
+
+typedef struct LoomElemType {
+  const char *name;        /* canonical: "int8", ..., "double", "bool", "char" */
+  unsigned char kind;      /* LOOM_EK_* */
+  unsigned char size;      /* bytes: 1, 2, 4 or 8 */
+} LoomElemType;
+
+extern const LoomElemType loomi_elemtypes[];   /* ends with a NULL name */
+
+/* The element type named at arg (a name or a Python typecode), as an index
+** into loomi_elemtypes; raises "invalid element type 'x'". */
+int loomi_elem_check (lua_State *L, int arg);
+/* Converts the Lua value at idx to the bits of one element, raising on a
+** wrong type or range: as an argument error when arg > 0, plainly when 0. */
+uint64_t loomi_elem_tobits (lua_State *L, int idx, int type, int arg);
+void loomi_elem_push (lua_State *L, int type, uint64_t bits);
+/* Atomic access to one naturally aligned element of `size` bytes. */
+uint64_t loomi_elem_load (void *p, int size, memory_order mo);
+void loomi_elem_store (void *p, int size, uint64_t bits, memory_order mo);
+/* The atomic methods, operands from stack index arg on; they push their
+** results and return how many. */
+int loomi_elem_op_add (lua_State *L, void *p, int type, int arg, int sub);
+int loomi_elem_op_cas (lua_State *L, void *p, int type, int arg);
+int loomi_elem_op_exchange (lua_State *L, void *p, int type, int arg);
+/* The `lock` argument of value() and array(): checklockarg validates it
+** (0 none, 1 a new RLock, 2 the given Lock/RLock) before the object exists;
+** lockarg then returns a new reference to the lock, or NULL for none. */
+int loomi_checklockarg (lua_State *L, int arg);
+LoomObj *loomi_lockarg (lua_State *L, int arg, int kind);
 
 /* ---- one open function per primitive (core.c walks them) ----
 ** Each adds its functions to the module table on top of the stack and
 ** builds its metatables (loomi_newclass). */
 void loomi_thread_open (lua_State *L);
+void loomi_lock_open (lua_State *L);
+void loomi_sem_open (lua_State *L);
+void loomi_cond_open (lua_State *L);
+void loomi_event_open (lua_State *L);
+void loomi_barrier_open (lua_State *L);
+void loomi_value_open (lua_State *L);
+void loomi_array_open (lua_State *L);
+void loomi_queue_open (lua_State *L);
 
 #pragma GCC visibility pop
 
