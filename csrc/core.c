@@ -137,6 +137,7 @@ static const struct {
   {"value", loomi_value_open},
   {"array", loomi_array_open},
   {"queue", loomi_queue_open},
+  {"pool", loomi_pool_open},
 };
 
 /* A thread may still be leaving loom's code when the state that loaded the
