@@ -67,6 +67,19 @@ function lib.has(name)
   return loom[name] ~= nil
 end
 
+--- lib.pool_offers(what): nil when this build's pools offer `what`
+-- ("map": Pool:map; "process": pools of processes), else why not.
+function lib.pool_offers(what)
+  if loom.pool == nil then return "needs loom.pool" end
+  local opts = { workers = 1, kind = what == "process" and "process" or "thread" }
+  local ok, pool = pcall(loom.pool, opts)
+  if not ok then return "needs a pool of kind '" .. opts.kind .. "'" end
+  local has_map = pool.map ~= nil
+  pool:shutdown(true)
+  if what == "map" and not has_map then return "needs Pool:map" end
+  return nil
+end
+
 local function missing(needs)
   for _, name in ipairs(needs or {}) do
     if not lib.has(name) then return "loom." .. name end
@@ -161,6 +174,19 @@ function Context:variant(key, label, opts, fn, ...)
   row.time = elapsed
   printf("  => %s: %s\n", label, lib.fmt_time(elapsed))
   return elapsed, table.unpack(res, 2, res.n)
+end
+
+--- x:record(key, label, seconds, opts): a row measured by the experiment
+-- itself (opts as for x:variant).
+function Context:record(key, label, seconds, opts)
+  opts = opts or {}
+  local row = {
+    key = key, label = label, time = seconds, notebook = opts.notebook,
+    notebook_note = opts.notebook_note, base = opts.base or "sequential",
+  }
+  self.rows[#self.rows + 1] = row
+  self.byvar[key] = row
+  printf("  => %s: %s\n", label, lib.fmt_time(seconds))
 end
 
 --- x:time(key): the measured seconds of a variant (nil if it did not run).
