@@ -40,10 +40,11 @@ local function printf(fmt, ...)
   io.write(string.format(fmt, ...))
 end
 
---- lib.fmt_time(seconds): "9.01 s", "0.153 s", "842 us".
+--- lib.fmt_time(seconds): "9.01 s", "0.053 s", "1.25 ms", "842 us".
 function lib.fmt_time(s)
   if s == nil then return "-" end
   if s < 0.001 then return string.format("%.0f us", s * 1e6) end
+  if s < 0.01 then return string.format("%.2f ms", s * 1e3) end
   if s < 0.1 then return string.format("%.3f s", s) end
   return string.format("%.2f s", s)
 end

@@ -1,5 +1,7 @@
 """6. Processes vs threads: cpu_count() processes with a sleep, 10 threads without; start costs."""
+import multiprocessing
 import os
+import queue
 import time
 from multiprocessing import Process, cpu_count
 from threading import Thread
@@ -10,35 +12,46 @@ ITERATIONS = 100
 DELAY = pick(0.1, 0.01)
 
 
-def square_numbers():
+def square_numbers(asked):
+    entered = time.perf_counter()
     for i in range(ITERATIONS):
         i * i
         time.sleep(DELAY)
+    report(asked, entered)
 
 
-def square_numbers_nosleep():
+def square_numbers_nosleep(asked):
+    entered = time.perf_counter()
     for i in range(ITERATIONS):
         i * i
+    report(asked, entered)
 
 
-def run(workers, key):
+def report(asked, entered):
+    # perf_counter is CLOCK_MONOTONIC: one clock for threads and processes
+    asked.put(entered)
+
+
+def run(kind, target, n, key, queue):
+    workers = [kind(target=target, args=(queue,)) for _ in range(n)]
     start = time.perf_counter()
-    starting = 0.0
+    asked = []
     for w in workers:
-        t = time.perf_counter()
+        asked.append(time.perf_counter())
         w.start()
-        starting += time.perf_counter() - t
+    entered = sorted(queue.get() for _ in workers)
     for w in workers:
         w.join()
     row(key, time.perf_counter() - start)
-    return starting / len(workers)
+    # workers enter in the order they were started, closely enough for a mean
+    return sum(e - a for e, a in zip(entered, asked)) / n
 
 
 if __name__ == "__main__":
     n = cpu_count()
     print(f"{n} processes, pid {os.getpid()}")
-    per_process = run([Process(target=square_numbers) for _ in range(n)], "processes")
-    per_thread = run([Thread(target=square_numbers_nosleep) for _ in range(10)], "threads")
+    per_process = run(Process, square_numbers, n, "processes", multiprocessing.Queue())
+    per_thread = run(Thread, square_numbers_nosleep, 10, "threads", queue.Queue())
     row("process_start", per_process)
     row("thread_start", per_thread)
-    print(f"starting a process: {per_process * 1e6:.0f} us, a thread: {per_thread * 1e6:.0f} us")
+    print(f"from start() to its first line: a process {per_process * 1e6:.0f} us, a thread {per_thread * 1e6:.0f} us")
