@@ -16,7 +16,7 @@ SRC := $(sort $(wildcard csrc/*.c))
 OBJ := $(SRC:csrc/%.c=build/%.o)
 DEPS := lua5.4 liblua5.4-dev lua-busted
 
-.PHONY: all test experiments bench sanitize tsan asan valgrind host fuzz clean deps
+.PHONY: all test experiments bench sanitize tsan asan valgrind host fuzz soak clean deps
 
 all: loom/core.so
 
@@ -113,3 +113,7 @@ build-fuzz/decode_fuzz: fuzz/decode_fuzz.c $(SRC) csrc/loomint.h csrc/loom.h
 
 fuzz: build-fuzz/decode_fuzz
 	build-fuzz/decode_fuzz -runs=$(FUZZ_RUNS) -max_len=4096 build-fuzz/corpus fuzz/corpus
+
+# Long runs: memory must stay flat, nothing may hang.
+soak: deps all
+	@$(LUA) bench/soak.lua $(ARGS)

@@ -21,10 +21,37 @@ static int host_add (lua_State *L) {
   return 1;
 }
 
+/* A state runs on one OS thread, so the limiting allocator keeps its
+** count per thread.  Blocks made before the switch come from the same
+** malloc, so freeing them here is fine; the count may go below zero. */
+static size_t mem_limit = 0;
+static _Thread_local long long mem_used = 0;
+
+static void *limited_alloc (void *ud, void *ptr, size_t osize, size_t nsize) {
+  (void)ud;
+  if (ptr == NULL)
+    osize = 0;
+  if (nsize == 0) {
+    free(ptr);
+    mem_used -= (long long)osize;
+    return NULL;
+  }
+  if (nsize > osize && mem_used + (long long)(nsize - osize) > (long long)mem_limit)
+    return NULL;
+  void *p = realloc(ptr, nsize);
+  if (p != NULL)
+    mem_used += (long long)nsize - (long long)osize;
+  return p;
+}
+
 static int prepare_state (lua_State *L, void *ud) {
   (void)ud;
   lua_pushcfunction(L, host_add);
   lua_setglobal(L, "host_add");
+  if (mem_limit > 0) {
+    mem_used = 0;
+    lua_setallocf(L, limited_alloc, NULL);
+  }
   return 0;
 }
 
@@ -41,7 +68,8 @@ static int run_script (const char *script, int argc, char **argv) {
     return 1;
   }
   luaL_openlibs(L);
-  prepare_state(L, NULL);
+  lua_pushcfunction(L, host_add);
+  lua_setglobal(L, "host_add");
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
   lua_pushcfunction(L, luaopen_loom_core);
   lua_setfield(L, -2, "loom.core");
@@ -83,6 +111,9 @@ int main (int argc, char **argv) {
     fprintf(stderr, "usage: host [--cycles N] script.lua [args...]\n");
     return 2;
   }
+  const char *limit = getenv("LOOM_HOST_MEMLIMIT");
+  if (limit != NULL)
+    mem_limit = (size_t)strtoull(limit, NULL, 10);
   loom_set_state_hook(prepare_state, NULL);
   int status = 0;
   for (int i = 0; i < cycles && status == 0; i++)
