@@ -1,6 +1,7 @@
 -- 6. Processes vs threads: cpu_count() processes each running
 -- square_numbers (100 iterations of i*i with a 0.1 s sleep), and 10 threads
--- running it without the sleep; what starting each one costs.
+-- running it without the sleep; what starting each one costs.  A loom
+-- thread builds a fresh interpreter; a loom process forks the running one.
 local lib = dofile((debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") or "") .. "lib.lua")
 local loom = require "loom"
 local print = lib.print
@@ -75,15 +76,29 @@ function experiment.run(x)
   x:check_time("processes", sleeps * 0.98, sleeps * 1.5 + 0.5,
     "the processes sleep side by side")
 
-  if per_process then x:record("process_start", "start-up of one process", per_process, { base = "none" }) end
-  if per_thread then x:record("thread_start", "start-up of one thread", per_thread, { base = "none" }) end
-  if per_process and per_thread then
-    x:note("from start() to its first line: a process %s, a thread %s (%.1fx)", lib.fmt_time(per_process),
-      lib.fmt_time(per_thread), per_process / per_thread)
-  elseif per_thread then
-    x:note("starting a thread (a fresh interpreter on an OS thread) takes %s",
-      lib.fmt_time(per_thread))
+  -- The cost of a start on its own, one at a time: how long from start()
+  -- to the worker's first line, the mean of a few.
+  x:section("start-up, one at a time")
+  local function entered() return loom.now() end
+  local function startup(spawn, times)
+    local total = 0
+    for _ = 1, times do
+      local asked = loom.now()
+      total = total + (spawn(entered):start():result() - asked)
+    end
+    return total / times
   end
+  local per_thread1 = startup(loom.thread, 20)
+  x:record("thread_start", "start-up of one thread", per_thread1, { base = "none", group = "startup" })
+  local per_process1
+  if lib.has("process") then
+    per_process1 = startup(loom.process, 20)
+    x:record("process_start", "start-up of one process", per_process1, { base = "none", group = "startup" })
+    x:note("from start() to its first line: a process %s, a thread %s", lib.fmt_time(per_process1),
+      lib.fmt_time(per_thread1))
+  end
+  x:note("while %d processes and 10 threads start at once: %s per process, %s per thread", n,
+    lib.fmt_time(per_process), lib.fmt_time(per_thread))
 end
 
 return lib.main(experiment, ...)

@@ -144,14 +144,17 @@ function Context:note(fmt, ...)
 end
 
 --- x:variant(key, label, opts, fn, ...): run fn(...) once and time it.
--- opts: notebook = the notebook's figure (seconds), needs = {primitives},
--- base = the key its speedup is measured against ("sequential").
+-- opts: notebook = the notebook's figure (seconds), notebook_note = the
+-- same as text, needs = {primitives}, skip = why it cannot run here,
+-- base = the key its speedup is measured against ("sequential"), group =
+-- rows whose bars share one scale (default: the whole experiment).
 -- Returns the elapsed seconds and fn's results, or nil when skipped.
 function Context:variant(key, label, opts, fn, ...)
   opts = opts or {}
   local row = {
     key = key, label = label, notebook = opts.notebook,
     notebook_note = opts.notebook_note, base = opts.base or "sequential",
+    group = opts.group,
   }
   self.rows[#self.rows + 1] = row
   self.byvar[key] = row
@@ -184,6 +187,7 @@ function Context:record(key, label, seconds, opts)
   local row = {
     key = key, label = label, time = seconds, notebook = opts.notebook,
     notebook_note = opts.notebook_note, base = opts.base or "sequential",
+    group = opts.group,
   }
   self.rows[#self.rows + 1] = row
   self.byvar[key] = row
@@ -344,9 +348,10 @@ function lib.table(results)
     if r.skipped then
       lines[#lines + 1] = { name, "skipped: " .. r.skipped, "", "", "", "", "", "" }
     end
-    local max = 0
+    local maxof = {}
     for _, row in ipairs(r.rows) do
-      max = math.max(max, row.time or 0, r.python and r.python[row.key] or 0)
+      local g = row.group or ""
+      maxof[g] = math.max(maxof[g] or 0, row.time or 0, r.python and r.python[row.key] or 0)
     end
     for i, row in ipairs(r.rows) do
       local base = r.byvar[row.base]
@@ -355,6 +360,7 @@ function lib.table(results)
         speed = string.format("%.2fx", base.time / row.time)
       end
       local py = r.python and r.python[row.key]
+      local max = maxof[row.group or ""]
       local loomtime = row.time and lib.fmt_time(row.time)
         or (row.skipped and "skipped") or (row.error and "error") or "-"
       lines[#lines + 1] = {

@@ -42,7 +42,8 @@ def run(kind, target, n, key, queue):
     entered = sorted(queue.get() for _ in workers)
     for w in workers:
         w.join()
-    row(key, time.perf_counter() - start)
+    if key:
+        row(key, time.perf_counter() - start)
     # workers enter in the order they were started, closely enough for a mean
     return sum(e - a for e, a in zip(entered, asked)) / n
 
@@ -52,6 +53,9 @@ if __name__ == "__main__":
     print(f"{n} processes, pid {os.getpid()}")
     per_process = run(Process, square_numbers, n, "processes", multiprocessing.Queue())
     per_thread = run(Thread, square_numbers_nosleep, 10, "threads", queue.Queue())
-    row("process_start", per_process)
-    row("thread_start", per_thread)
-    print(f"from start() to its first line: a process {per_process * 1e6:.0f} us, a thread {per_thread * 1e6:.0f} us")
+    print(f"started at once: {per_process * 1e6:.0f} us per process, {per_thread * 1e6:.0f} us per thread")
+    one_thread = sum(run(Thread, square_numbers_nosleep, 1, None, queue.Queue()) for _ in range(20)) / 20
+    row("thread_start", one_thread)
+    one_process = sum(run(Process, square_numbers_nosleep, 1, None, multiprocessing.Queue()) for _ in range(20)) / 20
+    row("process_start", one_process)
+    print(f"from start() to its first line: a process {one_process * 1e6:.0f} us, a thread {one_thread * 1e6:.0f} us")
