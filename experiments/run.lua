@@ -40,8 +40,9 @@ if #results == 0 then
   os.exit(2)
 end
 
-lib.printf("\n== %d experiment(s)%s in %s, %d cores\n", #results,
+local load = lib.load()
+lib.printf("\n== %d experiment(s)%s in %s, %d cores%s\n", #results,
   opts.quick and " (--quick)" or "", lib.fmt_time(lib.loom.now() - start),
-  lib.loom.cpu_count())
+  lib.loom.cpu_count(), load and string.format(", load average %.2f", load) or "")
 local failed = lib.table(results)
 os.exit(failed == 0 and 0 or 1)
