@@ -169,20 +169,21 @@ static int cond_wait (lua_State *L) {
 }
 
 /* wait_for(predicate[, timeout]): Python's loop, with one deadline for
-** the whole call; returns the predicate's last value. */
+** the whole call; returns the predicate's last value.  The lock must be
+** held unless the predicate is true at once. */
 static int cond_wait_for (lua_State *L) {
   Cond *c = checkcond(L, 1);
   luaL_checktype(L, 2, LUA_TFUNCTION);
   LoomDeadline dl;
   loomi_opttimeout(L, 3, &dl);
   lua_settop(L, 2);
-  for (;;) {
+  for (int waited = 0;; waited = 1) {
     lua_pushvalue(L, 2);
     lua_call(L, 0, 1);
-    if (lua_toboolean(L, -1) || loomi_deadline_passed(&dl))
+    if (lua_toboolean(L, -1) || (waited && loomi_deadline_passed(&dl)))
       return 1;
     lua_pop(L, 1);
-    cond_do_wait(L, c, &dl);
+    cond_do_wait(L, c, &dl);   /* at least once, as Python */
   }
 }
 
