@@ -168,6 +168,14 @@ LoomMsg *loomi_xfer_encode_call (lua_State *L, int first, int n);
 ** value the receiving state cannot rebuild; the message stays owned by the
 ** caller either way. */
 int  loomi_xfer_decode (lua_State *L, const LoomMsg *m);
+/* For small items kept inline (a queue's ring): like encode, but when the
+** values hold no loom object and their payload fits in *len bytes, copies
+** it to `out`, sets *len to its size and returns NULL.  Decode such a
+** payload with decode_inline, giving the pid of the encoding process. */
+LoomMsg *loomi_xfer_encode_inline (lua_State *L, int first, int n,
+                                   const char *root, void *out, size_t *len);
+int  loomi_xfer_decode_inline (lua_State *L, const void *p, size_t len,
+                               int32_t pid);
 void loomi_msg_free (LoomMsg *m);            /* NULL is a no-op */
 /* For the fuzzer: decodes a bare payload (no objects, bytecode refused), or
 ** a whole message image of len bytes (header checked, checksum verified

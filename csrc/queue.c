@@ -12,6 +12,17 @@
 #include <string.h>
 
 #define QUEUE_MINCAP  16
+#define QUEUE_INLINE  48     /* payload bytes an item may keep in its slot */
+
+/* One item: a small one lives in the slot itself, so the common case costs
+** no heap allocation; a larger one (or one holding loom objects) is a
+** message block the slot owns. */
+typedef struct Slot {
+  LoomMsg *msg;              /* NULL: the payload is inline */
+  int32_t pid;               /* the encoding process, for inline payloads */
+  uint32_t len;
+  unsigned char data[QUEUE_INLINE];
+} Slot;
 
 typedef struct LoomQueue {
   LoomObj obj;
@@ -19,7 +30,7 @@ typedef struct LoomQueue {
   pthread_cond_t not_empty;  /* getters wait here */
   pthread_cond_t not_full;   /* putters wait here */
   size_t maxsize;            /* 0: unbounded */
-  LoomMsg **ring;            /* cap slots, count items from head */
+  Slot *ring;                /* cap slots, count items from head */
   size_t cap, head, count;
   int closed;
   int getters, putters;      /* threads waiting, so a signal is only sent
@@ -31,7 +42,7 @@ typedef struct LoomQueue {
 static void queue_destroy (LoomObj *o) {
   LoomQueue *q = (LoomQueue *)o;
   for (size_t i = 0; i < q->count; i++)
-    loomi_msg_free(q->ring[(q->head + i) % q->cap]);
+    loomi_msg_free(q->ring[(q->head + i) % q->cap].msg);
   loomi_heap_free(q->ring);
   pthread_mutex_destroy(&q->mu);
   pthread_cond_destroy(&q->not_empty);
@@ -60,7 +71,7 @@ static int queue_reserve (LoomQueue *q) {
   size_t cap = q->cap ? q->cap * 2 : QUEUE_MINCAP;
   if (q->maxsize != 0 && cap > q->maxsize)
     cap = q->maxsize > q->count ? q->maxsize : q->count + 1;
-  LoomMsg **ring = loomi_heap_alloc(cap * sizeof *ring);
+  Slot *ring = loomi_heap_alloc(cap * sizeof *ring);
   if (ring == NULL)
     return ENOMEM;
   for (size_t i = 0; i < q->count; i++)
@@ -72,10 +83,11 @@ static int queue_reserve (LoomQueue *q) {
   return 0;
 }
 
-/* Appends m, waiting for room when `wait` is set.  Returns 0 (the queue owns
-** m), EAGAIN (full and not waiting), ETIMEDOUT, ECANCELED, EPIPE (closed)
-** or ENOMEM; m stays the caller's on any error. */
-static int queue_push (LoomQueue *q, LoomMsg *m, const LoomDeadline *dl,
+/* Appends the item in `it`, waiting for room when `wait` is set.  Returns 0
+** (the queue owns it->msg), EAGAIN (full and not waiting), ETIMEDOUT,
+** ECANCELED, EPIPE (closed) or ENOMEM; it->msg stays the caller's on any
+** error. */
+static int queue_push (LoomQueue *q, const Slot *it, const LoomDeadline *dl,
                        int wait) {
   int rc = 0;
   loomi_mutex_lock(&q->mu);
@@ -87,7 +99,12 @@ static int queue_push (LoomQueue *q, LoomMsg *m, const LoomDeadline *dl,
     if (q->maxsize == 0 || q->count < q->maxsize) {
       rc = queue_reserve(q);
       if (rc == 0) {
-        q->ring[(q->head + q->count) % q->cap] = m;
+        Slot *s = &q->ring[(q->head + q->count) % q->cap];
+        s->msg = it->msg;
+        s->pid = it->pid;
+        s->len = it->len;
+        if (it->msg == NULL)
+          memcpy(s->data, it->data, it->len);
         q->count++;
         if (q->getters > 0)
           pthread_cond_signal(&q->not_empty);
@@ -101,24 +118,34 @@ static int queue_push (LoomQueue *q, LoomMsg *m, const LoomDeadline *dl,
     q->putters++;
     rc = loomi_wait(&q->not_full, &q->mu, &q->obj, dl);
     q->putters--;
-    if (rc != 0)
+    if (rc != 0) {
+      /* a putter that gives up may have swallowed a signal meant for
+      ** another */
+      if (q->count < q->maxsize && q->putters > 0)
+        pthread_cond_signal(&q->not_full);
       break;
+    }
   }
   loomi_mutex_unlock(&q->mu);
   return rc;
 }
 
-/* Takes the oldest item into *m, waiting for one when `wait` is set.
+/* Takes the oldest item into *it, waiting for one when `wait` is set.
 ** Returns 0, EAGAIN (empty and not waiting), ETIMEDOUT, ECANCELED or
 ** EPIPE (closed and drained). */
-static int queue_pop (LoomQueue *q, LoomMsg **m, const LoomDeadline *dl,
+static int queue_pop (LoomQueue *q, Slot *it, const LoomDeadline *dl,
                       int wait) {
   int rc = 0;
   loomi_mutex_lock(&q->mu);
   for (;;) {
     if (q->count > 0) {
-      *m = q->ring[q->head];
-      q->ring[q->head] = NULL;
+      Slot *s = &q->ring[q->head];
+      it->msg = s->msg;
+      it->pid = s->pid;
+      it->len = s->len;
+      if (s->msg == NULL)
+        memcpy(it->data, s->data, s->len);
+      s->msg = NULL;
       q->head = (q->head + 1) % q->cap;
       q->count--;
       if (q->putters > 0)
@@ -164,10 +191,14 @@ static int queue_new (lua_State *L) {
   return 1;
 }
 
-/* Encodes the item at stack index 2 into a message the caller owns. */
-static LoomMsg *encode_item (lua_State *L) {
+/* Encodes the item at stack index 2 into `it`, inline when small; a
+** message it holds is the caller's. */
+static void encode_item (lua_State *L, Slot *it) {
   luaL_argcheck(L, !lua_isnoneornil(L, 2), 2, "nil cannot be put in a queue");
-  return loomi_xfer_encode(L, 2, 1, "item");
+  size_t len = QUEUE_INLINE;
+  it->msg = loomi_xfer_encode_inline(L, 2, 1, "item", it->data, &len);
+  it->pid = (int32_t)loomi_self_pid();
+  it->len = (uint32_t)len;
 }
 
 /* Raises or returns for a failed push; frees m. */
@@ -192,15 +223,16 @@ static int queue_put (lua_State *L) {
   LoomQueue *q = checkqueue(L, 1);
   LoomDeadline dl;
   loomi_opttimeout(L, 3, &dl);
-  LoomMsg *m = encode_item(L);
-  int rc = queue_push(q, m, &dl, 0);
+  Slot it;
+  encode_item(L, &it);
+  int rc = queue_push(q, &it, &dl, 0);
   if (rc == EAGAIN) {
     loomi_block_begin(L);
-    rc = queue_push(q, m, &dl, 1);
+    rc = queue_push(q, &it, &dl, 1);
     loomi_block_end(L);
   }
   if (rc != 0)
-    return push_failed(L, m, rc == EAGAIN ? ETIMEDOUT : rc);
+    return push_failed(L, it.msg, rc == EAGAIN ? ETIMEDOUT : rc);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -209,10 +241,11 @@ static int queue_put (lua_State *L) {
 static int queue_try_put (lua_State *L) {
   LoomQueue *q = checkqueue(L, 1);
   lua_settop(L, 2);
-  LoomMsg *m = encode_item(L);
-  int rc = queue_push(q, m, NULL, 0);
+  Slot it;
+  encode_item(L, &it);
+  int rc = queue_push(q, &it, NULL, 0);
   if (rc != 0)
-    return push_failed(L, m, rc);
+    return push_failed(L, it.msg, rc);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -234,8 +267,11 @@ static int pending_gc (lua_State *L) {
   return 0;
 }
 
-/* Pushes the item held by m and frees m, even when decoding raises. */
-static int decode_item (lua_State *L, LoomMsg *m) {
+/* Pushes the item and frees its message, even when decoding raises. */
+static int decode_item (lua_State *L, const Slot *it) {
+  if (it->msg == NULL)
+    return loomi_xfer_decode_inline(L, it->data, it->len, it->pid);
+  LoomMsg *m = it->msg;
   Pending *p = lua_touserdata(L, lua_upvalueindex(1));
   if (p->n == p->cap) {
     size_t cap = p->cap ? p->cap * 2 : 4;
@@ -278,26 +314,26 @@ static int queue_get (lua_State *L) {
   LoomQueue *q = checkqueue(L, 1);
   LoomDeadline dl;
   loomi_opttimeout(L, 2, &dl);
-  LoomMsg *m = NULL;
-  int rc = queue_pop(q, &m, &dl, 0);
+  Slot it;
+  int rc = queue_pop(q, &it, &dl, 0);
   if (rc == EAGAIN) {
     loomi_block_begin(L);
-    rc = queue_pop(q, &m, &dl, 1);
+    rc = queue_pop(q, &it, &dl, 1);
     loomi_block_end(L);
   }
   if (rc != 0)
     return pop_failed(L, rc == EAGAIN ? ETIMEDOUT : rc);
-  return decode_item(L, m);
+  return decode_item(L, &it);
 }
 
 /* try_get() -> item | nil (empty) | nil, "closed" */
 static int queue_try_get (lua_State *L) {
   LoomQueue *q = checkqueue(L, 1);
-  LoomMsg *m = NULL;
-  int rc = queue_pop(q, &m, NULL, 0);
+  Slot it;
+  int rc = queue_pop(q, &it, NULL, 0);
   if (rc != 0)
     return pop_failed(L, rc);
-  return decode_item(L, m);
+  return decode_item(L, &it);
 }
 
 /* close(): later puts raise; gets drain what is left, then fail "closed";
@@ -350,12 +386,10 @@ static int queue_full (lua_State *L) {
 
 static int queue_index (lua_State *L) {
   LoomQueue *q = checkqueue(L, 1);
-  if (lua_type(L, 2) == LUA_TSTRING && strcmp(lua_tostring(L, 2), "maxsize") == 0) {
-    lua_pushinteger(L, (lua_Integer)q->maxsize);
-    return 1;
-  }
   lua_pushvalue(L, 2);
-  lua_rawget(L, lua_upvalueindex(1));
+  if (lua_rawget(L, lua_upvalueindex(1)) == LUA_TNIL &&   /* methods first */
+      lua_type(L, 2) == LUA_TSTRING && strcmp(lua_tostring(L, 2), "maxsize") == 0)
+    lua_pushinteger(L, (lua_Integer)q->maxsize);
   return 1;
 }
 

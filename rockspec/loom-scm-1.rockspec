@@ -21,10 +21,18 @@ build = {
   modules = {
     ["loom.core"] = {
       sources = {
+        "csrc/array.c",
+        "csrc/barrier.c",
         "csrc/clock.c",
+        "csrc/cond.c",
         "csrc/core.c",
+        "csrc/event.c",
         "csrc/heap.c",
+        "csrc/lock.c",
         "csrc/obj.c",
+        "csrc/queue.c",
+        "csrc/sem.c",
+        "csrc/shared.c",
         "csrc/thread.c",
         "csrc/xfer.c",
       },
