@@ -15,6 +15,7 @@
 ** SPDX-License-Identifier: MIT */
 #include "loomint.h"
 
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +26,13 @@
 #define LOOM_WAITER     "loom.Waiter"
 #define LOOM_ASCOMPLETED "loom.AsCompleted"
 #define POOL_MAXWORKERS 1024
+/* How long a worker out of tasks, or a caller of result(), polls before it
+** sleeps: a wake-up through the kernel costs several microseconds, more
+** than a short task, so a brief poll keeps a busy pool off that path. */
+#define POOL_SPIN_NS    20000
+#ifndef POOL_YIELD
+#define POOL_YIELD() sched_yield()
+#endif
 
 enum { F_PENDING, F_RUNNING, F_DONE, F_FAILED, F_CANCELLED };
 
@@ -76,10 +84,11 @@ typedef struct TaskQueue {
   pthread_cond_t cv;         /* a task arrived, or shutdown */
   pthread_cond_t exit_cv;    /* a worker left */
   Future *head, *tail;
-  size_t nqueued;
+  atomic_size_t nqueued;     /* written under mu, polled without it */
   int nidle;                 /* workers blocked on cv */
-  int shutdown;
-  int broken;                /* the initializer failed: no more tasks */
+  int nspinning;             /* workers polling for a task */
+  atomic_int shutdown;
+  atomic_int broken;         /* the initializer failed: no more tasks */
   int nalive;                /* workers not yet gone */
   int id;
   LoomMsg *init;             /* (init, initargs...) or NULL */
@@ -97,6 +106,61 @@ static atomic_int pool_counter = 0;
 
 /* The queue the calling OS thread serves, NULL for other threads. */
 static _Thread_local TaskQueue *self_queue = NULL;
+
+/* ---- polling ---- */
+
+static void cpu_relax (void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__) || defined(__arm__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
+static int64_t now_ns (void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Polls *flag until it differs from `unset` or POOL_SPIN_NS pass; yields
+** now and then so that on a busy machine the thread being waited for gets
+** the processor.  True when the flag changed. */
+static int spin_while_size (atomic_size_t *flag, size_t unset,
+                            atomic_int *stop) {
+  int64_t start = 0;
+  for (int i = 1;; i++) {
+    if (atomic_load_explicit(flag, memory_order_relaxed) != unset ||
+        atomic_load_explicit(stop, memory_order_relaxed))
+      return 1;
+    cpu_relax();
+    if ((i & 63) == 0) {
+      int64_t now = now_ns();
+      if (start == 0)
+        start = now;
+      else if (now - start > POOL_SPIN_NS)
+        return 0;
+      POOL_YIELD();
+    }
+  }
+}
+
+static int spin_while_int (atomic_int *flag, int below) {
+  int64_t start = 0;
+  for (int i = 1;; i++) {
+    if (atomic_load_explicit(flag, memory_order_acquire) >= below)
+      return 1;
+    cpu_relax();
+    if ((i & 63) == 0) {
+      int64_t now = now_ns();
+      if (start == 0)
+        start = now;
+      else if (now - start > POOL_SPIN_NS)
+        return 0;
+      POOL_YIELD();
+    }
+  }
+}
 
 /* ---- futures ---- */
 
@@ -232,8 +296,8 @@ static int queue_push (TaskQueue *q, Future *f) {
     else
       q->head = f;
     q->tail = f;
-    q->nqueued++;
-    if (q->nidle > 0)
+    atomic_fetch_add(&q->nqueued, 1);
+    if (q->nidle > 0 && q->nspinning == 0)   /* a poller takes it */
       pthread_cond_signal(&q->cv);
   }
   loomi_mutex_unlock(&q->mu);
@@ -244,14 +308,24 @@ static int queue_push (TaskQueue *q, Future *f) {
 static Future *queue_take_all (TaskQueue *q) {
   Future *all = q->head;
   q->head = q->tail = NULL;
-  q->nqueued = 0;
+  atomic_store(&q->nqueued, 0);
   return all;
 }
 
+/* Protected: a full collection of a worker's state. */
+static int worker_collect (lua_State *L) {
+  lua_gc(L, LUA_GCCOLLECT);
+  return 0;
+}
+
 /* The next task, blocking; NULL once the queue is shut down and empty, or
-** broken.  The caller inherits the queue's reference. */
-static Future *queue_pop (TaskQueue *q) {
+** broken.  The caller inherits the queue's reference.  Before sleeping, a
+** worker whose state ran tasks since it last slept (*dirty) collects it:
+** what those tasks left behind may hold loom objects, this pool's own
+** handle among them, which must not stay alive for as long as it idles. */
+static Future *queue_pop (TaskQueue *q, lua_State *L, int *dirty) {
   Future *f = NULL;
+  int polled = 0;
   loomi_mutex_lock(&q->mu);
   for (;;) {
     if (q->broken)
@@ -261,15 +335,37 @@ static Future *queue_pop (TaskQueue *q) {
       q->head = f->next;
       if (q->head == NULL)
         q->tail = NULL;
-      q->nqueued--;
+      atomic_fetch_sub(&q->nqueued, 1);
       f->next = NULL;
+      /* more work than this worker: pass the wake-up on */
+      if (q->head != NULL && q->nidle > 0 && q->nspinning == 0)
+        pthread_cond_signal(&q->cv);
       break;
     }
     if (q->shutdown)
       break;
+    if (!polled) {
+      polled = 1;
+      q->nspinning++;
+      loomi_mutex_unlock(&q->mu);
+      spin_while_size(&q->nqueued, 0, &q->shutdown);
+      loomi_mutex_lock(&q->mu);
+      q->nspinning--;
+      continue;
+    }
+    if (*dirty) {
+      *dirty = 0;
+      loomi_mutex_unlock(&q->mu);
+      lua_pushcfunction(L, worker_collect);
+      if (lua_pcall(L, 0, 0, 0) != LUA_OK)
+        lua_pop(L, 1);
+      loomi_mutex_lock(&q->mu);
+      continue;
+    }
     q->nidle++;
     loomi_wait(&q->cv, &q->mu, &q->obj, NULL);
     q->nidle--;
+    polled = 0;
   }
   loomi_mutex_unlock(&q->mu);
   return f;
@@ -387,7 +483,9 @@ static void queue_serve (TaskQueue *q, lua_State *L, int worker) {
     }
   }
   Future *f;
-  while ((f = queue_pop(q)) != NULL) {
+  int dirty = 0;
+  while ((f = queue_pop(q, L, &dirty)) != NULL) {
+    dirty = 1;
     Task t = { f, NULL, NULL };
     if (future_claim(f, &t.call)) {
       f->pool_id = q->id;
@@ -591,6 +689,8 @@ static int future_await (lua_State *L, Future *f, const LoomDeadline *dl) {
     return 0;
   int rc = 0;
   loomi_block_begin(L);
+  if (dl->forever || !loomi_deadline_passed(dl))
+    spin_while_int(&f->state, F_DONE);
   loomi_mutex_lock(&f->mu);
   f->nwaiting++;
   while (!finished(atomic_load(&f->state)) && rc == 0)
@@ -744,10 +844,15 @@ static Future **collect_futures (lua_State *L, int arg, uint32_t *n) {
 static const char *const wait_modes[] = { "all", "any", "first_error", NULL };
 
 /* wait(futures, [timeout], [mode]) -> done, not_done: two lists of the
-** distinct futures, in the order given; returns at the timeout too. */
+** distinct futures, in the order given; returns at the timeout too.  The
+** mode may come second when there is no timeout. */
 static int pool_wait (lua_State *L) {
   LoomDeadline dl;
   luaL_checktype(L, 1, LUA_TTABLE);
+  if (lua_type(L, 2) == LUA_TSTRING && lua_isnone(L, 3)) {
+    lua_pushnil(L);
+    lua_insert(L, 2);
+  }
   loomi_opttimeout(L, 2, &dl);
   int mode = luaL_checkoption(L, 3, "all", wait_modes);
   lua_settop(L, 1);
@@ -1019,18 +1124,20 @@ static int pool_close (lua_State *L) {
   return pool_shutdown(L);
 }
 
+/* Methods first (upvalue 1: the methods table), then the fields. */
 static int pool_index (lua_State *L) {
+  lua_settop(L, 2);
+  lua_pushvalue(L, 2);
+  if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL)
+    return 1;
   Pool *p = checkpool(L, 1);
-  const char *key = luaL_checkstring(L, 2);
-  if (strcmp(key, "workers") == 0)
+  const char *key = lua_tostring(L, 2);
+  if (key != NULL && strcmp(key, "workers") == 0)
     lua_pushinteger(L, p->nworkers);
-  else if (strcmp(key, "kind") == 0)
+  else if (key != NULL && strcmp(key, "kind") == 0)
     lua_pushliteral(L, "thread");
-  else {
-    luaL_getmetatable(L, LOOM_POOL);
-    lua_getfield(L, -1, "methods");
-    lua_getfield(L, -1, key);
-  }
+  else
+    lua_pushnil(L);
   return 1;
 }
 
@@ -1043,7 +1150,7 @@ static int pool_tostring (lua_State *L) {
   Pool *p = (Pool *)*slot;
   loomi_mutex_lock(&p->q->mu);
   int shut = p->q->shutdown, broken = p->q->broken;
-  size_t queued = p->q->nqueued;
+  size_t queued = atomic_load(&p->q->nqueued);
   loomi_mutex_unlock(&p->q->mu);
   lua_pushfstring(L, "loom.Pool (%p, %d workers, %d queued%s)", (void *)p,
                   p->nworkers, (int)queued,
@@ -1067,7 +1174,6 @@ static const luaL_Reg future_methods[] = {
 };
 
 static const luaL_Reg pool_meta[] = {
-  {"__index", pool_index},
   {"__close", pool_close},
   {"__tostring", pool_tostring},
   {NULL, NULL}
@@ -1092,7 +1198,10 @@ void loomi_pool_open (lua_State *L) {
   luaL_getmetatable(L, LOOM_POOL);
   lua_newtable(L);
   luaL_setfuncs(L, pool_methods, 0);
-  lua_setfield(L, -2, "methods");
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -3, "methods");
+  lua_pushcclosure(L, pool_index, 1);
+  lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
   if (luaL_newmetatable(L, LOOM_ASCOMPLETED)) {
     lua_pushcfunction(L, ascompleted_close);

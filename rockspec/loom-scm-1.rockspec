@@ -30,6 +30,7 @@ build = {
         "csrc/heap.c",
         "csrc/lock.c",
         "csrc/obj.c",
+        "csrc/pool.c",
         "csrc/queue.c",
         "csrc/sem.c",
         "csrc/shared.c",
@@ -40,6 +41,7 @@ build = {
       libraries = { "pthread", "m" },
     },
     ["loom"] = "lua/loom/init.lua",
+    ["loom.pool"] = "lua/loom/pool.lua",
   },
   platforms = {
     linux = {
