@@ -31,6 +31,7 @@ build = {
         "csrc/lock.c",
         "csrc/obj.c",
         "csrc/pool.c",
+        "csrc/process.c",
         "csrc/queue.c",
         "csrc/sem.c",
         "csrc/shared.c",
@@ -42,6 +43,7 @@ build = {
     },
     ["loom"] = "lua/loom/init.lua",
     ["loom.pool"] = "lua/loom/pool.lua",
+    ["loom.process"] = "lua/loom/process.lua",
   },
   platforms = {
     linux = {
