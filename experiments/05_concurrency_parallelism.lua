@@ -35,7 +35,7 @@ function experiment.run(x)
   local process_pool_skip = lib.pool_offers("process")
 
   x:section("concurrency: waiting side by side")
-  x:variant("sequential", "three tasks, sequential", { notebook = 6.01 }, function()
+  x:variant("sequential", "three tasks, in a row", { notebook = 6.01 }, function()
     for _, name in ipairs(names) do task(name) end
   end)
   x:variant("threads", "three threads", { notebook = 2.00 }, function()
@@ -50,14 +50,14 @@ function experiment.run(x)
     end)
 
   x:section("parallelism: computing side by side")
-  local _, seq_sums = x:variant("cpu_sequential", "three CPU tasks, sequential",
+  local _, seq_sums = x:variant("cpu_sequential", "three CPU tasks, in a row",
     { base = "cpu_sequential" }, function()
       local out = {}
       for i, name in ipairs(names) do out[i] = cpu_task(name) end
       return out
     end)
   local _, pool_sums = x:variant("cpu_process_pool",
-    ("process pool (%d workers): map"):format(loom.cpu_count()),
+    ("process pool of %d: map"):format(loom.cpu_count()),
     { base = "cpu_sequential", skip = process_pool_skip or map_skip }, function()
       local pool <close> = loom.pool { workers = loom.cpu_count(), kind = "process" }
       return pool:map(cpu_task, names)

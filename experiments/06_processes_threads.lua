@@ -54,14 +54,14 @@ function experiment.run(x)
   local expected = (ITERATIONS - 1) * (ITERATIONS - 1)
 
   local _, per_process, presults = x:variant("processes",
-    ("%d processes, square_numbers with sleep"):format(n),
+    ("%d processes, with sleep"):format(n),
     { base = "none", needs = { "process" } }, function()
       local processes = {}
       for i = 1, n do processes[i] = loom.process(square_numbers) end
       return run(processes)
     end)
   local _, per_thread, tresults = x:variant("threads",
-    "10 threads, square_numbers without sleep", { base = "none" }, function()
+    "10 threads, without sleep", { base = "none" }, function()
       local threads = {}
       for i = 1, 10 do threads[i] = loom.thread(square_numbers_nosleep) end
       return run(threads)

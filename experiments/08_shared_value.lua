@@ -51,9 +51,9 @@ function experiment.run(x)
   N, DELAY = x:pick(100, 50), x:pick(0.01, 0.002)
   local ends = {}
   for _, v in ipairs({
-    { "no_lock", "no lock: number.value = number.value + 1", add_n },
-    { "get_lock", "with number:get_lock()", add_n_locked },
-    { "atomic_add", "atomic number:add(1)", add_n_atomic },
+    { "no_lock", "no lock: value = value + 1", add_n },
+    { "get_lock", "with get_lock()", add_n_locked },
+    { "atomic_add", "atomic add(1)", add_n_atomic },
   }) do
     local elapsed, value, c1, c2 = x:variant(v[1], v[2], { base = "none" }, two, v[3])
     if elapsed then

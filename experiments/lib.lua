@@ -289,10 +289,11 @@ function Context:run_python()
   self.python_output = out
 end
 
---- lib.run(exp, opts): run one experiment and its Python twin; returns
+--- lib.run(exp, opts, [position]): run one experiment and its Python twin
+-- (position, e.g. "3/8", shows how far the runner has come); returns
 -- {exp=, rows=, claims=, notes=, python=, skipped=}.
-function lib.run(exp, opts)
-  printf("\n== %s. %s\n", exp.id, exp.title)
+function lib.run(exp, opts, position)
+  printf("\n== %s. %s%s\n", exp.id, exp.title, position and "  [" .. position .. "]" or "")
   local lack = missing(exp.needs)
   if lack then
     local why = "needs " .. lack .. ", not in this build"
@@ -311,7 +312,7 @@ end
 -- ---------------------------------------------------------------------------
 -- The table.
 
-local BAR_WIDTH = 18
+local BAR_WIDTH = 14
 local EIGHTHS = { "", "▏", "▎", "▍", "▌", "▋", "▊", "▉" }
 
 local function bar(t, max)

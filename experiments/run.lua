@@ -25,15 +25,18 @@ local function selected(script)
   return false
 end
 
+local chosen = {}
+for _, script in ipairs(SCRIPTS) do
+  if selected(script) then chosen[#chosen + 1] = script end
+end
+
 local results = {}
 local start = lib.loom.now()
-for _, script in ipairs(SCRIPTS) do
-  if selected(script) then
-    local chunk, err = loadfile(here .. script .. ".lua")
-    if chunk == nil then error(err, 0) end
-    local exp = chunk({ runner = true })
-    results[#results + 1] = lib.run(exp, opts)
-  end
+for i, script in ipairs(chosen) do
+  local chunk, err = loadfile(here .. script .. ".lua")
+  if chunk == nil then error(err, 0) end
+  local exp = chunk({ runner = true })
+  results[#results + 1] = lib.run(exp, opts, i .. "/" .. #chosen)
 end
 if #results == 0 then
   io.stderr:write("no experiment matches: ", table.concat(opts.names, " "), "\n")
