@@ -417,6 +417,26 @@ describe("loom.Queue", function()
       assert.equal(before, loom.heap_used())
     end)
 
+    it("reports an exhausted heap and keeps working", function()
+      local helpers = require "helpers"
+      local out, ok = helpers.run [[
+        local loom = require "loom"
+        loom.configure{ heap_size = 1 << 20 }
+        local q, n = loom.queue(), 0
+        print(pcall(function()
+          while true do q:put(string.rep("x", 1000)); n = n + 1 end
+        end))
+        print(pcall(function()
+          while true do q:put(n); n = n + 1 end
+        end))
+        for _ = 1, 10 do q:get() end
+        print(q:put("again"))
+      ]]
+      assert.is_true(ok, out)
+      assert.matches("^false\t[^\n]*cannot transfer item: shared heap exhausted %(%d+ bytes needed%)\n" ..
+        "false\t[^\n]*cannot put: shared heap exhausted\ntrue\n$", out)
+    end)
+
     it("raises when used after <close>", function()
       local w
       do
