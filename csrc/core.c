@@ -151,6 +151,7 @@ static const struct {
   void (*open) (lua_State *L);
 } primitives[] = {
   {"thread", loomi_thread_open},
+  {"gil", loomi_gil_open},
   {"lock", loomi_lock_open},
   {"semaphore", loomi_sem_open},
   {"condition", loomi_cond_open},

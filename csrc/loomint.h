@@ -149,6 +149,24 @@ int  loomi_thread_forked (lua_State *L);
 ** for the rest.  A forked child calls it before it leaves. */
 void loomi_thread_shutdown (lua_State *L);
 
+/* A shared-interpreter thread (gil.c) borrows a thread object: made with
+** one reference; entered on its OS thread (self, ids) and left when done;
+** cancel() flags it and wakes its wait. */
+LoomObj *loomi_thread_stub (const char *name, int daemon);
+void loomi_thread_enter (LoomObj *o);
+void loomi_thread_leave (LoomObj *o);
+void loomi_thread_cancel (LoomObj *o);
+int  loomi_thread_cancelled (LoomObj *o);
+int  loomi_thread_is_self (LoomObj *o);
+
+/* ---- gil.c: the global interpreter lock of shared threads ----
+** block_begin/end release and retake it around a blocking call (no-ops on
+** OS threads that hold no GIL); loomi_wait pins the object it waits on
+** until block_end, so a frozen interpreter never frees it under a waiter. */
+void loomi_gil_block_begin (lua_State *L);
+void loomi_gil_block_end (lua_State *L);
+void loomi_gil_pin (LoomObj *o);
+
 /* ---- xfer.c: the transfer codec ----
 ** A message is one block in the shared heap holding the encoded values and
 ** a reference to every loom object among them, so it can cross threads and
@@ -283,6 +301,7 @@ LoomObj *loomi_fastcheck (lua_State *L, int arg, const char *tname);
 ** Each adds its functions to the module table on top of the stack and
 ** builds its metatables (loomi_newclass). */
 void loomi_thread_open (lua_State *L);
+void loomi_gil_open (lua_State *L);
 void loomi_lock_open (lua_State *L);
 void loomi_sem_open (lua_State *L);
 void loomi_cond_open (lua_State *L);

@@ -88,6 +88,7 @@ static int64_t os_thread_id (void) {
 int loomi_wait (pthread_cond_t *cv, pthread_mutex_t *mu, LoomObj *obj,
                 const LoomDeadline *dl) {
   LoomThread *t = self_thread;
+  loomi_gil_pin(obj);
   if (t != NULL) {
     if (atomic_load(&t->cancel))
       return ECANCELED;
@@ -133,17 +134,13 @@ int loomi_raise_cancelled (lua_State *L) {
   return lua_error(L);
 }
 
-/* Set by the shared-interpreter threads when they exist. */
-static void (*block_hooks[2]) (lua_State *L) = { NULL, NULL };
-
+/* Shared-interpreter threads release their lock here (gil.c). */
 void loomi_block_begin (lua_State *L) {
-  if (block_hooks[0] != NULL)
-    block_hooks[0](L);
+  loomi_gil_block_begin(L);
 }
 
 void loomi_block_end (lua_State *L) {
-  if (block_hooks[1] != NULL)
-    block_hooks[1](L);
+  loomi_gil_block_end(L);
 }
 
 /* Raises on every call and instruction of a cancelled thread, except on
@@ -896,6 +893,49 @@ void loomi_thread_shutdown (lua_State *L) {
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &CHILDREN_KEY) == LUA_TUSERDATA)
     children_shutdown(lua_touserdata(L, -1));
   lua_pop(L, 1);
+}
+
+/* ---- for gil.c: a shared thread borrows a thread object, so its waits
+** are cancellable and current() names it ---- */
+
+LoomObj *loomi_thread_stub (const char *name, int daemon) {
+  LoomThread *t = thread_create();
+  if (t == NULL)
+    return NULL;
+  t->state = TH_RUNNING;
+  t->daemon = daemon;
+  snprintf(t->name, sizeof t->name, "%s", name);
+  return &t->obj;
+}
+
+void loomi_thread_enter (LoomObj *o) {
+  LoomThread *t = (LoomThread *)o;
+  self_thread = t;
+  loomi_mutex_lock(&t->mu);
+  t->ident = (int64_t)pthread_self();
+  t->native_id = os_thread_id();
+  loomi_mutex_unlock(&t->mu);
+}
+
+void loomi_thread_leave (LoomObj *o) {
+  LoomThread *t = (LoomThread *)o;
+  loomi_mutex_lock(&t->mu);
+  t->state = TH_DONE;
+  pthread_cond_broadcast(&t->cv);
+  loomi_mutex_unlock(&t->mu);
+  self_thread = NULL;
+}
+
+void loomi_thread_cancel (LoomObj *o) {
+  thread_request_cancel((LoomThread *)o);
+}
+
+int loomi_thread_cancelled (LoomObj *o) {
+  return atomic_load(&((LoomThread *)o)->cancel);
+}
+
+int loomi_thread_is_self (LoomObj *o) {
+  return self_thread != NULL && o == &self_thread->obj;
 }
 
 static const luaL_Reg thread_meta[] = {

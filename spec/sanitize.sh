@@ -4,7 +4,7 @@
 set -u
 kind=$1 host=$2 specs=$3 stress=$4
 export LUA_PATH="lua/?.lua;lua/?/init.lua;spec/?.lua;;"
-export TSAN_OPTIONS="halt_on_error=1 exitcode=66 second_deadlock_stack=1 suppressions=$PWD/spec/tsan.supp"
+export TSAN_OPTIONS="halt_on_error=1 exitcode=66 second_deadlock_stack=1 suppressions=${TSAN_SUPP-$PWD/spec/tsan.supp}"
 export ASAN_OPTIONS="detect_leaks=0 abort_on_error=0 exitcode=66"
 export UBSAN_OPTIONS="halt_on_error=1 print_stacktrace=1"
 fail=0
@@ -17,6 +17,8 @@ run() {
 }
 case $kind in
   tsan|asan)
+    # specs that start a subprocess (helpers.run) run it on the same host
+    export LUA="$PWD/$host"
     run "$host" /usr/bin/busted --run=default $specs
     for s in $stress; do run "$host" "$s"; done
     ;;

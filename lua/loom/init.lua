@@ -10,6 +10,8 @@ local M = {}
 for name, fn in pairs(core) do
   M[name] = fn
 end
+-- internals of loom.gil, not part of the public module
+M.gil_prepare, M.gil_sethook, M.gil_gethook = nil, nil, nil
 
 local function thread_options(first, ...)
   if type(first) == "table" and getmetatable(first) == nil and select("#", ...) == 0 then
@@ -25,7 +27,7 @@ local function thread_options(first, ...)
       error("bad argument #1 to 'thread' (name must be a string)", 3)
     end
     local packed = table_pack(table.unpack(args, 1, args.n or #args))
-    return target, packed, first.name, first.daemon
+    return target, packed, first.name, first.daemon, first.shared
   end
   if type(first) ~= "function" then
     error("bad argument #1 to 'thread' (function expected, got " .. type(first) .. ")", 3)
@@ -33,10 +35,24 @@ local function thread_options(first, ...)
   return first, table_pack(...), nil, false
 end
 
---- loom.thread(fn, ...) or loom.thread{target=, args=, name=, daemon=}:
--- a thread that runs fn(...) in its own interpreter once started.
+--- loom.thread(fn, ...) or loom.thread{target=, args=, name=, daemon=,
+-- shared=}: a thread that runs fn(...) in its own interpreter once started,
+-- or, with shared=true, in this one under the global interpreter lock.
 function M.thread(...)
-  return core.thread(thread_options(...))
+  local target, args, name, daemon, shared = thread_options(...)
+  if shared then
+    require("loom.gil").install()
+    return core.shared_thread(target, args, name, daemon)
+  end
+  return core.thread(target, args, name, daemon)
+end
+
+--- loom.shared_thread(fn, ...) or loom.shared_thread{target=, args=, ...}:
+-- the same as loom.thread with shared=true.
+function M.shared_thread(...)
+  local target, args, name, daemon = thread_options(...)
+  require("loom.gil").install()
+  return core.shared_thread(target, args, name, daemon)
 end
 
 --- loom.excepthook(fn): fn(info) receives {name=, ident=, error=, traceback=}
