@@ -55,10 +55,13 @@ describe("experiments", function()
       assert.is_true(t1 >= 2 and t1 == t2, out)
     end)
 
-    it("leaves the shared-interpreter variant to a build that has it", function()
+    it("runs the shared-interpreter variant where the build has it", function()
       local out = experiment("02_cpu_bound", "--quick", "--no-python")
       if require("loom").shared_thread == nil then
         assert.is_true(has(out, "two shared-interpreter threads: skipped (needs loom.shared_thread)"))
+      else
+        assert.is_true(has(out, "claim ok: two shared-interpreter threads: T1 = 6.041664854169139e+19"), out)
+        assert.is_true(has(out, "claim ok: sequential"), out)
       end
     end)
   end)
