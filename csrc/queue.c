@@ -3,8 +3,10 @@
 ** Lua: loom.queue([maxsize]) -> Queue;  put(v, [t]) -> true | nil,"timeout";
 **      get([t]) -> v | nil,"timeout" | nil,"closed";  try_put(v), try_get(),
 **      close(), closed(), size(), #q, empty(), full();  q.maxsize.
-** Each item is one encoded message (LoomMsg) owned by the queue until a
-** get takes it.  Lock order: the queue's mutex, then the heap's.
+** Each item is encoded once by put and decoded once by get: a small one
+** inline in its ring slot, a larger one as a message block (LoomMsg) the
+** queue owns until a get takes it.  Lock order: the queue's mutex, then
+** the heap's.
 ** SPDX-License-Identifier: MIT */
 #include "loomint.h"
 

@@ -433,8 +433,8 @@ static int value_new (lua_State *L) {
 
 static int value_index (lua_State *L) {
   LoomValue *v = checkvalue(L, 1);
-  const char *key = lua_tostring(L, 2);
-  if (key != NULL && lua_type(L, 2) == LUA_TSTRING) {
+  if (lua_type(L, 2) == LUA_TSTRING) {
+    const char *key = lua_tostring(L, 2);
     if (strcmp(key, "value") == 0) {
       loomi_elem_push(L, v->type, loomi_elem_load(v->cell,
                       loomi_elemtypes[v->type].size, memory_order_relaxed));
