@@ -3,9 +3,12 @@
 --     pool of 2: microseconds per round trip.
 -- B3: throughput: submit 100000 tasks, then gather them, pool of 2:
 --     tasks per second.
--- Run: lua5.4 bench/pool_bench.lua [rounds]   (prints one line per figure;
--- each figure is the best of `rounds` runs, default 5).  Returns a table
--- {B2 = us, B3 = tasks/s} when loaded with dofile/require.
+-- Run from the top directory: lua5.4 bench/pool_bench.lua [rounds]; it
+-- prints one line per figure, each the best of `rounds` runs (default 5).
+-- Loaded with dofile/require it returns M: M.run([rounds]) -> {B2 = us,
+-- B3 = tasks/s}.  python3 bench/pool_bench.py measures ThreadPoolExecutor.
+package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
+package.cpath = "./?.so;" .. package.cpath
 local loom = require "loom"
 
 local now = loom.now

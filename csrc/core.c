@@ -160,8 +160,8 @@ static const struct {
   {"value", loomi_value_open},
   {"array", loomi_array_open},
   {"queue", loomi_queue_open},
-  {"pool", loomi_pool_open},
   {"process", loomi_process_open},
+  {"pool", loomi_pool_open},
 };
 
 /* A thread may still be leaving loom's code when the state that loaded the

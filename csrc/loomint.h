@@ -310,8 +310,8 @@ void loomi_barrier_open (lua_State *L);
 void loomi_value_open (lua_State *L);
 void loomi_array_open (lua_State *L);
 void loomi_queue_open (lua_State *L);
-void loomi_pool_open (lua_State *L);
 void loomi_process_open (lua_State *L);
+void loomi_pool_open (lua_State *L);
 
 #pragma GCC visibility pop
 

@@ -111,6 +111,18 @@ describe("loom.Future", function()
     end)
   end)
 
+  describe("a closed handle", function()
+    it("raises on use and is refused by wait", function()
+      local pool <close> = loom.pool(1)
+      local f = pool:submit(inc, 1)
+      do local g <close> = f end
+      assert.has_error(function() f:result(1) end, "attempt to use a closed loom.Future")
+      assert.has_error(function() loom.wait({ f }) end,
+        "bad argument #1 to 'wait' (loom.Future expected at index 1, got a closed loom.Future)")
+      assert.equal("loom.Future (closed)", tostring(f))
+    end)
+  end)
+
   describe("__tostring", function()
     it("shows the state", function()
       local pool <close> = loom.pool(1)
@@ -227,6 +239,8 @@ describe("loom.as_completed", function()
   end)
 
   it("rejects bad arguments", function()
+    assert.has_error(function() loom.as_completed({}, -1) end,
+      "bad argument #2 to 'as_completed' (timeout must be non-negative)")
     assert.has_error(function() loom.as_completed(nil) end,
       "bad argument #1 to 'as_completed' (table expected, got nil)")
     assert.has_error(function() loom.as_completed({ {} }) end,

@@ -326,7 +326,8 @@ describe("loom.Pool lifetime", function()
     collectgarbage()
     collectgarbage()
     local deadline = loom.now() + 10
+    -- threads of earlier specs may still be leaving: never more than before
     while threads() > before and loom.now() < deadline do loom.sleep(0.01) end
-    assert.equal(before, threads())
+    assert.is_true(threads() <= before)
   end)
 end)

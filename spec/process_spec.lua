@@ -577,11 +577,11 @@ describe("loom.Process", function()
         end,
       },
       queue = {
-        make = function() return loom.queue() end,
-        child = function(q) q:put("from child"); return q:get(10) end,
-        parent = function(q, p)
-          assert.equal("from child", q:get(10))
-          q:put("from parent")
+        make = function() return {up = loom.queue(), down = loom.queue(1)} end,
+        child = function(o) o.up:put("from child"); return o.down:get(10) end,
+        parent = function(o, p)
+          assert.equal("from child", o.up:get(10))
+          o.down:put("from parent")
           assert.equal("from parent", p:result(10))
         end,
       },
@@ -756,6 +756,75 @@ describe("loom.Process", function()
         loom.process(function() error("lost error") end):start()
       ]])
       assert.matches("^loom: exception in process Process%-1:\n[^\n]*lost error\nstack traceback:", out)
+    end)
+  end)
+
+  describe("loom.pool{kind = 'process'}", function()
+    local function mypid()
+      local f = io.open("/proc/self/stat")
+      local pid = tonumber(f:read("a"):match("^%d+"))
+      f:close()
+      return pid
+    end
+
+    it("runs tasks in worker processes", function()
+      local pool <close> = loom.pool{workers = 2, kind = "process"}
+      assert.equal("process", pool.kind)
+      assert.equal(2, pool.workers)
+      local f = pool:submit(mypid)
+      local pid = f:result(20)
+      assert.is_number(pid)
+      assert.is_not.equal(mypid(), pid)
+      assert.same({2, 3, 4}, {table.unpack(pool:map(function(x) return x + 1 end, {1, 2, 3}))})
+    end)
+
+    it("re-raises a task's error with the worker's traceback", function()
+      local pool <close> = loom.pool{workers = 1, kind = "process"}
+      local f = pool:submit(function() error("task failed") end)
+      local ok, err = pcall(f.result, f, 20)
+      assert.is_false(ok)
+      assert.matches("task failed\n%[process Pool%-%d+%-worker%-1%] stack traceback:", err)
+    end)
+
+    it("fails only the task of a crashed worker, and replaces the worker", function()
+      local pool <close> = loom.pool{workers = 2, kind = "process"}
+      local killed = pool:submit(function(getpid)
+        os.execute("kill -9 " .. getpid())
+        require("loom").sleep(30)
+      end, mypid)
+      local exited = pool:submit(function() os.exit(7) end)
+      local ok, err = pcall(killed.result, killed, 20)
+      assert.is_false(ok)
+      assert.equal("pool worker process killed by signal 9", err)
+      ok, err = pcall(exited.result, exited, 20)
+      assert.is_false(ok)
+      assert.equal("pool worker process exited with code 7", err)
+      local fs = {}
+      for i = 1, 8 do fs[i] = pool:submit(function(x) return x * 10 end, i) end
+      for i = 1, 8 do assert.equal(i * 10, fs[i]:result(20)) end
+    end)
+
+    it("shares loom objects with its workers", function()
+      local total = loom.value("int64", 0)
+      local pool <close> = loom.pool{workers = 2, kind = "process"}
+      local fs = {}
+      for i = 1, 20 do fs[i] = pool:submit(function(v, n) return v:add(n) end, total, i) end
+      for i = 1, 20 do fs[i]:result(20) end
+      assert.equal(210, total.value)
+    end)
+
+    it("leaves no child behind after shutdown", function()
+      local pool = loom.pool{workers = 2, kind = "process"}
+      local pids = {}
+      for i = 1, 6 do pids[i] = pool:submit(mypid) end
+      for i = 1, 6 do pids[i] = pids[i]:result(20) end
+      pool:shutdown(true)
+      for _, pid in ipairs(pids) do assert.is_nil(proc_state(pid)) end
+    end)
+
+    it("rejects an unknown kind", function()
+      assert.has_error(function() loom.pool{workers = 1, kind = "fiber"} end,
+        "bad argument #1 to 'pool' (invalid kind 'fiber')")
     end)
   end)
 end)
