@@ -1,0 +1,84 @@
+-- 5. Concurrency vs parallelism: three 2 s tasks sequentially (notebook
+-- 6.01 s), on threads (2.00 s), through a pool's map (2.01 s); then the
+-- CPU-bound counterpart, sequentially and on a pool of processes.
+local lib = dofile((debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") or "") .. "lib.lua")
+local loom = require "loom"
+local print, repr = lib.print, lib.repr
+
+local experiment = {
+  id = "05", name = "concurrency_parallelism", title = "Concurrency vs parallelism",
+  python = "05_concurrency_parallelism.py", needs = { "thread" },
+}
+
+local DELAY, N = 2, 20000000
+local names = { "A", "B", "C" }
+
+local function task(name)
+  print("task " .. name .. " started")
+  loom.sleep(DELAY)
+  print("task " .. name .. " done")
+  return name
+end
+
+local function cpu_task(name)
+  local Res = 0
+  for i = 0, N - 1 do
+    Res = Res + ((i * i) + 2.0) * 1.45
+  end
+  print(("cpu task %s: %s"):format(name, repr(Res)))
+  return Res
+end
+
+function experiment.run(x)
+  DELAY, N = x:pick(2, 0.4), x:pick(20000000, 2000000)
+  local map_skip = lib.pool_offers("map")
+  local process_pool_skip = lib.pool_offers("process")
+
+  x:section("concurrency: waiting side by side")
+  x:variant("sequential", "three tasks, in a row", { notebook = 6.01 }, function()
+    for _, name in ipairs(names) do task(name) end
+  end)
+  x:variant("threads", "three threads", { notebook = 2.00 }, function()
+    local ts = {}
+    for i, name in ipairs(names) do ts[i] = loom.thread(task, name):start() end
+    for _, t in ipairs(ts) do t:join() end
+  end)
+  local _, mapped = x:variant("pool_map", "pool:map(task, names)",
+    { notebook = 2.01, skip = map_skip }, function()
+      local pool <close> = loom.pool(3)
+      return pool:map(task, names)
+    end)
+
+  x:section("parallelism: computing side by side")
+  local _, seq_sums = x:variant("cpu_sequential", "three CPU tasks, in a row",
+    { base = "cpu_sequential" }, function()
+      local out = {}
+      for i, name in ipairs(names) do out[i] = cpu_task(name) end
+      return out
+    end)
+  local _, pool_sums = x:variant("cpu_process_pool",
+    ("process pool of %d: map"):format(loom.cpu_count()),
+    { base = "cpu_sequential", skip = process_pool_skip or map_skip }, function()
+      local pool <close> = loom.pool { workers = loom.cpu_count(), kind = "process" }
+      return pool:map(cpu_task, names)
+    end)
+
+  local sum = 3 * DELAY
+  x:check_time("sequential", sum * 0.98, sum * 1.5, "three sleeps in a row")
+  x:check_time("threads", DELAY * 0.98, DELAY * 1.5 + 0.1, "one sleep: they overlap")
+  x:check_time("pool_map", DELAY * 0.98, DELAY * 1.5 + 0.1, "one sleep: they overlap")
+  if mapped then
+    x:check(table.concat(mapped, "") == "ABC", "map returned the results in order: %s",
+      table.concat(mapped, " "))
+  end
+  if seq_sums and pool_sums then
+    x:check(seq_sums[1] == pool_sums[1] and pool_sums[1] == pool_sums[3],
+      "the processes computed the same sums: %s", repr(pool_sums[1]))
+  end
+  if loom.cpu_count() >= 2 then
+    x:check_faster("cpu_process_pool", "cpu_sequential", 0.85,
+      "the processes compute on several cores at once", true)
+  end
+end
+
+return lib.main(experiment, ...)
