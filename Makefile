@@ -16,7 +16,7 @@ SRC := $(sort $(wildcard csrc/*.c))
 OBJ := $(SRC:csrc/%.c=build/%.o)
 DEPS := lua5.4 liblua5.4-dev lua-busted
 
-.PHONY: all test experiments bench sanitize clean deps lint check-rockspec
+.PHONY: all test experiments bench sanitize tsan asan valgrind host fuzz soak clean deps
 
 all: loom/core.so
 
@@ -66,3 +66,59 @@ bench: deps
 
 clean:
 	rm -rf build loom/core.so build-*
+
+# The embedding host: Lua and loom linked statically.  -E exports the Lua
+# API so C modules the scripts load (busted's) resolve against it.
+LUA_LIB ?= /usr/lib/x86_64-linux-gnu/liblua5.4.a
+HOST_FLAGS = -std=c11 -pthread -I$(LUA_INCDIR) -Icsrc $(WARN)
+
+build/host: examples/host.c $(SRC) csrc/loomint.h csrc/loom.h
+	@mkdir -p build
+	$(CC) $(HOST_FLAGS) -O2 -g -o $@ examples/host.c $(SRC) $(LUA_LIB) -lm -ldl -Wl,-E
+
+host: build/host
+
+# Sanitizers: the host and every source built with TSan, then ASan+UBSan,
+# running the thread specs and the stress scripts; then valgrind memcheck
+# over the specs with the ordinary build.  Lua itself (Debian's static
+# library) is not instrumented: races inside one lua_State cannot happen
+# by design, and loom's own code is.
+SANITIZE_SPECS ?= spec/thread_spec.lua spec/xfer_spec.lua
+STRESS ?= $(sort $(wildcard spec/stress/*.lua))
+SAN_RUN = ./spec/sanitize.sh
+
+build-tsan/host: examples/host.c $(SRC) csrc/loomint.h csrc/loom.h
+	@mkdir -p build-tsan
+	$(CC) $(HOST_FLAGS) -O1 -g -fsanitize=thread -o $@ examples/host.c $(SRC) $(LUA_LIB) -lm -ldl -Wl,-E
+
+build-asan/host: examples/host.c $(SRC) csrc/loomint.h csrc/loom.h
+	@mkdir -p build-asan
+	$(CC) $(HOST_FLAGS) -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer \
+	  -fno-sanitize-recover=undefined -o $@ examples/host.c $(SRC) $(LUA_LIB) -lm -ldl -Wl,-E
+
+tsan: deps build-tsan/host
+	@$(SAN_RUN) tsan build-tsan/host "$(SANITIZE_SPECS)" "$(STRESS)"
+
+asan: deps build-asan/host
+	@$(SAN_RUN) asan build-asan/host "$(SANITIZE_SPECS)" "$(STRESS)"
+
+valgrind: deps all
+	@$(SAN_RUN) valgrind "" "$(SANITIZE_SPECS)" "$(STRESS)"
+
+sanitize: tsan asan valgrind
+
+# libFuzzer over the codec's decoder (clang).  FUZZ_RUNS executions from the
+# seed corpus in fuzz/corpus; new inputs found go to build-fuzz/corpus.
+FUZZ_RUNS ?= 10000000
+build-fuzz/decode_fuzz: fuzz/decode_fuzz.c $(SRC) csrc/loomint.h csrc/loom.h
+	@command -v clang >/dev/null 2>&1 || { echo "run: apt-get install -y clang"; exit 1; }
+	@mkdir -p build-fuzz/corpus
+	clang -std=c11 -pthread -I$(LUA_INCDIR) -Icsrc -O1 -g -fsanitize=fuzzer,address,undefined \
+	  -o $@ fuzz/decode_fuzz.c $(SRC) $(LUA_LIB) -lm -ldl
+
+fuzz: build-fuzz/decode_fuzz
+	build-fuzz/decode_fuzz -runs=$(FUZZ_RUNS) -max_len=4096 build-fuzz/corpus fuzz/corpus
+
+# Long runs: memory must stay flat, nothing may hang.
+soak: deps all
+	@$(LUA) bench/soak.lua $(ARGS)

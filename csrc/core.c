@@ -4,6 +4,7 @@
 ** SPDX-License-Identifier: MIT */
 #include "loomint.h"
 
+#include <dlfcn.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -130,7 +131,21 @@ static const struct {
   {"thread", loomi_thread_open},
 };
 
+/* A thread may still be leaving loom's code when the state that loaded the
+** library closes and unloads it: pin the library for the process's life,
+** whatever flags it was linked with (LuaRocks builds cannot pass -z
+** nodelete). */
+static pthread_once_t pin_once = PTHREAD_ONCE_INIT;
+
+static void pin_library (void) {
+  Dl_info info;
+  if (dladdr((void *)(uintptr_t)luaopen_loom_core, &info) != 0 &&
+      info.dli_fname != NULL)
+    dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
 LOOM_API int luaopen_loom_core (lua_State *L) {
+  pthread_once(&pin_once, pin_library);
   int err = loomi_heap_init();
   if (err != 0)
     return luaL_error(L, "cannot map the shared heap: %s", strerror(err));

@@ -135,18 +135,28 @@ void loomi_block_end (lua_State *L);
 /* ---- xfer.c: the transfer codec ----
 ** A message is one block in the shared heap holding the encoded values and
 ** a reference to every loom object among them, so it can cross threads and
-** forked processes, and be dropped undecoded without leaking. */
+** forked processes, and be dropped undecoded without leaking.  Errors name
+** the values root[1], root[2], ... when there are several, or when root ends
+** in "[]" ("results[]"); a single value is just root ("item"). */
 typedef struct LoomMsg LoomMsg;
 
 /* Encodes the n values at stack[first..first+n-1]; `root` names them in
 ** error messages ("args" gives "args[2].conn").  Raises on an untransferable
 ** value or an exhausted heap.  The caller owns the message. */
 LoomMsg *loomi_xfer_encode (lua_State *L, int first, int n, const char *root);
+/* The same for a call: stack[first] is the function, named "target" in
+** errors, and the n-1 values after it are "args[1]", "args[2]", ... */
+LoomMsg *loomi_xfer_encode_call (lua_State *L, int first, int n);
 /* Pushes the values and returns how many.  Raises on a corrupt message or a
 ** value the receiving state cannot rebuild; the message stays owned by the
 ** caller either way. */
 int  loomi_xfer_decode (lua_State *L, const LoomMsg *m);
 void loomi_msg_free (LoomMsg *m);            /* NULL is a no-op */
+/* For the fuzzer: decodes a bare payload (no objects, bytecode refused), or
+** a whole message image of len bytes (header checked, checksum verified
+** before anything is decoded).  Both raise on bad input. */
+int  loomi_xfer_decode_raw (lua_State *L, const void *payload, size_t len);
+int  loomi_xfer_decode_checked (lua_State *L, const void *msg, size_t len);
 size_t loomi_msg_size (const LoomMsg *m);    /* payload bytes */
 
 /* ---- core.c ---- */

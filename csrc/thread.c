@@ -25,14 +25,17 @@ typedef struct LoomThread {
   int failed;                /* error holds (error value, traceback) */
   int collected;             /* result() or error() has seen the error */
   int main;                  /* stands for a thread loom did not start */
+  int listed;                /* a reference is held by a Children list */
   atomic_int cancel;
   lua_State *L;              /* the running state, for lua_sethook */
   LoomMsg *call;             /* function and arguments, until it starts */
   LoomMsg *results;
   LoomMsg *error;
+  LoomMsg *reporter;         /* the starting state's reporter, if it has one */
   char *path, *cpath;        /* package paths for the new state (malloc) */
   char failmsg[160];         /* an error that happened before any state */
-  int64_t ident;
+  int64_t ident;             /* the pthread_t, as Python's ident */
+  int64_t native_id;         /* the kernel's thread id */
   char name[64];
   /* the wait this thread is blocked in, for cancel() */
   pthread_mutex_t reg_mu;
@@ -51,16 +54,10 @@ static atomic_long thread_counter = 0;
 
 static void thread_destroy (LoomObj *o) {
   LoomThread *t = (LoomThread *)o;
-  if (t->failed && !t->collected && !t->main && !atomic_load(&t->cancel)) {
-    /* nobody ever looked at this error and no state is left to report it
-    ** through: the default report */
-    fprintf(stderr, "loom: exception in thread %s:\n%s\n", t->name,
-            t->failmsg);
-    fflush(stderr);
-  }
   loomi_msg_free(t->call);
   loomi_msg_free(t->results);
   loomi_msg_free(t->error);
+  loomi_msg_free(t->reporter);
   free(t->path);
   free(t->cpath);
   pthread_mutex_destroy(&t->mu);
@@ -190,6 +187,39 @@ static int thread_wait_done (LoomThread *t, const LoomDeadline *dl) {
   return rc;
 }
 
+static void push_error (lua_State *L, LoomThread *t);
+
+/* Uncollected errors are reported when a handle dies, through the
+** reporter in the registry (set by loom.excepthook), or to stderr. */
+static const char REPORTER_KEY = 'r';
+
+static int report_error (lua_State *L) {
+  LoomThread *t = lua_touserdata(L, 1);
+  lua_settop(L, 0);
+  lua_createtable(L, 0, 4);
+  lua_pushstring(L, t->name);
+  lua_setfield(L, 1, "name");
+  lua_pushinteger(L, (lua_Integer)t->ident);
+  lua_setfield(L, 1, "ident");
+  push_error(L, t);
+  lua_setfield(L, 1, "traceback");
+  lua_setfield(L, 1, "error");
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &REPORTER_KEY) == LUA_TFUNCTION) {
+    lua_insert(L, 1);
+    lua_call(L, 1, 0);
+    return 0;
+  }
+  lua_pop(L, 1);
+  lua_getfield(L, 1, "error");
+  const char *msg = luaL_tolstring(L, -1, NULL);
+  lua_getfield(L, 1, "traceback");
+  const char *tb = lua_tostring(L, -1);
+  fprintf(stderr, "loom: exception in thread %s:\n%s\n%s\n", t->name, msg,
+          tb ? tb : "");
+  fflush(stderr);
+  return 0;
+}
+
 /* ---- the thread body ---- */
 
 static const char TRACEBACK_KEY = 't';
@@ -213,7 +243,7 @@ static int thread_run (lua_State *L) {
   if (n < 1 || !lua_isfunction(L, 1))
     return luaL_error(L, "thread target is not a function");
   lua_call(L, n - 1, LUA_MULTRET);
-  LoomMsg *res = loomi_xfer_encode(L, 1, lua_gettop(L), "results");
+  LoomMsg *res = loomi_xfer_encode(L, 1, lua_gettop(L), "results[]");
   t->results = res;
   return 0;
 }
@@ -253,11 +283,41 @@ static void thread_fail (LoomThread *t, lua_State *L, int errbase) {
   t->failed = 1;
 }
 
+static int install_reporter (lua_State *L) {
+  LoomThread *t = lua_touserdata(L, 1);
+  if (loomi_xfer_decode(L, t->reporter) == 1 && lua_isfunction(L, -1))
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &REPORTER_KEY);
+  return 0;
+}
+
+/* An error that no handle can collect any more is reported here, through
+** the reporter the starting state had, while this state is still open. */
+static void report_orphan (LoomThread *t, lua_State *L) {
+  loomi_mutex_lock(&t->mu);
+  int orphan = !t->collected && !atomic_load(&t->cancel) &&
+               atomic_load(&t->obj.refs) == 1 + t->listed;
+  if (orphan)
+    t->collected = 1;
+  loomi_mutex_unlock(&t->mu);
+  if (!orphan)
+    return;
+  if (t->reporter != NULL) {
+    lua_pushcfunction(L, install_reporter);
+    lua_pushlightuserdata(L, t);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK)
+      lua_pop(L, 1);
+  }
+  lua_pushcfunction(L, report_error);
+  lua_pushlightuserdata(L, t);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK)
+    lua_pop(L, 1);
+}
+
 static void *thread_main (void *arg) {
   LoomThread *t = arg;
   self_thread = t;
   loomi_mutex_lock(&t->mu);
-  t->ident = os_thread_id();
+  t->native_id = os_thread_id();
   loomi_mutex_unlock(&t->mu);
   char err[sizeof t->failmsg];
   lua_State *L = loomi_newstate(t->path, t->cpath, err, sizeof err);
@@ -282,6 +342,7 @@ static void *thread_main (void *arg) {
     if (lua_pcall(L, 1, 0, 1) != LUA_OK) {
       lua_rawgetp(L, LUA_REGISTRYINDEX, &TRACEBACK_KEY);
       thread_fail(t, L, lua_gettop(L) - 1);
+      report_orphan(t, L);
     }
     lua_settop(L, 0);
     loomi_mutex_lock(&t->mu);
@@ -289,12 +350,30 @@ static void *thread_main (void *arg) {
     loomi_mutex_unlock(&t->mu);
     lua_close(L);   /* waits for the threads this one started */
   }
+  /* The running thread's reference goes in the same critical section that
+  ** marks it done, so a dying handle that sees "done" can trust the count;
+  ** an error no handle will ever see is reported now. */
   loomi_mutex_lock(&t->mu);
   t->state = TH_DONE;
+  int last = 0, refs = atomic_load(&t->obj.refs);
+  do {
+    if (refs == 1) {
+      last = 1;
+      break;
+    }
+  } while (!atomic_compare_exchange_weak(&t->obj.refs, &refs, refs - 1));
+  if (t->failed && !t->collected && !atomic_load(&t->cancel) &&
+      (last || refs - 1 == t->listed)) {
+    t->collected = 1;
+    fprintf(stderr, "loom: exception in thread %s:\n%s\n", t->name,
+            t->failmsg);
+    fflush(stderr);
+  }
   pthread_cond_broadcast(&t->cv);
   loomi_mutex_unlock(&t->mu);
   self_thread = NULL;
-  loomi_obj_release(&t->obj);
+  if (last)
+    loomi_obj_release(&t->obj);
   return NULL;
 }
 
@@ -313,6 +392,8 @@ static void children_prune (Children *c) {
     LoomThread *t = c->list[i];
     loomi_mutex_lock(&t->mu);
     int done = t->state == TH_DONE;
+    if (done)
+      t->listed = 0;
     loomi_mutex_unlock(&t->mu);
     if (done)
       loomi_obj_release(&t->obj);
@@ -379,6 +460,15 @@ static char *dup_field (lua_State *L, const char *field) {
   return s;
 }
 
+static int encode_reporter (lua_State *L) {
+  LoomThread *t = lua_touserdata(L, 1);
+  loomi_msg_free(t->reporter);
+  t->reporter = NULL;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &REPORTER_KEY) == LUA_TFUNCTION)
+    t->reporter = loomi_xfer_encode(L, -1, 1, "reporter");
+  return 0;
+}
+
 /* thread(target, args, name, daemon): the Lua layer has sorted out the two
 ** call forms; args is a sequence table with an n field. */
 static int thread_new (lua_State *L) {
@@ -425,10 +515,13 @@ static int thread_start (lua_State *L) {
   for (lua_Integer i = 1; i <= n; i++)
     lua_rawgeti(L, 3, i);
   lua_remove(L, 3);
-  t->call = loomi_xfer_encode(L, 2, (int)n + 1, "args");
-  /* args are 1-based after the target, as in thread(fn, ...) */
+  t->call = loomi_xfer_encode_call(L, 2, (int)n + 1);
   t->path = dup_field(L, "path");
   t->cpath = dup_field(L, "cpath");
+  lua_pushcfunction(L, encode_reporter);
+  lua_pushlightuserdata(L, t);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK)
+    lua_pop(L, 1);   /* a reporter that cannot travel: the default one */
   Children *c = children_of(L);
   children_prune(c);
   if (c->n == c->cap) {
@@ -459,6 +552,8 @@ static int thread_start (lua_State *L) {
     t->state = TH_NEW;
     loomi_msg_free(t->call);
     t->call = NULL;
+    loomi_msg_free(t->reporter);
+    t->reporter = NULL;
     free(t->path);
     free(t->cpath);
     t->path = t->cpath = NULL;
@@ -469,6 +564,10 @@ static int thread_start (lua_State *L) {
     return 3;
   }
   loomi_obj_retain(&t->obj);
+  loomi_mutex_lock(&t->mu);
+  t->ident = (int64_t)tid;
+  t->listed = 1;
+  loomi_mutex_unlock(&t->mu);
   c->list[c->n++] = t;
   lua_pushnil(L);
   lua_setiuservalue(L, 1, 1);
@@ -600,37 +699,6 @@ static int thread_cancelled (lua_State *L) {
   return 1;
 }
 
-/* Uncollected errors are reported when a handle dies, through the
-** reporter in the registry (set by loom.excepthook), or to stderr. */
-static const char REPORTER_KEY = 'r';
-
-static int report_error (lua_State *L) {
-  LoomThread *t = lua_touserdata(L, 1);
-  lua_settop(L, 0);
-  lua_createtable(L, 0, 4);
-  lua_pushstring(L, t->name);
-  lua_setfield(L, 1, "name");
-  lua_pushinteger(L, (lua_Integer)t->ident);
-  lua_setfield(L, 1, "ident");
-  push_error(L, t);
-  lua_setfield(L, 1, "traceback");
-  lua_setfield(L, 1, "error");
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &REPORTER_KEY) == LUA_TFUNCTION) {
-    lua_insert(L, 1);
-    lua_call(L, 1, 0);
-    return 0;
-  }
-  lua_pop(L, 1);
-  lua_getfield(L, 1, "error");
-  const char *msg = luaL_tolstring(L, -1, NULL);
-  lua_getfield(L, 1, "traceback");
-  const char *tb = lua_tostring(L, -1);
-  fprintf(stderr, "loom: exception in thread %s:\n%s\n%s\n", t->name, msg,
-          tb ? tb : "");
-  fflush(stderr);
-  return 0;
-}
-
 static int thread_gc (lua_State *L) {
   LoomObj **slot = lua_touserdata(L, 1);
   LoomThread *t = (LoomThread *)*slot;
@@ -638,7 +706,8 @@ static int thread_gc (lua_State *L) {
     return 0;
   loomi_mutex_lock(&t->mu);
   int report = t->state == TH_DONE && t->failed && !t->collected &&
-               atomic_load(&t->obj.refs) == 1 && !was_cancelled(t);
+               atomic_load(&t->obj.refs) == 1 + t->listed &&
+               !was_cancelled(t);
   if (report)
     t->collected = 1;
   loomi_mutex_unlock(&t->mu);
@@ -657,9 +726,9 @@ static int thread_index (lua_State *L) {
   const char *key = luaL_checkstring(L, 2);
   if (strcmp(key, "name") == 0)
     lua_pushstring(L, t->name);
-  else if (strcmp(key, "ident") == 0) {
+  else if (strcmp(key, "ident") == 0 || strcmp(key, "native_id") == 0) {
     loomi_mutex_lock(&t->mu);
-    int64_t id = t->ident;
+    int64_t id = key[0] == 'i' ? t->ident : t->native_id;
     loomi_mutex_unlock(&t->mu);
     if (id != 0)
       lua_pushinteger(L, (lua_Integer)id);
@@ -722,9 +791,10 @@ static int thread_current (lua_State *L) {
   *slot = &t->obj;
   t->main = 1;
   t->state = TH_RUNNING;
-  t->ident = os_thread_id();
+  t->ident = (int64_t)pthread_self();
+  t->native_id = os_thread_id();
   snprintf(t->name, sizeof t->name, "%s",
-           getpid() == t->ident ? "MainThread" : "Thread");
+           getpid() == t->native_id ? "MainThread" : "Thread");
   lua_pushvalue(L, -1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &MAIN_KEY);
   return 1;

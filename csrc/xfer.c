@@ -137,6 +137,7 @@ typedef struct Enc {
   int dumps;             /* stack index: function -> bytecode */
   uint32_t nrefs;
   int depth;
+  int call;              /* the values are a call: target, then args */
   PathItem path[XFER_MAXPATH + 1];
 } Enc;
 
@@ -145,10 +146,31 @@ static void enc_raise (Enc *e, const char *fmt, const char *what) {
   luaL_Buffer pb;
   luaL_checkstack(L, 4, NULL);
   luaL_buffinit(L, &pb);
-  luaL_addstring(&pb, e->root);
-  for (int d = 0; d < e->depth; d++) {
+  int d = 0;
+  if (e->call && e->depth > 0) {   /* values are (target, args...) */
+    char num[32];
+    if (e->path[0].i == 1)
+      luaL_addstring(&pb, "target");
+    else {
+      snprintf(num, sizeof num, "args[%lld]", (long long)e->path[0].i - 1);
+      luaL_addstring(&pb, num);
+    }
+    d = 1;
+  }
+  else {
+    size_t rl = strlen(e->root);
+    if (rl >= 2 && strcmp(e->root + rl - 2, "[]") == 0)
+      rl -= 2;   /* "results[]": the values are always numbered */
+    luaL_addlstring(&pb, e->root, rl);
+  }
+  for (; d < e->depth; d++) {
     const PathItem *p = &e->path[d];
     char num[32];
+    if (e->depth > 16 && d == 8) {   /* keep a deep path readable */
+      luaL_addstring(&pb, "...");
+      d = e->depth - 6;
+      p = &e->path[d];
+    }
     switch (p->kind) {
       case 0:
         snprintf(num, sizeof num, "[%lld]", (long long)p->i);
@@ -206,10 +228,14 @@ static void put_str (Enc *e, const char *s, size_t n) {
   put(e, s, n);
 }
 
+/* The encoder's helper tables sit in stack slots reserved before encoding
+** starts (nil until first needed), so making one in the middle of a table
+** traversal never disturbs the traversal's stack. */
 static int enc_lazy_table (Enc *e, int *slot) {
-  if (*slot == 0) {
-    lua_newtable(e->L);
-    *slot = lua_gettop(e->L);
+  lua_State *L = e->L;
+  if (lua_isnil(L, *slot)) {
+    lua_newtable(L);
+    lua_replace(L, *slot);
   }
   return *slot;
 }
@@ -228,9 +254,9 @@ static void enc_register (Enc *e, int idx, int remember) {
 }
 
 static int enc_seen (Enc *e, int idx) {
-  if (e->seen == 0)
-    return 0;
   lua_State *L = e->L;
+  if (lua_isnil(L, e->seen))
+    return 0;
   lua_pushvalue(L, idx);
   if (lua_rawget(L, e->seen) == LUA_TNUMBER) {
     put_u8(e, T_REF);
@@ -245,7 +271,7 @@ static int enc_seen (Enc *e, int idx) {
 /* Names the table at idx if it is a module in package.loaded. */
 static const char *enc_module_name (Enc *e, int idx) {
   lua_State *L = e->L;
-  if (e->loaded == 0) {
+  if (lua_isnil(L, e->loaded)) {
     enc_lazy_table(e, &e->loaded);
     if (lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE) == LUA_TTABLE) {
       lua_pushnil(L);
@@ -378,7 +404,7 @@ static int dump_writer (lua_State *L, const void *p, size_t sz, void *ud) {
 /* Pushes the bytecode of the Lua function at idx, cached per function. */
 static void enc_bytecode (Enc *e, int idx) {
   lua_State *L = e->L;
-  if (e->dumps == 0) {
+  if (lua_isnil(L, e->dumps)) {
     if (lua_rawgetp(L, LUA_REGISTRYINDEX, &DUMPCACHE_KEY) != LUA_TTABLE) {
       lua_pop(L, 1);
       lua_newtable(L);
@@ -389,7 +415,7 @@ static void enc_bytecode (Enc *e, int idx) {
       lua_pushvalue(L, -1);
       lua_rawsetp(L, LUA_REGISTRYINDEX, &DUMPCACHE_KEY);
     }
-    e->dumps = lua_gettop(L);
+    lua_replace(L, e->dumps);
   }
   lua_pushvalue(L, idx);
   if (lua_rawget(L, e->dumps) == LUA_TSTRING)
@@ -411,6 +437,8 @@ static void enc_bytecode (Enc *e, int idx) {
   lua_rawset(L, e->dumps);
 }
 
+static int is_env_upvalue (lua_State *L, int idx, int n);
+
 static void enc_upvalues (Enc *e, int idx, int nups, uint32_t ref) {
   lua_State *L = e->L;
   int ups = enc_lazy_table(e, &e->upvals);
@@ -430,6 +458,11 @@ static void enc_upvalues (Enc *e, int idx, int nups, uint32_t ref) {
     lua_pushlightuserdata(L, id);
     lua_pushinteger(L, ((lua_Integer)ref << 8) | n);
     lua_rawset(L, ups);
+    if (!lua_iscfunction(L, idx) && is_env_upvalue(L, idx, n)) {
+      put_u8(e, T_GLOBALS);
+      lua_pop(L, 1);
+      continue;
+    }
     enc_push_path(e, 3, 0, (name && *name) ? name : "?");
     enc_value(e, lua_gettop(L));
     e->depth--;
@@ -446,17 +479,29 @@ static int count_upvalues (lua_State *L, int idx) {
   return n;
 }
 
-/* A function whose upvalues are all the sender's globals has no state of
-** its own: the receiver may reuse one loaded copy for every message. */
-static int only_globals (lua_State *L, int idx, int nups) {
-  for (int n = 1; n <= nups; n++) {
-    lua_getupvalue(L, idx, n);
+/* An upvalue named _ENV is bound to the receiver's globals whatever it
+** holds here (a sandbox's environment does not travel); so is any upvalue
+** holding the sender's globals. */
+static int is_env_upvalue (lua_State *L, int idx, int n) {
+  const char *name = lua_getupvalue(L, idx, n);
+  if (name == NULL)
+    return 0;
+  int env = strcmp(name, "_ENV") == 0;
+  if (!env) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
-    int g = lua_rawequal(L, -1, -2);
-    lua_pop(L, 2);
-    if (!g)
-      return 0;
+    env = lua_rawequal(L, -1, -2);
+    lua_pop(L, 1);
   }
+  lua_pop(L, 1);
+  return env;
+}
+
+/* A function whose upvalues are all environments has no state of its own:
+** the receiver may reuse one loaded copy for every message. */
+static int only_globals (lua_State *L, int idx, int nups) {
+  for (int n = 1; n <= nups; n++)
+    if (!is_env_upvalue(L, idx, n))
+      return 0;
   return 1;
 }
 
@@ -583,22 +628,30 @@ static void enc_value (Enc *e, int idx) {
     }
     case LUA_TUSERDATA: enc_userdata(e, idx); break;
     default:
-      enc_raise(e, "cannot transfer %s: %s", luaL_typename(L, idx));
+      enc_raise(e, "cannot transfer %s: %s", lua_type(L, idx) == LUA_TTHREAD
+                ? "coroutine" : luaL_typename(L, idx));
   }
 }
 
-LoomMsg *loomi_xfer_encode (lua_State *L, int first, int n, const char *root) {
+static LoomMsg *encode (lua_State *L, int first, int n, const char *root,
+                        int call) {
   Enc e;
+  e.call = call;
   first = lua_absindex(L, first);
   int top = lua_gettop(L);
   luaL_checkstack(L, 16, "cannot transfer values");
   e.L = L;
   e.b = buf_get(L);
   e.root = root;
-  e.seen = e.loaded = e.upvals = e.dumps = 0;
+  lua_settop(L, top + 5);   /* the buffer, then the four helper slots */
+  e.seen = top + 2;
+  e.loaded = top + 3;
+  e.upvals = top + 4;
+  e.dumps = top + 5;
   e.nrefs = 0;
   e.depth = 0;
-  if (n > 1 || n < 0) {
+  size_t rl = strlen(root);
+  if (n > 1 || call || (rl >= 2 && strcmp(root + rl - 2, "[]") == 0)) {
     for (int i = 0; i < n; i++) {
       enc_push_path(&e, 0, i + 1, NULL);
       enc_value(&e, first + i);
@@ -624,7 +677,8 @@ LoomMsg *loomi_xfer_encode (lua_State *L, int first, int n, const char *root) {
     loomi_obj_retain(b->objs[i]);
     msg_objs(m)[i] = b->objs[i];
   }
-  memcpy(msg_payload(m), b->data, b->len);
+  if (b->len > 0)
+    memcpy(msg_payload(m), b->data, b->len);
   m->check = checksum(msg_payload(m), b->len);
   if (b->cap > ((size_t)1 << 20)) {   /* do not keep a huge buffer around */
     free(b->data);
@@ -634,6 +688,14 @@ LoomMsg *loomi_xfer_encode (lua_State *L, int first, int n, const char *root) {
   b->busy = 0;
   lua_settop(L, top);
   return m;
+}
+
+LoomMsg *loomi_xfer_encode (lua_State *L, int first, int n, const char *root) {
+  return encode(L, first, n, root, 0);
+}
+
+LoomMsg *loomi_xfer_encode_call (lua_State *L, int first, int n) {
+  return encode(L, first, n, "args", 1);
 }
 
 void loomi_msg_free (LoomMsg *m) {
@@ -659,6 +721,7 @@ typedef struct Dec {
   int refs;              /* stack index: ref index -> value */
   uint32_t nrefs;
   int depth;
+  int nocode;            /* refuse bytecode (raw, unchecked input) */
   int base;              /* stack top before decoding */
   int foreign;           /* the message comes from another process */
 } Dec;
@@ -831,6 +894,8 @@ static void dec_plain (Dec *d, const char *code, size_t n, unsigned nups) {
 
 static void dec_lfunction (Dec *d) {
   lua_State *L = d->L;
+  if (d->nocode)
+    luaL_error(L, "cannot decode message: bytecode in an unchecked message");
   unsigned plain = get_u8(d);
   size_t n;
   const char *code = get_str(d, &n);
@@ -963,7 +1028,8 @@ static void dec_value (Dec *d) {
 
 /* Decodes `len` payload bytes; objs are the message's object references. */
 static int decode_payload (lua_State *L, const unsigned char *p, size_t len,
-                           LoomObj *const *objs, uint32_t nobjs, int foreign) {
+                           LoomObj *const *objs, uint32_t nobjs, int foreign,
+                           int nocode) {
   Dec d;
   int base = lua_gettop(L);
   d.L = L;
@@ -975,6 +1041,7 @@ static int decode_payload (lua_State *L, const unsigned char *p, size_t len,
   d.nrefs = 0;
   d.depth = 0;
   d.foreign = foreign;
+  d.nocode = nocode;
   d.base = base;
   luaL_checkstack(L, 16, "cannot decode message");
   int n = 0;
@@ -994,5 +1061,17 @@ int loomi_xfer_decode (lua_State *L, const LoomMsg *m) {
   if (checksum(payload, (size_t)m->len) != m->check)
     return luaL_error(L, "cannot decode message: checksum mismatch");
   return decode_payload(L, payload, (size_t)m->len, msg_cobjs(m), m->nobjs,
-                        m->pid != (int32_t)getpid());
+                        m->pid != (int32_t)getpid(), 0);
+}
+
+int loomi_xfer_decode_raw (lua_State *L, const void *payload, size_t len) {
+  return decode_payload(L, payload, len, NULL, 0, 1, 1);
+}
+
+int loomi_xfer_decode_checked (lua_State *L, const void *msg, size_t len) {
+  const LoomMsg *m = msg;
+  if (len < sizeof(LoomMsg) || m->magic != MSG_MAGIC || m->nobjs != 0 ||
+      m->len != len - sizeof(LoomMsg))
+    return luaL_error(L, "cannot decode message: corrupt header");
+  return loomi_xfer_decode(L, m);
 }

@@ -42,7 +42,6 @@ return function(options)
     return nil, true
   end
 
-  handler:subscribe(options)
   busted.subscribe({ "test", "end" }, handler.testEnd, { predicate = handler.cancelOnPending })
   busted.subscribe({ "failure" }, handler.failure)
   busted.subscribe({ "error" }, handler.failure)

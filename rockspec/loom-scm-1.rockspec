@@ -1,0 +1,48 @@
+rockspec_format = "3.0"
+package = "loom"
+version = "scm-1"
+source = {
+  url = "git+https://example.invalid/loom.git",
+}
+description = {
+  summary = "Real concurrency and parallelism for Lua 5.4",
+  detailed = [[
+    OS threads that each run their own interpreter, a worker pool with
+    futures, forked processes, locks and the other synchronization
+    primitives, shared typed values and arrays, and a queue.
+  ]],
+  license = "MIT",
+}
+dependencies = {
+  "lua >= 5.4, < 5.5",
+}
+build = {
+  type = "builtin",
+  modules = {
+    ["loom.core"] = {
+      sources = {
+        "csrc/clock.c",
+        "csrc/core.c",
+        "csrc/heap.c",
+        "csrc/obj.c",
+        "csrc/thread.c",
+        "csrc/xfer.c",
+      },
+      incdirs = { "csrc" },
+      libraries = { "pthread", "m" },
+    },
+    ["loom"] = "lua/loom/init.lua",
+  },
+  platforms = {
+    linux = {
+      modules = {
+        ["loom.core"] = {
+          libraries = { "pthread", "m", "dl" },
+        },
+      },
+    },
+  },
+}
+test = {
+  type = "busted",
+}

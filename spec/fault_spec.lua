@@ -1,0 +1,68 @@
+-- Fault injection: each fault ends in a clear error, nothing lost, no hang.
+local helpers = require "helpers"
+
+local function sh(cmd)
+  local p = assert(io.popen(cmd .. " 2>&1"))
+  local out = p:read("a")
+  local ok = p:close()
+  return ok, out
+end
+
+local function script(body)
+  local path = os.tmpname()
+  local f = assert(io.open(path, "w"))
+  f:write(helpers.prelude, "\n", body)
+  f:close()
+  return path
+end
+
+describe("fault injection", function()
+  it("fails only the thread whose interpreter runs out of memory", function()
+    assert(sh("make --no-print-directory host"))
+    local path = script [[
+      local loom = require "loom"
+      local hog = loom.thread(function() local t = {} for i = 1, 1e8 do t[i] = i end end):start()
+      local ok = loom.thread(function(x) return x + 1 end, 1):start()
+      print(ok:result(10))
+      print(pcall(hog.result, hog, 60))
+      print(loom.thread(function() return "still fine" end):start():result(10))
+    ]]
+    finally(function() os.remove(path) end)
+    local ok, out = sh("LOOM_HOST_MEMLIMIT=8000000 build/host " .. path)
+    assert(ok, out)
+    assert.are.equal("2\nfalse\tnot enough memory\nstill fine\n", out)
+  end)
+
+  it("reports thread creation failure as fail, message, errno and goes on", function()
+    local path = script [[
+      local loom = require "loom"
+      loom.excepthook(function() end)   -- threads whose state could not be made
+      local started, failed, msg, code = {}, 0
+      for _ = 1, 400 do
+        local t = loom.thread(function() require("loom").sleep(0.3) end)
+        local ok, err, errno = t:start()
+        if ok then started[#started + 1] = t else failed, msg, code = failed + 1, err, errno end
+      end
+      for _, t in ipairs(started) do assert(t:join(30)) end
+      print(failed > 0, msg, math.type(code))
+      print(loom.thread(function() return "after" end):start():result(10))
+    ]]
+    finally(function() os.remove(path) end)
+    local ok, out = sh("ulimit -v 600000; LOOM_HEAP_SIZE=16M " .. helpers.lua .. " " .. path)
+    assert(ok, out)
+    assert.are.equal("true\tcannot start thread: Resource temporarily unavailable\tinteger\nafter\n", out)
+  end)
+
+  it("reports an exhausted shared heap as a clear error", function()
+    local path = script [[
+      local loom = require "loom"
+      local big = string.rep("x", 8 << 20)
+      local ok, err = pcall(function() return loom.thread(function(s) return #s end, big):start() end)
+      print(ok, err)
+    ]]
+    finally(function() os.remove(path) end)
+    local ok, out = sh("LOOM_HEAP_SIZE=4M " .. helpers.lua .. " " .. path)
+    assert(ok, out)
+    assert.matches("false\t.*cannot transfer args: shared heap exhausted", out)
+  end)
+end)

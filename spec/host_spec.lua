@@ -1,0 +1,59 @@
+-- The embedding host in examples/host.c: Lua and loom linked statically.
+local function sh(cmd)
+  local p = assert(io.popen(cmd .. " 2>&1"))
+  local out = p:read("a")
+  local ok = p:close()
+  return ok, out
+end
+
+local function script(body)
+  local path = os.tmpname()
+  local f = assert(io.open(path, "w"))
+  f:write(body)
+  f:close()
+  return path
+end
+
+describe("examples/host.c", function()
+  local built, build_log
+  setup(function()
+    built, build_log = sh("make --no-print-directory host")
+  end)
+
+  it("builds", function()
+    assert(built, build_log)
+  end)
+
+  it("lets worker threads call the host's C function through the state hook", function()
+    local path = script [[
+      local loom = require "loom"
+      local t = loom.thread(function(a) return host_add(a, 2) end, 40):start()
+      print(host_add(1, 2), t:result(5))
+    ]]
+    finally(function() os.remove(path) end)
+    local ok, out = sh("LUA_PATH='lua/?.lua;lua/?/init.lua;;' build/host " .. path)
+    assert(ok, out)
+    assert.are.equal("3\t42\n", out)
+  end)
+
+  it("survives closing its state while threads run, cycle after cycle", function()
+    local path = script [[
+      local loom = require "loom"
+      loom.thread(function() require("loom").sleep(0.01) end):start()
+      loom.thread{ target = function() while true do end end, daemon = true }:start()
+      loom.thread{ target = function() require("loom").sleep(30) end, daemon = true }:start()
+    ]]
+    finally(function() os.remove(path) end)
+    local ok, out = sh("LUA_PATH='lua/?.lua;lua/?/init.lua;;' build/host --cycles 20 " .. path)
+    assert(ok, out)
+    assert.are.equal("", out)
+  end)
+
+  it("reports a script error with its traceback and a failing status", function()
+    local path = script "error('host script failed')"
+    finally(function() os.remove(path) end)
+    local ok, out = sh("build/host " .. path)
+    assert.is_falsy(ok)
+    assert.matches("host script failed", out)
+  end)
+end)

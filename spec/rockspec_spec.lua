@@ -1,0 +1,53 @@
+-- The rockspec builds offline with the builtin type and lists every source.
+local helpers = require "helpers"
+
+local function read(path)
+  local f = assert(io.open(path))
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local function sh(cmd)
+  local p = assert(io.popen(cmd .. " 2>&1"))
+  local out = p:read("a")
+  local ok = p:close()
+  return ok, out
+end
+
+describe("rockspec/loom-scm-1.rockspec", function()
+  it("lists every C source in csrc/", function()
+    local spec = read("rockspec/loom-scm-1.rockspec")
+    local _, listing = sh("ls csrc/*.c")
+    for file in listing:gmatch("%S+") do
+      assert.truthy(spec:find('"' .. file .. '"', 1, true), file .. " is missing from the rockspec")
+    end
+  end)
+
+  it("installs into a tree with luarocks make and the module loads", function()
+    local ok_lr = sh("command -v luarocks")
+    if not ok_lr then
+      pending("luarocks is not installed")
+      return
+    end
+    local tmp = os.tmpname()
+    os.remove(tmp)
+    finally(function() sh("rm -rf " .. tmp) end)
+    local ok, out = sh(string.format(
+      "mkdir -p %s/src %s/tree && cp -r csrc lua rockspec %s/src/ && cd %s/src && " ..
+      "luarocks --lua-version=5.4 --tree=%s/tree make rockspec/loom-scm-1.rockspec",
+      tmp, tmp, tmp, tmp, tmp))
+    assert(ok, out)
+    local script = string.format([[
+      package.path = %q
+      package.cpath = %q
+      local loom = require "loom"
+      assert(package.searchpath("loom.core", package.cpath):find(%q, 1, true))
+      print(loom.thread(function(x) return x + 1 end, 41):start():result(5))
+    ]], tmp .. "/tree/share/lua/5.4/?.lua;" .. tmp .. "/tree/share/lua/5.4/?/init.lua",
+        tmp .. "/tree/lib/lua/5.4/?.so", tmp .. "/tree")
+    local ok2, out2 = sh(helpers.lua .. " -e " .. string.format("%q", script))
+    assert(ok2, out2)
+    assert.are.equal("42\n", out2)
+  end)
+end)

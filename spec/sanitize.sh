@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs specs and stress scripts under one checker: tsan | asan | valgrind.
+# usage: spec/sanitize.sh KIND HOST "SPECS" "STRESS SCRIPTS"
+set -u
+kind=$1 host=$2 specs=$3 stress=$4
+export LUA_PATH="lua/?.lua;lua/?/init.lua;spec/?.lua;;"
+export TSAN_OPTIONS="halt_on_error=1 exitcode=66 second_deadlock_stack=1 suppressions=$PWD/spec/tsan.supp"
+export ASAN_OPTIONS="detect_leaks=0 abort_on_error=0 exitcode=66"
+export UBSAN_OPTIONS="halt_on_error=1 print_stacktrace=1"
+fail=0
+run() {
+  echo "[$kind] $*"
+  if ! "$@"; then
+    echo "[$kind] FAILED: $*"
+    fail=1
+  fi
+}
+case $kind in
+  tsan|asan)
+    run "$host" /usr/bin/busted --run=default $specs
+    for s in $stress; do run "$host" "$s"; done
+    ;;
+  valgrind)
+    vg="valgrind -q --error-exitcode=66 --leak-check=full --errors-for-leak-kinds=definite --show-leak-kinds=definite"
+    run $vg lua5.4 /usr/bin/busted --run=default $specs
+    for s in $stress; do run $vg lua5.4 "$s"; done
+    ;;
+esac
+[ $fail = 0 ] && echo "[$kind] clean" || exit 1

@@ -1,0 +1,186 @@
+-- The transfer codec, seen through thread arguments and results.
+local loom = require "loom"
+
+local function echo(...) return ... end
+local function roundtrip(...)
+  return loom.thread(echo, ...):start():result(10)
+end
+
+describe("transfer codec", function()
+  describe("scalars", function()
+    it("keeps nil, booleans and the number subtypes", function()
+      local a, b, c, d, e = roundtrip(nil, true, false, 3, 3.0)
+      assert.is_nil(a)
+      assert.is_true(b)
+      assert.is_false(c)
+      assert.are.equal("integer", math.type(d))
+      assert.are.equal("float", math.type(e))
+    end)
+
+    it("keeps floats bit-exact: nan, inf, -0.0", function()
+      local nan, inf, ninf, nz, tiny = roundtrip(0/0, math.huge, -math.huge, -0.0, 5e-324)
+      assert.is_true(nan ~= nan)
+      assert.are.equal(math.huge, inf)
+      assert.are.equal(-math.huge, ninf)
+      assert.are.equal(-math.huge, 1 / nz)
+      assert.are.equal(5e-324, tiny)
+      assert.are.equal(string.pack("d", 0.1), string.pack("d", (roundtrip(0.1))))
+    end)
+
+    it("keeps the integer extremes", function()
+      local lo, hi = roundtrip(math.mininteger, math.maxinteger)
+      assert.are.equal(math.mininteger, lo)
+      assert.are.equal(math.maxinteger, hi)
+    end)
+
+    it("keeps binary strings", function()
+      local s = "\0\1\2\255 and more\0"
+      assert.are.equal(s, (roundtrip(s)))
+      local big = string.rep("x", 1 << 20)
+      assert.are.equal(big, (roundtrip(big)))
+    end)
+
+    it("keeps the number of values, trailing nils included", function()
+      assert.are.equal(3, select("#", roundtrip(1, nil, nil)))
+    end)
+  end)
+
+  describe("tables", function()
+    it("copies nested tables", function()
+      local r = roundtrip({ 1, 2, { x = "y", [10] = { true } }, key = 1.5 })
+      assert.are.same({ 1, 2, { x = "y", [10] = { true } }, key = 1.5 }, r)
+    end)
+
+    it("preserves cycles", function()
+      local t = {}
+      t.self = t
+      t[1] = t
+      local r = roundtrip(t)
+      assert.are.equal(r, r.self)
+      assert.are.equal(r, r[1])
+    end)
+
+    it("preserves shared references across arguments", function()
+      local shared = {}
+      local a, b = roundtrip(shared, { shared })
+      assert.are.equal(a, b[1])
+    end)
+
+    it("keeps tables as keys", function()
+      local k = { "key" }
+      local r = roundtrip({ [k] = k })
+      local rk, rv = next(r)
+      assert.are.equal(rk, rv)
+      assert.are.equal("key", rk[1])
+    end)
+
+    it("copies metatables", function()
+      local mt = { __index = function(_, k) return k .. "!" end }
+      local r = roundtrip(setmetatable({}, mt))
+      assert.are.equal("hi!", r.hi)
+    end)
+
+    it("copies holes in sequences", function()
+      local r = roundtrip({ 1, nil, 3 })
+      assert.are.equal(1, r[1])
+      assert.is_nil(r[2])
+      assert.are.equal(3, r[3])
+    end)
+
+    it("sends module tables by name", function()
+      local r = roundtrip(string)
+      assert.are.equal(string.rep, r.rep)
+    end)
+  end)
+
+  describe("functions", function()
+    it("copies a function with its upvalues", function()
+      local n = 41
+      local f = function() n = n + 1; return n end
+      assert.are.equal(42, loom.thread(function(g) return g() end, f):start():result(5))
+      assert.are.equal(41, n)
+    end)
+
+    it("binds _ENV to the receiving state's globals", function()
+      local t = loom.thread(function() x_global_in_thread = 1; return type(print) end)
+      assert.are.equal("function", t:start():result(5))
+      assert.is_nil(rawget(_G, "x_global_in_thread"))
+    end)
+
+    it("keeps a recursive local function", function()
+      local function fact(n) if n <= 1 then return 1 end return n * fact(n - 1) end
+      assert.are.equal(3628800, loom.thread(fact, 10):start():result(5))
+    end)
+
+    it("keeps upvalues shared between closures", function()
+      local function counter()
+        local n = 0
+        return function() n = n + 1 end, function() return n end
+      end
+      local inc, get = counter()
+      local r = loom.thread(function(a, b) a(); a(); return b() end, inc, get):start():result(5)
+      assert.are.equal(2, r)
+    end)
+
+    it("transfers C functions as themselves, with their upvalues", function()
+      local r = loom.thread(function(f) return f("%d", 7) end, string.format):start():result(5)
+      assert.are.equal("7", r)
+    end)
+
+    it("runs a C function as a thread target", function()
+      local r = loom.thread(select, "#", 1, 2, 3):start():result(5)
+      assert.are.equal(3, r)
+    end)
+  end)
+
+  describe("errors", function()
+    it("names the path and type of an untransferable value", function()
+      local ok, err = pcall(roundtrip, 1, { conn = io.stdout })
+      assert.is_false(ok)
+      assert.matches("cannot transfer args%[2%]%.conn: userdata %(FILE%*%)$", err)
+    end)
+
+    it("names upvalues in the path", function()
+      local f = io.stdout
+      local ok, err = pcall(roundtrip, function() return f end)
+      assert.is_false(ok)
+      assert.matches("cannot transfer args%[1%]<upvalue f>: userdata %(FILE%*%)$", err)
+    end)
+
+    it("names the target", function()
+      local co = coroutine.create(print)
+      local ok, err = pcall(function() loom.thread(echo, co):start() end)
+      assert.is_false(ok)
+      assert.matches("cannot transfer args%[1%]: coroutine$", err)
+    end)
+
+    it("bounds nesting with a clear error", function()
+      local deep = {}
+      local cur = deep
+      for _ = 1, 500 do cur.next = {}; cur = cur.next end
+      local ok, err = pcall(roundtrip, deep)
+      assert.is_false(ok)
+      assert.matches("nesting deeper than 200 levels$", err)
+    end)
+
+    it("reports an untransferable result as the thread's error", function()
+      local t = loom.thread(function() return io.stdout end):start()
+      local ok, err = pcall(t.result, t, 5)
+      assert.is_false(ok)
+      assert.matches("cannot transfer results%[1%]: userdata %(FILE%*%)", err)
+    end)
+  end)
+
+  it("loads one function many times from its cache", function()
+    local t = loom.thread(function()
+      local loom = require "loom"
+      local inner = function(x) return x + 1 end
+      local sum = 0
+      for i = 1, 200 do
+        sum = sum + loom.thread(inner, i):start():result(5)
+      end
+      return sum
+    end):start()
+    assert.are.equal(20300, t:result(60))
+  end)
+end)
