@@ -129,6 +129,11 @@ static const struct {
   void (*open) (lua_State *L);
 } primitives[] = {
   {"thread", loomi_thread_open},
+  {"lock", loomi_lock_open},
+  {"semaphore", loomi_sem_open},
+  {"condition", loomi_cond_open},
+  {"event", loomi_event_open},
+  {"barrier", loomi_barrier_open},
 };
 
 /* A thread may still be leaving loom's code when the state that loaded the

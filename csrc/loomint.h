@@ -14,6 +14,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <time.h>
 
 #include "lua.h"
@@ -170,11 +171,37 @@ lua_State *loomi_newstate (const char *path, const char *cpath,
 /* ---- lock.c: for primitives that carry a lock (Value.get_lock) ---- */
 /* A new loom.RLock object with one reference, or NULL (heap exhausted). */
 LoomObj *loomi_rlock_create (void);
+/* The lock core a Condition drives.  islock: a loom.Lock or loom.RLock.
+** owned: held by the calling thread (RLock) or by anyone (Lock), Python's
+** _is_owned.  release_all frees a lock the caller owns and returns the
+** recursion depth to give restore, which takes it back, waiting as long
+** as it takes and ignoring cancellation (the caller raises afterwards);
+** restore returns 1 when it took the lock from a dead holder, else 0. */
+int  loomi_islock (const LoomObj *o);
+int  loomi_lock_owned (LoomObj *lk);
+int  loomi_lock_release_all (LoomObj *lk);
+int  loomi_lock_restore (LoomObj *lk, int count);
+/* acquire([blocking], [timeout]) and release() on lk with the Lua
+** arguments from index 2 on: the methods of Lock and RLock, shared. */
+int  loomi_lock_lacquire (lua_State *L, LoomObj *lk);
+int  loomi_lock_lrelease (lua_State *L, LoomObj *lk);
+/* The hold([timeout]) method of anything with acquire/release: pushes a
+** guard whose __close calls release, or fail, "timeout". */
+int  loomi_hold (lua_State *L);
+/* This process's pid, cached and refreshed in forks. */
+pid_t loomi_self_pid (void);
+/* True when no process pid exists any more (or it is an unreaped zombie). */
+int  loomi_pid_gone (pid_t pid);
 
 /* ---- one open function per primitive (core.c walks them) ----
 ** Each adds its functions to the module table on top of the stack and
 ** builds its metatables (loomi_newclass). */
 void loomi_thread_open (lua_State *L);
+void loomi_lock_open (lua_State *L);
+void loomi_sem_open (lua_State *L);
+void loomi_cond_open (lua_State *L);
+void loomi_event_open (lua_State *L);
+void loomi_barrier_open (lua_State *L);
 
 #pragma GCC visibility pop
 

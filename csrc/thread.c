@@ -128,7 +128,18 @@ int loomi_cancel_requested (void) {
   return t != NULL && atomic_load(&t->cancel);
 }
 
+static void cancel_hook (lua_State *L, lua_Debug *ar);
+
+/* Instructions a cancelled thread may run between two cancellation errors:
+** enough for <close> handlers (a guard releasing a lock) to run while the
+** error unwinds, few enough that code swallowing the error is stopped. */
+#define CANCEL_GRACE 1000
+
 int loomi_raise_cancelled (lua_State *L) {
+  /* A call hook would raise again on the very call of each __close
+  ** handler, skipping it; count instructions only from now on. */
+  if (lua_gethook(L) == cancel_hook)
+    lua_sethook(L, cancel_hook, LUA_MASKCOUNT, CANCEL_GRACE);
   lua_pushliteral(L, LOOM_CANCELLED);
   return lua_error(L);
 }

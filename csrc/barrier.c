@@ -1,0 +1,235 @@
+/* barrier.c: loom.Barrier, a meeting point for a fixed number of threads
+** or processes, following Python's threading.Barrier state machine.
+** Lua: loom.core.barrier(n[, timeout]) -> Barrier; wait([timeout]) -> index
+**      (0..n-1, as Python); abort(); reset(); fields parties, n_waiting,
+**      broken.  A broken barrier raises the error value "broken barrier".
+** SPDX-License-Identifier: MIT */
+#include "loomint.h"
+
+#include <string.h>
+
+enum { B_FILLING = 0, B_DRAINING = 1, B_RESETTING = -1, B_BROKEN = -2 };
+
+#define LOOM_BROKEN "broken barrier"
+
+typedef struct Barrier {
+  LoomObj obj;
+  int parties;
+  double timeout;           /* the default for wait(); < 0: none */
+  int count;                /* callers inside wait(); mu held */
+  int state;                /* B_*; mu held */
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+} Barrier;
+
+/* ---- C core ---- */
+
+static void barrier_destroy (LoomObj *o) {
+  Barrier *b = (Barrier *)o;
+  pthread_mutex_destroy(&b->mu);
+  pthread_cond_destroy(&b->cv);
+}
+
+static Barrier *barrier_create (int parties, double timeout) {
+  Barrier *b = (Barrier *)loomi_obj_new(sizeof(Barrier), LOOM_BARRIER,
+                                        barrier_destroy);
+  if (b == NULL)
+    return NULL;
+  if (loomi_mutex_init(&b->mu) != 0 || loomi_cond_init(&b->cv) != 0) {
+    b->obj.destroy = NULL;
+    loomi_obj_release(&b->obj);
+    return NULL;
+  }
+  b->parties = parties;
+  b->timeout = timeout;
+  b->state = B_FILLING;
+  return b;
+}
+
+static void barrier_break (Barrier *b) {
+  b->state = B_BROKEN;
+  pthread_cond_broadcast(&b->cv);
+}
+
+/* One wait(): the index (>= 0), -1 when the barrier is or gets broken (a
+** timeout breaks it), or -ECANCELED (a cancel breaks it too, so the other
+** parties do not wait for a thread that is gone). */
+static int barrier_pass (Barrier *b, const LoomDeadline *dl) {
+  int rc = 0, index = -1;
+  loomi_mutex_lock(&b->mu);
+  while ((b->state == B_DRAINING || b->state == B_RESETTING) && rc == 0)
+    rc = loomi_wait(&b->cv, &b->mu, &b->obj, dl);
+  if (rc != 0) {
+    barrier_break(b);
+    loomi_mutex_unlock(&b->mu);
+    return rc == ECANCELED ? -ECANCELED : -1;
+  }
+  if (b->state != B_FILLING) {
+    loomi_mutex_unlock(&b->mu);
+    return -1;
+  }
+  index = b->count++;
+  if (index + 1 == b->parties) {
+    b->state = B_DRAINING;
+    pthread_cond_broadcast(&b->cv);
+  }
+  else {
+    while (b->state == B_FILLING && rc == 0)
+      rc = loomi_wait(&b->cv, &b->mu, &b->obj, dl);
+    if (b->state == B_FILLING) {   /* timed out or cancelled: break it */
+      barrier_break(b);
+      index = rc == ECANCELED ? -ECANCELED : -1;
+    }
+    else if (b->state < 0)
+      index = rc == ECANCELED ? -ECANCELED : -1;
+  }
+  if (--b->count == 0 &&
+      (b->state == B_DRAINING || b->state == B_RESETTING)) {
+    b->state = B_FILLING;
+    pthread_cond_broadcast(&b->cv);
+  }
+  loomi_mutex_unlock(&b->mu);
+  return index;
+}
+
+/* ---- Lua bindings ---- */
+
+static Barrier *checkbarrier (lua_State *L, int arg) {
+  return (Barrier *)loomi_checkobj(L, arg, LOOM_BARRIER);
+}
+
+static int barrier_new (lua_State *L) {
+  lua_Integer n = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, n >= 1 && n <= (1 << 30), 1, "parties must be positive");
+  double timeout = -1;
+  if (!lua_isnoneornil(L, 2)) {
+    lua_Number t = luaL_checknumber(L, 2);
+    luaL_argcheck(L, t >= 0, 2, "timeout must be non-negative");
+    timeout = (double)t;
+  }
+  LoomObj **slot = loomi_proxy_new(L, LOOM_BARRIER);
+  Barrier *b = barrier_create((int)n, timeout);
+  if (b == NULL)
+    return luaL_error(L, "cannot create barrier: shared heap exhausted");
+  *slot = &b->obj;
+  return 1;
+}
+
+static int barrier_wait (lua_State *L) {
+  Barrier *b = checkbarrier(L, 1);
+  LoomDeadline dl;
+  if (lua_isnoneornil(L, 2))
+    loomi_deadline_in(&dl, b->timeout);
+  else
+    loomi_opttimeout(L, 2, &dl);
+  loomi_block_begin(L);
+  int index = barrier_pass(b, &dl);
+  loomi_block_end(L);
+  if (index == -ECANCELED)
+    return loomi_raise_cancelled(L);
+  if (index < 0) {
+    lua_pushliteral(L, LOOM_BROKEN);
+    return lua_error(L);
+  }
+  lua_pushinteger(L, index);
+  return 1;
+}
+
+static int barrier_abort (lua_State *L) {
+  Barrier *b = checkbarrier(L, 1);
+  loomi_mutex_lock(&b->mu);
+  barrier_break(b);
+  loomi_mutex_unlock(&b->mu);
+  return 0;
+}
+
+/* Callers inside wait() get "broken barrier"; later ones start afresh. */
+static int barrier_reset (lua_State *L) {
+  Barrier *b = checkbarrier(L, 1);
+  loomi_mutex_lock(&b->mu);
+  if (b->count > 0) {
+    if (b->state == B_FILLING || b->state == B_BROKEN)
+      b->state = B_RESETTING;
+  }
+  else
+    b->state = B_FILLING;
+  pthread_cond_broadcast(&b->cv);
+  loomi_mutex_unlock(&b->mu);
+  return 0;
+}
+
+static int barrier_index (lua_State *L) {
+  Barrier *b = checkbarrier(L, 1);
+  const char *key = luaL_checkstring(L, 2);
+  if (strcmp(key, "parties") == 0)
+    lua_pushinteger(L, b->parties);
+  else if (strcmp(key, "n_waiting") == 0) {
+    loomi_mutex_lock(&b->mu);
+    int n = b->state == B_FILLING ? b->count : 0;
+    loomi_mutex_unlock(&b->mu);
+    lua_pushinteger(L, n);
+  }
+  else if (strcmp(key, "broken") == 0) {
+    loomi_mutex_lock(&b->mu);
+    int broken = b->state == B_BROKEN;
+    loomi_mutex_unlock(&b->mu);
+    lua_pushboolean(L, broken);
+  }
+  else {
+    luaL_getmetatable(L, LOOM_BARRIER);
+    lua_getfield(L, -1, "methods");
+    lua_getfield(L, -1, key);
+  }
+  return 1;
+}
+
+static int barrier_newindex (lua_State *L) {
+  checkbarrier(L, 1);
+  return luaL_error(L, "cannot set field '%s' of a loom.Barrier",
+                    luaL_checkstring(L, 2));
+}
+
+static int barrier_tostring (lua_State *L) {
+  LoomObj **slot = lua_touserdata(L, 1);
+  if (slot == NULL || *slot == NULL) {
+    lua_pushliteral(L, LOOM_BARRIER " (closed)");
+    return 1;
+  }
+  Barrier *b = (Barrier *)*slot;
+  loomi_mutex_lock(&b->mu);
+  int waiting = b->state == B_FILLING ? b->count : 0;
+  int broken = b->state == B_BROKEN;
+  loomi_mutex_unlock(&b->mu);
+  lua_pushfstring(L, LOOM_BARRIER " (%p, %s%d/%d waiting)", (void *)b,
+                  broken ? "broken, " : "", waiting, b->parties);
+  return 1;
+}
+
+static const luaL_Reg barrier_meta[] = {
+  {"__index", barrier_index},
+  {"__newindex", barrier_newindex},
+  {"__tostring", barrier_tostring},
+  {NULL, NULL}
+};
+
+static const luaL_Reg barrier_methods[] = {
+  {"wait", barrier_wait},
+  {"abort", barrier_abort},
+  {"reset", barrier_reset},
+  {NULL, NULL}
+};
+
+static const luaL_Reg barrier_funcs[] = {
+  {"barrier", barrier_new},
+  {NULL, NULL}
+};
+
+void loomi_barrier_open (lua_State *L) {
+  loomi_newclass(L, LOOM_BARRIER, barrier_meta, NULL);
+  luaL_getmetatable(L, LOOM_BARRIER);
+  lua_newtable(L);
+  luaL_setfuncs(L, barrier_methods, 0);
+  lua_setfield(L, -2, "methods");
+  lua_pop(L, 1);
+  luaL_setfuncs(L, barrier_funcs, 0);
+}

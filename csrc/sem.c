@@ -1,0 +1,208 @@
+/* sem.c: loom.Semaphore and loom.BoundedSemaphore, counters shared by
+** threads and forks.
+** Lua: loom.core.semaphore([n=1]), bounded_semaphore([n=1]);
+**      acquire([blocking], [timeout]) -> bool; release([n=1]); hold([timeout]);
+**      get_value().
+** SPDX-License-Identifier: MIT */
+#include "loomint.h"
+
+#include <limits.h>
+
+typedef struct Sem {
+  LoomObj obj;
+  atomic_long value;        /* never negative */
+  long bound;               /* the initial value of a bounded one, else -1 */
+  atomic_int waiters;       /* in the slow path, mu held to raise */
+  pthread_mutex_t mu;       /* only to sleep on cv */
+  pthread_cond_t cv;
+} Sem;
+
+/* ---- C core ---- */
+
+static void sem_destroy (LoomObj *o) {
+  Sem *s = (Sem *)o;
+  pthread_mutex_destroy(&s->mu);
+  pthread_cond_destroy(&s->cv);
+}
+
+static Sem *sem_create (long value, int bounded) {
+  Sem *s = (Sem *)loomi_obj_new(sizeof(Sem),
+                                bounded ? LOOM_BSEMAPHORE : LOOM_SEMAPHORE,
+                                sem_destroy);
+  if (s == NULL)
+    return NULL;
+  if (loomi_mutex_init(&s->mu) != 0 || loomi_cond_init(&s->cv) != 0) {
+    s->obj.destroy = NULL;
+    loomi_obj_release(&s->obj);
+    return NULL;
+  }
+  atomic_init(&s->value, value);
+  atomic_init(&s->waiters, 0);
+  s->bound = bounded ? value : -1;
+  return s;
+}
+
+static int sem_try (Sem *s) {
+  long v = atomic_load(&s->value);
+  while (v > 0) {
+    if (atomic_compare_exchange_weak(&s->value, &v, v - 1))
+      return 1;
+  }
+  return 0;
+}
+
+/* 0 taken, ETIMEDOUT, ECANCELED.  Every waiter that wakes, even by its
+** deadline, tries once more before leaving, so a wakeup is never lost. */
+static int sem_take (Sem *s, const LoomDeadline *dl) {
+  int rc = 0;
+  loomi_mutex_lock(&s->mu);
+  atomic_fetch_add(&s->waiters, 1);
+  for (;;) {
+    if (sem_try(s)) {
+      rc = 0;
+      break;
+    }
+    if (rc == ETIMEDOUT || loomi_deadline_passed(dl)) {
+      rc = ETIMEDOUT;
+      break;
+    }
+    rc = loomi_wait(&s->cv, &s->mu, &s->obj, dl);
+    if (rc == ECANCELED)
+      break;
+  }
+  atomic_fetch_sub(&s->waiters, 1);
+  if (rc == ECANCELED && atomic_load(&s->value) > 0)
+    pthread_cond_signal(&s->cv);   /* pass on a wakeup this waiter took */
+  loomi_mutex_unlock(&s->mu);
+  return rc;
+}
+
+/* Pairs with sem_take as the lock does: value is raised before waiters is
+** read, both sequentially consistent. */
+static void sem_wake (Sem *s, long n) {
+  if (atomic_load(&s->waiters) > 0) {
+    loomi_mutex_lock(&s->mu);
+    if (n == 1)
+      pthread_cond_signal(&s->cv);
+    else
+      pthread_cond_broadcast(&s->cv);
+    loomi_mutex_unlock(&s->mu);
+  }
+}
+
+/* ---- Lua bindings ---- */
+
+static Sem *checksem (lua_State *L, int arg) {
+  const char *tname = luaL_testudata(L, arg, LOOM_BSEMAPHORE) != NULL
+                      ? LOOM_BSEMAPHORE : LOOM_SEMAPHORE;
+  return (Sem *)loomi_checkobj(L, arg, tname);
+}
+
+static int new_sem (lua_State *L, int bounded) {
+  lua_Integer n = luaL_optinteger(L, 1, 1);
+  luaL_argcheck(L, n >= 0, 1, "value must be non-negative");
+  luaL_argcheck(L, n <= LONG_MAX / 2, 1, "value out of range");
+  LoomObj **slot = loomi_proxy_new(L, bounded ? LOOM_BSEMAPHORE : LOOM_SEMAPHORE);
+  Sem *s = sem_create((long)n, bounded);
+  if (s == NULL)
+    return luaL_error(L, "cannot create semaphore: shared heap exhausted");
+  *slot = &s->obj;
+  return 1;
+}
+
+static int sem_new (lua_State *L) {
+  return new_sem(L, 0);
+}
+
+static int bsem_new (lua_State *L) {
+  return new_sem(L, 1);
+}
+
+static int sem_acquire (lua_State *L) {
+  Sem *s = checksem(L, 1);
+  int blocking = 1;
+  if (!lua_isnoneornil(L, 2)) {
+    luaL_checktype(L, 2, LUA_TBOOLEAN);
+    blocking = lua_toboolean(L, 2);
+  }
+  if (!blocking && !lua_isnoneornil(L, 3))
+    return luaL_argerror(L, 3, "can't specify a timeout for a non-blocking call");
+  LoomDeadline dl;
+  loomi_opttimeout(L, 3, &dl);
+  int rc = 0;
+  if (!sem_try(s)) {
+    if (!blocking)
+      rc = ETIMEDOUT;
+    else {
+      loomi_block_begin(L);
+      rc = sem_take(s, &dl);
+      loomi_block_end(L);
+    }
+  }
+  if (rc == ECANCELED)
+    return loomi_raise_cancelled(L);
+  lua_pushboolean(L, rc == 0);
+  return 1;
+}
+
+static int sem_release (lua_State *L) {
+  Sem *s = checksem(L, 1);
+  lua_Integer n = luaL_optinteger(L, 2, 1);
+  luaL_argcheck(L, n >= 1, 2, "n must be one or more");
+  luaL_argcheck(L, n <= LONG_MAX / 2, 2, "n out of range");
+  long v = atomic_load(&s->value);
+  for (;;) {
+    if (s->bound >= 0 ? v > s->bound - (long)n : v > LONG_MAX / 2 - (long)n)
+      return luaL_error(L, s->bound >= 0 ? "semaphore released too many times"
+                                         : "semaphore value out of range");
+    if (atomic_compare_exchange_weak(&s->value, &v, v + (long)n))
+      break;
+  }
+  sem_wake(s, (long)n);
+  return 0;
+}
+
+static int sem_get_value (lua_State *L) {
+  Sem *s = checksem(L, 1);
+  lua_pushinteger(L, (lua_Integer)atomic_load(&s->value));
+  return 1;
+}
+
+static int sem_tostring (lua_State *L) {
+  LoomObj **slot = lua_touserdata(L, 1);
+  const char *tname = luaL_testudata(L, 1, LOOM_BSEMAPHORE) != NULL
+                      ? LOOM_BSEMAPHORE : LOOM_SEMAPHORE;
+  if (slot == NULL || *slot == NULL)
+    lua_pushfstring(L, "%s (closed)", tname);
+  else {
+    Sem *s = (Sem *)*slot;
+    lua_pushfstring(L, "%s (%p, value %d)", tname, (void *)s,
+                    (int)atomic_load(&s->value));
+  }
+  return 1;
+}
+
+static const luaL_Reg sem_meta[] = {
+  {"__tostring", sem_tostring},
+  {NULL, NULL}
+};
+
+static const luaL_Reg sem_methods[] = {
+  {"acquire", sem_acquire},
+  {"release", sem_release},
+  {"get_value", sem_get_value},
+  {"hold", loomi_hold},
+  {NULL, NULL}
+};
+
+static const luaL_Reg sem_funcs[] = {
+  {"semaphore", sem_new},
+  {"bounded_semaphore", bsem_new},
+  {NULL, NULL}
+};
+
+void loomi_sem_open (lua_State *L) {
+  loomi_newclass(L, LOOM_SEMAPHORE, sem_meta, sem_methods);
+  loomi_newclass(L, LOOM_BSEMAPHORE, sem_meta, sem_methods);
+  luaL_setfuncs(L, sem_funcs, 0);
+}

@@ -1,0 +1,338 @@
+-- loom.Lock and loom.RLock
+local loom = require "loom"
+-- thread functions see these as upvalues: a spec file's environment is
+-- busted's, not a table a thread could rebuild
+local pcall, rawequal, error = pcall, rawequal, error
+
+-- Each worker checks mutual exclusion with a probe: a bounded semaphore of
+-- one that only a thread inside the critical section tries to take.
+local function exclusive_worker(lk, probe, n)
+  local overlaps, done = 0, 0
+  for _ = 1, n do
+    lk:acquire()
+    if probe:acquire(false) then probe:release() else overlaps = overlaps + 1 end
+    done = done + 1
+    lk:release()
+  end
+  return overlaps, done
+end
+
+local function run_exclusive(make, nthreads, n)
+  local lk, probe = make(), loom.bounded_semaphore(1)
+  local ts = {}
+  finally(function() for _, t in ipairs(ts) do t:join(10) end end)
+  for i = 1, nthreads do ts[i] = loom.thread(exclusive_worker, lk, probe, n):start() end
+  local overlaps, total = 0, 0
+  for i = 1, nthreads do
+    local o, d = ts[i]:result(60)
+    overlaps, total = overlaps + o, total + d
+  end
+  assert.equal(0, overlaps)
+  assert.equal(nthreads * n, total)
+  assert.is_false(lk:locked())
+end
+
+describe("loom.Lock", function()
+  it("is created unlocked", function()
+    local l = loom.lock()
+    assert.is_false(l:locked())
+    assert.matches("^loom%.Lock %(0x%x+, unlocked%)$", tostring(l))
+    l:acquire()
+    assert.matches("^loom%.Lock %(0x%x+, locked%)$", tostring(l))
+    l:release()
+  end)
+
+  describe(":acquire()", function()
+    it("returns true on a free lock and holds it", function()
+      local l = loom.lock()
+      assert.is_true(l:acquire())
+      assert.is_true(l:locked())
+      l:release()
+    end)
+
+    it("is not reentrant: a non-blocking second acquire returns false", function()
+      local l = loom.lock()
+      l:acquire()
+      assert.is_false(l:acquire(false))
+      l:release()
+    end)
+
+    it("returns false when a timed acquire expires", function()
+      local l = loom.lock()
+      l:acquire()
+      assert.is_false(l:acquire(true, 0.05))
+      assert.is_false(l:acquire(true, 0))
+      l:release()
+      assert.is_true(l:acquire(true, 0))
+      l:release()
+    end)
+
+    it("blocks until another thread releases", function()
+      local l = loom.lock()
+      l:acquire()
+      local t = loom.thread(function(lk) return lk:acquire(true, 5), lk:locked() end, l):start()
+      finally(function() t:join(5) end)
+      assert.is_false(t:join(0.05))
+      l:release()
+      local ok, locked = t:result(5)
+      assert.is_true(ok)
+      assert.is_true(locked)
+      l:release()   -- any thread may release a Lock, as in Python
+    end)
+
+    it("raises on a timeout with a non-blocking call", function()
+      local l = loom.lock()
+      assert.has_error(function() l:acquire(false, 1) end,
+        "bad argument #2 to 'acquire' (can't specify a timeout for a non-blocking call)")
+    end)
+
+    it("raises on a negative timeout", function()
+      local l = loom.lock()
+      assert.has_error(function() l:acquire(true, -1) end,
+        "bad argument #2 to 'acquire' (timeout must be non-negative)")
+    end)
+
+    it("raises when blocking is not a boolean", function()
+      local l = loom.lock()
+      assert.has_error(function() l:acquire(5) end,
+        "bad argument #1 to 'acquire' (boolean expected, got number)")
+    end)
+
+    it("raises on something that is not a lock", function()
+      local l = loom.lock()
+      assert.has_error(function() l.acquire({}) end,
+        "bad argument #1 to 'acquire' (loom.Lock expected, got table)")
+      assert.has_error(function() l.acquire(loom.rlock()) end,
+        "bad argument #1 to 'acquire' (loom.Lock expected, got loom.RLock)")
+    end)
+
+    it("is woken by cancel() of the blocked thread", function()
+      local l = loom.lock()
+      l:acquire()
+      local t = loom.thread(function(lk) return lk:acquire() end, l):start()
+      finally(function() t:join(5) end)
+      assert.is_false(t:join(0.05))
+      t:cancel()
+      local r, err = t:result(5)
+      assert.is_nil(r)
+      assert.equal("cancelled", err)
+      l:release()
+    end)
+  end)
+
+  describe(":release()", function()
+    it("raises on an unlocked lock", function()
+      local l = loom.lock()
+      assert.has_error(function() l:release() end, "release unlocked lock")
+      l:acquire()
+      l:release()
+      assert.has_error(function() l:release() end, "release unlocked lock")
+    end)
+
+    it("may be called by a thread that did not acquire", function()
+      local l = loom.lock()
+      l:acquire()
+      local t = loom.thread(function(lk) lk:release(); return lk:locked() end, l):start()
+      assert.is_false(t:result(5))
+      assert.is_false(l:locked())
+    end)
+  end)
+
+  describe(":hold()", function()
+    it("holds the lock until the guard is closed", function()
+      local l = loom.lock()
+      do
+        local g <close> = l:hold()
+        assert.is_true(l:locked())
+        assert.equal("loom.Guard (held)", tostring(g))
+      end
+      assert.is_false(l:locked())
+    end)
+
+    it("releases when the block raises", function()
+      local l = loom.lock()
+      local ok, err = pcall(function()
+        local g <close> = l:hold()
+        error("boom", 0)
+      end)
+      assert.is_false(ok)
+      assert.equal("boom", err)
+      assert.is_false(l:locked())
+    end)
+
+    it("returns fail, 'timeout' when a timed hold expires", function()
+      local l = loom.lock()
+      l:acquire()
+      local g, err = l:hold(0.02)
+      assert.is_nil(g)
+      assert.equal("timeout", err)
+      l:release()
+      do
+        local g2 <close> = l:hold(1)
+        assert.is_true(l:locked())
+      end
+      assert.is_false(l:locked())
+    end)
+
+    it("raises on a negative timeout", function()
+      local l = loom.lock()
+      assert.has_error(function() l:hold(-1) end,
+        "bad argument #1 to 'hold' (timeout must be non-negative)")
+    end)
+  end)
+
+  describe("as a proxy", function()
+    it("passes to a thread as an argument and as an upvalue", function()
+      local l = loom.lock()
+      local function f(arg)
+        local a = arg:acquire(false)
+        arg:release()
+        return a, l:acquire(true, 5), rawequal(arg, l), arg == l
+      end
+      local t = loom.thread(f, l):start()
+      local a, b, same, eq = t:result(5)
+      assert.is_true(a)
+      assert.is_true(b)
+      assert.is_false(same)   -- two proxies in the thread ...
+      assert.is_true(eq)      -- ... of the same lock
+      assert.is_true(l:locked())
+      l:release()
+    end)
+
+    it("is unusable once closed", function()
+      local l = loom.lock()
+      do local c <close> = l end
+      assert.has_error(function() l:acquire() end, "attempt to use a closed loom.Lock")
+      assert.equal("loom.Lock (closed)", tostring(l))
+    end)
+
+    it("is freed with its last reference", function()
+      collectgarbage()
+      collectgarbage()
+      local before = loom.heap_used()
+      for i = 1, 20000 do
+        local l = loom.lock()
+        l:acquire()
+        l:release()
+        if i % 1000 == 0 then collectgarbage() end
+      end
+      collectgarbage()
+      collectgarbage()
+      assert.is_true(loom.heap_used() - before < 64 * 1024)
+    end)
+  end)
+
+  describe("between threads", function()
+    it("gives mutual exclusion to 4 threads (light)", function()
+      run_exclusive(loom.lock, 4, 2000)
+    end)
+
+    it("gives mutual exclusion to 4 threads x 20000 #stress", function()
+      run_exclusive(loom.lock, 4, 20000)
+    end)
+  end)
+end)
+
+describe("loom.RLock", function()
+  it("is created unlocked", function()
+    local r = loom.rlock()
+    assert.is_false(r:locked())
+    assert.matches("^loom%.RLock %(0x%x+, unlocked%)$", tostring(r))
+  end)
+
+  describe(":acquire()", function()
+    it("is reentrant for its owner", function()
+      local r = loom.rlock()
+      assert.is_true(r:acquire())
+      assert.is_true(r:acquire(false))
+      assert.is_true(r:acquire(true, 0))
+      assert.matches("^loom%.RLock %(0x%x+, locked by %d+:%d+, count 3%)$", tostring(r))
+      r:release()
+      r:release()
+      assert.is_true(r:locked())
+      r:release()
+      assert.is_false(r:locked())
+    end)
+
+    it("excludes other threads until fully released", function()
+      local r = loom.rlock()
+      r:acquire()
+      r:acquire()
+      local t = loom.thread(function(lk)
+        local first = lk:acquire(false)
+        local second = lk:acquire(true, 5)
+        lk:release()
+        return first, second
+      end, r):start()
+      finally(function() t:join(5) end)
+      loom.sleep(0.05)
+      r:release()
+      assert.is_false(t:join(0.05))
+      r:release()
+      local first, second = t:result(5)
+      assert.is_false(first)
+      assert.is_true(second)
+    end)
+
+    it("raises on a timeout with a non-blocking call", function()
+      local r = loom.rlock()
+      assert.has_error(function() r:acquire(false, 0) end,
+        "bad argument #2 to 'acquire' (can't specify a timeout for a non-blocking call)")
+    end)
+
+    it("is woken by cancel() of the blocked thread", function()
+      local r = loom.rlock()
+      r:acquire()
+      local t = loom.thread(function(lk) return lk:acquire() end, r):start()
+      finally(function() t:join(5) end)
+      assert.is_false(t:join(0.05))
+      t:cancel()
+      local res, err = t:result(5)
+      assert.is_nil(res)
+      assert.equal("cancelled", err)
+      r:release()
+    end)
+  end)
+
+  describe(":release()", function()
+    it("raises when not held", function()
+      local r = loom.rlock()
+      assert.has_error(function() r:release() end, "cannot release un-acquired lock")
+    end)
+
+    it("raises in a thread that does not own it", function()
+      local r = loom.rlock()
+      r:acquire()
+      local t = loom.thread(function(lk) return pcall(lk.release, lk) end, r):start()
+      local ok, err = t:result(5)
+      assert.is_false(ok)
+      assert.equal("cannot release un-acquired lock", err)
+      assert.is_true(r:locked())
+      r:release()
+    end)
+  end)
+
+  describe(":hold()", function()
+    it("nests", function()
+      local r = loom.rlock()
+      do
+        local g1 <close> = r:hold()
+        do
+          local g2 <close> = r:hold()
+        end
+        assert.is_true(r:locked())
+      end
+      assert.is_false(r:locked())
+    end)
+  end)
+
+  describe("between threads", function()
+    it("gives mutual exclusion to 4 threads (light)", function()
+      run_exclusive(loom.rlock, 4, 2000)
+    end)
+
+    it("gives mutual exclusion to 4 threads x 20000 #stress", function()
+      run_exclusive(loom.rlock, 4, 20000)
+    end)
+  end)
+end)
