@@ -92,6 +92,14 @@ LoomObj *loomi_toobj (lua_State *L, int idx);
 void loomi_newclass (lua_State *L, const char *tname,
                      const luaL_Reg *meta, const luaL_Reg *methods);
 int  loomi_proxy_gc (lua_State *L);          /* idempotent release */
+/* Fork support.  A child inherits its states' proxies but not the
+** references they stand for (the counts live in the shared heap).
+** proxy_forked (an atfork child handler) makes every proxy let go without
+** releasing; the child loom forks then adopts the forking state's proxies
+** (a reference each) and, before it leaves, releases them all. */
+void loomi_proxy_forked (void);
+void loomi_proxy_adopt (lua_State *L);
+void loomi_proxy_release_all (lua_State *L);
 
 /* Process-shared, robust, and (for conditions) CLOCK_MONOTONIC. */
 int  loomi_mutex_init (pthread_mutex_t *mu);       /* 0 | errno */
@@ -132,6 +140,14 @@ int loomi_raise_cancelled (lua_State *L);
 ** No Lua API call may happen in between. */
 void loomi_block_begin (lua_State *L);
 void loomi_block_end (lua_State *L);
+/* In a forked child, on the thread that forked (process.c): the threads L
+** started run in the parent, so the child forgets them without touching
+** their references, and stops being a loom thread.  Returns 1 when the fork
+** came from a loom thread. */
+int  loomi_thread_forked (lua_State *L);
+/* What closing L does to the threads it started: cancel the daemons, wait
+** for the rest.  A forked child calls it before it leaves. */
+void loomi_thread_shutdown (lua_State *L);
 
 /* ---- xfer.c: the transfer codec ----
 ** A message is one block in the shared heap holding the encoded values and
@@ -202,6 +218,7 @@ void loomi_sem_open (lua_State *L);
 void loomi_cond_open (lua_State *L);
 void loomi_event_open (lua_State *L);
 void loomi_barrier_open (lua_State *L);
+void loomi_process_open (lua_State *L);
 
 #pragma GCC visibility pop
 

@@ -393,6 +393,7 @@ static void *thread_main (void *arg) {
 typedef struct Children {
   LoomThread **list;
   size_t n, cap;
+  pid_t pid;             /* the process whose references the list holds */
 } Children;
 
 static const char CHILDREN_KEY = 'c';
@@ -417,8 +418,9 @@ static void children_prune (Children *c) {
 /* When the state that started threads closes: cancel the daemons, then
 ** wait for everyone (a daemon stuck outside Lua is given up on after a
 ** grace period; the library stays mapped, see the Makefile). */
-static int children_gc (lua_State *L) {
-  Children *c = lua_touserdata(L, 1);
+static void children_shutdown (Children *c) {
+  if (c->pid != getpid())
+    c->n = 0;   /* a copy made by a fork loom did not do: not ours to wait */
   for (size_t i = 0; i < c->n; i++)
     if (c->list[i]->daemon)
       thread_request_cancel(c->list[i]);
@@ -432,6 +434,10 @@ static int children_gc (lua_State *L) {
   free(c->list);
   c->list = NULL;
   c->n = c->cap = 0;
+}
+
+static int children_gc (lua_State *L) {
+  children_shutdown(lua_touserdata(L, 1));
   return 0;
 }
 
@@ -444,6 +450,7 @@ static Children *children_of (lua_State *L) {
   lua_pop(L, 1);
   Children *c = lua_newuserdatauv(L, sizeof(Children), 0);
   memset(c, 0, sizeof *c);
+  c->pid = getpid();
   lua_createtable(L, 0, 1);
   lua_pushcfunction(L, children_gc);
   lua_setfield(L, -2, "__gc");
@@ -846,6 +853,26 @@ static int thread_set_excepthook (lua_State *L) {
   lua_pushvalue(L, 1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &REPORTER_KEY);
   return 1;
+}
+
+int loomi_thread_forked (lua_State *L) {
+  int was = self_thread != NULL;
+  self_thread = NULL;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &CHILDREN_KEY) == LUA_TUSERDATA) {
+    Children *c = lua_touserdata(L, -1);
+    c->n = 0;
+    c->pid = getpid();
+  }
+  lua_pop(L, 1);
+  lua_pushnil(L);   /* current() makes the child a main thread of its own */
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &MAIN_KEY);
+  return was;
+}
+
+void loomi_thread_shutdown (lua_State *L) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &CHILDREN_KEY) == LUA_TUSERDATA)
+    children_shutdown(lua_touserdata(L, -1));
+  lua_pop(L, 1);
 }
 
 static const luaL_Reg thread_meta[] = {

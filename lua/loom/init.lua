@@ -48,5 +48,7 @@ function M.excepthook(fn)
   return core.set_excepthook(fn)
 end
 
+M.process = require("loom.process").process
+
 setmetatable(M, { __name = "loom" })
 return M
