@@ -157,6 +157,7 @@ static const struct {
   {"event", loomi_event_open},
   {"barrier", loomi_barrier_open},
   {"process", loomi_process_open},
+  {"pool", loomi_pool_open},
 };
 
 /* A thread may still be leaving loom's code when the state that loaded the

@@ -176,6 +176,20 @@ int  loomi_xfer_decode_raw (lua_State *L, const void *payload, size_t len);
 int  loomi_xfer_decode_checked (lua_State *L, const void *msg, size_t len);
 size_t loomi_msg_size (const LoomMsg *m);    /* payload bytes */
 
+/* ---- thread.c: errors that cross states ----
+** loomi_msgh is the message handler of every
+** protected call whose error travels: it keeps the error value and saves
+** the traceback, which loomi_push_traceback then pushes (and forgets).
+** loomi_error_encode encodes (error, traceback) at errbase, errbase+1 into
+** a message, falling back to the error's text when the value cannot
+** travel; NULL when memory is exhausted; never raises.  loomi_raise_remote
+** re-raises such an error in the receiving state: "msg\n[where] traceback"
+** when both are strings, else the error value unchanged. */
+int  loomi_msgh (lua_State *L);
+void loomi_push_traceback (lua_State *L);
+LoomMsg *loomi_error_encode (lua_State *L, int errbase);
+int  loomi_raise_remote (lua_State *L, int errbase, const char *where);
+
 /* ---- core.c ---- */
 /* Creates a state for a loom thread or worker, on the OS thread that will
 ** run it: standard libraries, the given package paths (either may be NULL),
@@ -219,6 +233,7 @@ void loomi_cond_open (lua_State *L);
 void loomi_event_open (lua_State *L);
 void loomi_barrier_open (lua_State *L);
 void loomi_process_open (lua_State *L);
+void loomi_pool_open (lua_State *L);
 
 #pragma GCC visibility pop
 

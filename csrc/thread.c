@@ -236,11 +236,17 @@ static int report_error (lua_State *L) {
 static const char TRACEBACK_KEY = 't';
 
 /* Message handler: keeps the error value as it is and the traceback of
-** where it was raised in the registry, for thread_fail. */
-static int traceback_handler (lua_State *L) {
+** where it was raised in the registry, for loomi_push_traceback. */
+int loomi_msgh (lua_State *L) {
   luaL_traceback(L, L, NULL, 1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &TRACEBACK_KEY);
   return 1;
+}
+
+void loomi_push_traceback (lua_State *L) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &TRACEBACK_KEY);
+  lua_pushnil(L);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &TRACEBACK_KEY);
 }
 
 /* Runs in the new state, protected: decodes the call, runs it, and stores
@@ -259,13 +265,52 @@ static int thread_run (lua_State *L) {
   return 0;
 }
 
-/* Runs in the new state, protected: stores (error, traceback) in t,
-** falling back to the error's text when the value cannot travel. */
-static int thread_store_error (lua_State *L) {
-  LoomThread *t = lua_touserdata(L, 3);
+/* Protected: encodes the two values below the slot pointer. */
+static int store_error (lua_State *L) {
+  LoomMsg **slot = lua_touserdata(L, 3);
   lua_settop(L, 2);
-  t->error = loomi_xfer_encode(L, 1, 2, "error");
+  *slot = loomi_xfer_encode(L, 1, 2, "error");
   return 0;
+}
+
+LoomMsg *loomi_error_encode (lua_State *L, int errbase) {
+  LoomMsg *m = NULL;
+  errbase = lua_absindex(L, errbase);
+  if (!lua_checkstack(L, 4))
+    return NULL;
+  lua_pushcfunction(L, store_error);
+  lua_pushvalue(L, errbase);
+  lua_pushvalue(L, errbase + 1);
+  lua_pushlightuserdata(L, &m);
+  if (lua_pcall(L, 3, 0, 0) == LUA_OK)
+    return m;
+  lua_pop(L, 1);
+  lua_pushcfunction(L, store_error);
+  const char *msg = lua_tostring(L, errbase);
+  if (msg != NULL)
+    lua_pushstring(L, msg);
+  else
+    lua_pushfstring(L, "(error object is a %s value)",
+                    luaL_typename(L, errbase));
+  lua_pushvalue(L, errbase + 1);
+  lua_pushlightuserdata(L, &m);
+  if (lua_pcall(L, 3, 0, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    return NULL;
+  }
+  return m;
+}
+
+int loomi_raise_remote (lua_State *L, int errbase, const char *where) {
+  errbase = lua_absindex(L, errbase);
+  if (lua_type(L, errbase) == LUA_TSTRING &&
+      lua_type(L, errbase + 1) == LUA_TSTRING) {
+    lua_pushfstring(L, "%s\n[%s] %s", lua_tostring(L, errbase), where,
+                    lua_tostring(L, errbase + 1));
+    return lua_error(L);
+  }
+  lua_pushvalue(L, errbase);
+  return lua_error(L);
 }
 
 static void thread_fail (LoomThread *t, lua_State *L, int errbase) {
@@ -273,24 +318,9 @@ static void thread_fail (LoomThread *t, lua_State *L, int errbase) {
   const char *text = lua_tostring(L, errbase);
   snprintf(t->failmsg, sizeof t->failmsg, "%s",
            text ? text : "(error object is not a string)");
-  lua_pushcfunction(L, thread_store_error);
-  lua_pushvalue(L, errbase);
-  lua_pushvalue(L, errbase + 1);
-  lua_pushlightuserdata(L, t);
-  if (lua_pcall(L, 3, 0, 0) != LUA_OK) {
-    lua_pop(L, 1);
-    lua_pushcfunction(L, thread_store_error);
-    const char *msg = lua_tostring(L, errbase);
-    if (msg != NULL)
-      lua_pushstring(L, msg);
-    else
-      lua_pushfstring(L, "(error object is a %s value)",
-                      luaL_typename(L, errbase));
-    lua_pushvalue(L, errbase + 1);
-    lua_pushlightuserdata(L, t);
-    if (lua_pcall(L, 3, 0, 0) != LUA_OK)
-      snprintf(t->failmsg, sizeof t->failmsg, "%s", "not enough memory");
-  }
+  t->error = loomi_error_encode(L, errbase);
+  if (t->error == NULL)
+    snprintf(t->failmsg, sizeof t->failmsg, "%s", "not enough memory");
   t->failed = 1;
 }
 
@@ -347,11 +377,11 @@ static void *thread_main (void *arg) {
     loomi_mutex_unlock(&t->mu);
     if (atomic_load(&t->cancel))
       lua_sethook(L, cancel_hook, LUA_MASKCOUNT | LUA_MASKCALL, 1);
-    lua_pushcfunction(L, traceback_handler);
+    lua_pushcfunction(L, loomi_msgh);
     lua_pushcfunction(L, thread_run);
     lua_pushlightuserdata(L, t);
     if (lua_pcall(L, 1, 0, 1) != LUA_OK) {
-      lua_rawgetp(L, LUA_REGISTRYINDEX, &TRACEBACK_KEY);
+      loomi_push_traceback(L);
       thread_fail(t, L, lua_gettop(L) - 1);
       report_orphan(t, L);
     }
@@ -655,13 +685,8 @@ static int thread_result (lua_State *L) {
   if (t->failed) {
     t->collected = 1;
     push_error(L, t);
-    if (lua_type(L, 2) == LUA_TSTRING && lua_type(L, 3) == LUA_TSTRING) {
-      lua_pushfstring(L, "%s\n[thread %s] %s", lua_tostring(L, 2), t->name,
-                      lua_tostring(L, 3));
-      return lua_error(L);
-    }
-    lua_settop(L, 2);
-    return lua_error(L);
+    lua_pushfstring(L, "thread %s", t->name);
+    return loomi_raise_remote(L, 2, lua_tostring(L, -1));
   }
   if (t->results == NULL)
     return 0;

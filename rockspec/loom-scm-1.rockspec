@@ -25,6 +25,7 @@ build = {
         "csrc/core.c",
         "csrc/heap.c",
         "csrc/obj.c",
+        "csrc/pool.c",
         "csrc/thread.c",
         "csrc/xfer.c",
       },
@@ -32,6 +33,7 @@ build = {
       libraries = { "pthread", "m" },
     },
     ["loom"] = "lua/loom/init.lua",
+    ["loom.pool"] = "lua/loom/pool.lua",
   },
   platforms = {
     linux = {

@@ -49,6 +49,7 @@ function M.excepthook(fn)
 end
 
 M.process = require("loom.process").process
+require("loom.pool").install()
 
 setmetatable(M, { __name = "loom" })
 return M

@@ -1,0 +1,1186 @@
+/* pool.c: loom.Pool, worker threads with persistent interpreters fed from
+** one task queue, and loom.Future, the outcome of one task; wait and
+** as_completed over futures.
+** Lua: loom.core.pool(n | {workers=, init=, initargs=, kind=}) -> Pool;
+**      Pool:submit(fn, ...) -> Future; Pool:shutdown([wait], [cancel]);
+**      Future:result([t]), error(), done(), running(), cancel(), cancelled();
+**      wait(futures, [t], [mode]) -> done, not_done; as_completed(fs, [t]).
+** Three parts, all in the shared heap: the Future; the TaskQueue (a FIFO of
+** futures, each carrying its call as one message) with loomi_pool_serve, the
+** loop any worker runs over it; and the runner, which decides how a worker
+** exists (here: a detached thread with its own state, see worker_main).  A
+** process kind forks runners that call the same loomi_pool_serve.
+** Lock order: a future's mu, then a waiter's mu.  The queue's mu is never
+** held with either.
+** SPDX-License-Identifier: MIT */
+#include "loomint.h"
+
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define LOOM_TASKQUEUE  "loom.TaskQueue"    /* internal: never proxied */
+#define LOOM_WAITER     "loom.Waiter"
+#define LOOM_ASCOMPLETED "loom.AsCompleted"
+#define POOL_MAXWORKERS 1024
+/* How long a worker out of tasks, or a caller of result(), polls before it
+** sleeps: a wake-up through the kernel costs several microseconds, more
+** than a short task, so a brief poll keeps a busy pool off that path. */
+#define POOL_SPIN_NS    20000
+
+enum { F_PENDING, F_RUNNING, F_DONE, F_FAILED, F_CANCELLED };
+
+static const char *const future_states[] = {
+  "pending", "running", "finished", "failed", "cancelled"
+};
+
+typedef struct Waiter Waiter;
+
+/* One future's registration with one waiter (lives inside the waiter). */
+typedef struct WaitLink {
+  Waiter *w;
+  uint32_t index;            /* the future's place in the waiter's list */
+  int linked;
+  struct WaitLink *next;     /* the future's mu held */
+} WaitLink;
+
+/* Sleeps until futures finish: loom.wait and as_completed register one with
+** every future they watch; a finishing future appends its index. */
+struct Waiter {
+  LoomObj obj;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  uint32_t n;
+  uint32_t nready;           /* ready[0..nready) in completion order */
+  uint32_t nfailed;
+  int sleeping;
+  WaitLink *links;           /* n of them, then ready[n] */
+  uint32_t *ready;
+};
+
+typedef struct Future {
+  LoomObj obj;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  atomic_int state;          /* written under mu, read anywhere */
+  int nwaiting;              /* threads blocked on cv; mu held */
+  struct Future *next;       /* queue link; the queue holds a reference */
+  LoomMsg *call;             /* (fn, args...) until a worker claims it */
+  LoomMsg *results;
+  LoomMsg *error;            /* (error, traceback); NULL + F_FAILED: no state */
+  WaitLink *links;           /* mu held */
+  int pool_id, worker;       /* who ran it, for the remote traceback */
+} Future;
+
+typedef struct TaskQueue {
+  LoomObj obj;
+  pthread_mutex_t mu;        /* guards every field below */
+  pthread_cond_t cv;         /* a task arrived, or shutdown */
+  pthread_cond_t exit_cv;    /* a worker left */
+  Future *head, *tail;
+  atomic_size_t nqueued;     /* written under mu, polled without it */
+  int nidle;                 /* workers blocked on cv */
+  int nspinning;             /* workers polling for a task */
+  atomic_int shutdown;
+  atomic_int broken;         /* the initializer failed: no more tasks */
+  int nalive;                /* workers not yet gone */
+  int id;
+  LoomMsg *init;             /* (init, initargs...) or NULL */
+  char *path, *cpath;        /* package paths for worker states (heap) */
+} TaskQueue;
+
+typedef struct Pool {
+  LoomObj obj;
+  TaskQueue *q;
+  int nworkers;
+} Pool;
+
+/* Pool ids count up across the process, for worker names. */
+static atomic_int pool_counter = 0;
+
+/* The queue the calling OS thread serves, NULL for other threads. */
+static _Thread_local TaskQueue *self_queue = NULL;
+
+/* ---- polling ---- */
+
+static void cpu_relax (void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__) || defined(__arm__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
+static int64_t now_ns (void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Polls *flag until it differs from `unset` or POOL_SPIN_NS pass; yields
+** now and then so that on a busy machine the thread being waited for gets
+** the processor.  True when the flag changed. */
+static int spin_while_size (atomic_size_t *flag, size_t unset,
+                            atomic_int *stop) {
+  int64_t start = 0;
+  for (int i = 1;; i++) {
+    if (atomic_load_explicit(flag, memory_order_relaxed) != unset ||
+        atomic_load_explicit(stop, memory_order_relaxed))
+      return 1;
+    cpu_relax();
+    if ((i & 63) == 0) {
+      int64_t now = now_ns();
+      if (start == 0)
+        start = now;
+      else if (now - start > POOL_SPIN_NS)
+        return 0;
+      sched_yield();
+    }
+  }
+}
+
+static int spin_while_int (atomic_int *flag, int below) {
+  int64_t start = 0;
+  for (int i = 1;; i++) {
+    if (atomic_load_explicit(flag, memory_order_acquire) >= below)
+      return 1;
+    cpu_relax();
+    if ((i & 63) == 0) {
+      int64_t now = now_ns();
+      if (start == 0)
+        start = now;
+      else if (now - start > POOL_SPIN_NS)
+        return 0;
+      sched_yield();
+    }
+  }
+}
+
+/* ---- futures ---- */
+
+static void future_destroy (LoomObj *o) {
+  Future *f = (Future *)o;
+  loomi_msg_free(f->call);
+  loomi_msg_free(f->results);
+  loomi_msg_free(f->error);
+  pthread_mutex_destroy(&f->mu);
+  pthread_cond_destroy(&f->cv);
+}
+
+static Future *future_create (void) {
+  Future *f = (Future *)loomi_obj_new(sizeof(Future), LOOM_FUTURE,
+                                      future_destroy);
+  if (f == NULL)
+    return NULL;
+  if (loomi_mutex_init(&f->mu) != 0 || loomi_cond_init(&f->cv) != 0) {
+    f->obj.destroy = NULL;
+    loomi_obj_release(&f->obj);
+    return NULL;
+  }
+  atomic_init(&f->state, F_PENDING);
+  return f;
+}
+
+static int finished (int state) {
+  return state >= F_DONE;
+}
+
+/* Wakes result() callers and registered waiters.  f->mu held. */
+static void future_notify (Future *f, int state) {
+  if (f->nwaiting > 0)
+    pthread_cond_broadcast(&f->cv);
+  for (WaitLink *l = f->links; l != NULL; l = l->next) {
+    Waiter *w = l->w;
+    loomi_mutex_lock(&w->mu);
+    w->ready[w->nready++] = l->index;
+    if (state == F_FAILED)
+      w->nfailed++;
+    if (w->sleeping)
+      pthread_cond_signal(&w->cv);
+    loomi_mutex_unlock(&w->mu);
+  }
+}
+
+/* Moves a claimed future to its final state; the future owns the messages
+** afterwards. */
+static void future_finish (Future *f, int state, LoomMsg *results,
+                           LoomMsg *error) {
+  loomi_mutex_lock(&f->mu);
+  f->results = results;
+  f->error = error;
+  atomic_store(&f->state, state);
+  future_notify(f, state);
+  loomi_mutex_unlock(&f->mu);
+}
+
+/* PENDING -> RUNNING for the worker that will run it; 0 when it was
+** cancelled meanwhile.  The call message passes to the caller. */
+static int future_claim (Future *f, LoomMsg **call) {
+  loomi_mutex_lock(&f->mu);
+  int ok = atomic_load(&f->state) == F_PENDING;
+  if (ok) {
+    atomic_store(&f->state, F_RUNNING);
+    *call = f->call;
+    f->call = NULL;
+  }
+  loomi_mutex_unlock(&f->mu);
+  return ok;
+}
+
+/* PENDING -> CANCELLED; true when the future is (now) cancelled. */
+static int future_cancel (Future *f) {
+  LoomMsg *call = NULL;
+  loomi_mutex_lock(&f->mu);
+  int state = atomic_load(&f->state);
+  if (state == F_PENDING) {
+    state = F_CANCELLED;
+    call = f->call;
+    f->call = NULL;
+    atomic_store(&f->state, F_CANCELLED);
+    future_notify(f, F_CANCELLED);
+  }
+  loomi_mutex_unlock(&f->mu);
+  loomi_msg_free(call);
+  return state == F_CANCELLED;
+}
+
+/* ---- the task queue ---- */
+
+static void queue_destroy (LoomObj *o) {
+  TaskQueue *q = (TaskQueue *)o;
+  Future *f = q->head;
+  while (f != NULL) {
+    Future *next = f->next;
+    future_cancel(f);
+    loomi_obj_release(&f->obj);
+    f = next;
+  }
+  loomi_msg_free(q->init);
+  loomi_heap_free(q->path);
+  loomi_heap_free(q->cpath);
+  pthread_mutex_destroy(&q->mu);
+  pthread_cond_destroy(&q->cv);
+  pthread_cond_destroy(&q->exit_cv);
+}
+
+static TaskQueue *queue_create (void) {
+  TaskQueue *q = (TaskQueue *)loomi_obj_new(sizeof(TaskQueue),
+                                            LOOM_TASKQUEUE, queue_destroy);
+  if (q == NULL)
+    return NULL;
+  if (loomi_mutex_init(&q->mu) != 0 || loomi_cond_init(&q->cv) != 0 ||
+      loomi_cond_init(&q->exit_cv) != 0) {
+    q->obj.destroy = NULL;
+    loomi_obj_release(&q->obj);
+    return NULL;
+  }
+  q->id = atomic_fetch_add(&pool_counter, 1) + 1;
+  return q;
+}
+
+/* Appends f, which gains the queue's reference; EPIPE after shutdown,
+** EIO when broken. */
+static int queue_push (TaskQueue *q, Future *f) {
+  loomi_mutex_lock(&q->mu);
+  int err = q->broken ? EIO : q->shutdown ? EPIPE : 0;
+  if (err == 0) {
+    loomi_obj_retain(&f->obj);
+    if (q->tail != NULL)
+      q->tail->next = f;
+    else
+      q->head = f;
+    q->tail = f;
+    atomic_fetch_add(&q->nqueued, 1);
+    if (q->nidle > 0 && q->nspinning == 0)   /* a poller takes it */
+      pthread_cond_signal(&q->cv);
+  }
+  loomi_mutex_unlock(&q->mu);
+  return err;
+}
+
+/* Takes every queued future (the caller inherits their references). */
+static Future *queue_take_all (TaskQueue *q) {
+  Future *all = q->head;
+  q->head = q->tail = NULL;
+  atomic_store(&q->nqueued, 0);
+  return all;
+}
+
+/* The next task, blocking; NULL once the queue is shut down and empty, or
+** broken.  The caller inherits the queue's reference. */
+static Future *queue_pop (TaskQueue *q) {
+  Future *f = NULL;
+  int polled = 0;
+  loomi_mutex_lock(&q->mu);
+  for (;;) {
+    if (q->broken)
+      break;
+    f = q->head;
+    if (f != NULL) {
+      q->head = f->next;
+      if (q->head == NULL)
+        q->tail = NULL;
+      atomic_fetch_sub(&q->nqueued, 1);
+      f->next = NULL;
+      /* more work than this worker: pass the wake-up on */
+      if (q->head != NULL && q->nidle > 0 && q->nspinning == 0)
+        pthread_cond_signal(&q->cv);
+      break;
+    }
+    if (q->shutdown)
+      break;
+    if (!polled) {
+      polled = 1;
+      q->nspinning++;
+      loomi_mutex_unlock(&q->mu);
+      spin_while_size(&q->nqueued, 0, &q->shutdown);
+      loomi_mutex_lock(&q->mu);
+      q->nspinning--;
+      continue;
+    }
+    q->nidle++;
+    loomi_wait(&q->cv, &q->mu, &q->obj, NULL);
+    q->nidle--;
+    polled = 0;
+  }
+  loomi_mutex_unlock(&q->mu);
+  return f;
+}
+
+/* Refuses new tasks; with cancel, every queued task is cancelled.  Never
+** blocks beyond the queue's mutex. */
+static void queue_shutdown (TaskQueue *q, int cancel) {
+  Future *all = NULL;
+  loomi_mutex_lock(&q->mu);
+  q->shutdown = 1;
+  if (cancel)
+    all = queue_take_all(q);
+  pthread_cond_broadcast(&q->cv);
+  loomi_mutex_unlock(&q->mu);
+  while (all != NULL) {
+    Future *next = all->next;
+    all->next = NULL;
+    future_cancel(all);
+    loomi_obj_release(&all->obj);
+    all = next;
+  }
+}
+
+/* Waits until every worker has left; 0, ETIMEDOUT or ECANCELED. */
+static int queue_join (TaskQueue *q, const LoomDeadline *dl) {
+  int rc = 0;
+  loomi_mutex_lock(&q->mu);
+  while (q->nalive > 0 && rc == 0)
+    rc = loomi_wait(&q->exit_cv, &q->mu, &q->obj, dl);
+  if (q->nalive == 0)
+    rc = 0;
+  loomi_mutex_unlock(&q->mu);
+  return rc;
+}
+
+static void queue_worker_gone (TaskQueue *q) {
+  loomi_mutex_lock(&q->mu);
+  q->nalive--;
+  pthread_cond_broadcast(&q->exit_cv);
+  loomi_mutex_unlock(&q->mu);
+}
+
+/* ---- the worker loop: the same for every kind of runner ---- */
+
+typedef struct Task {
+  Future *f;
+  LoomMsg *call;
+  LoomMsg *results;
+} Task;
+
+/* Protected: decodes the call, runs it, encodes its results. */
+static int task_run (lua_State *L) {
+  Task *t = lua_touserdata(L, 1);
+  lua_settop(L, 0);
+  int n = loomi_xfer_decode(L, t->call);
+  lua_call(L, n - 1, LUA_MULTRET);
+  t->results = loomi_xfer_encode(L, 1, lua_gettop(L), "results");
+  return 0;
+}
+
+/* Marks the queue broken and fails every queued task with the error and
+** traceback on top of L's stack, or with a fixed text when L is NULL (no
+** state could be made). */
+static void queue_break (TaskQueue *q, lua_State *L) {
+  loomi_mutex_lock(&q->mu);
+  q->broken = 1;
+  Future *all = queue_take_all(q);
+  pthread_cond_broadcast(&q->cv);
+  loomi_mutex_unlock(&q->mu);
+  while (all != NULL) {
+    Future *f = all;
+    all = f->next;
+    f->next = NULL;
+    LoomMsg *call = NULL;
+    if (future_claim(f, &call)) {
+      loomi_msg_free(call);
+      future_finish(f, F_FAILED, NULL,
+                    L != NULL ? loomi_error_encode(L, -2) : NULL);
+    }
+    loomi_obj_release(&f->obj);
+  }
+}
+
+/* Protected: runs the initializer. */
+static int task_init (lua_State *L) {
+  const LoomMsg *init = lua_touserdata(L, 1);
+  lua_settop(L, 0);
+  int n = loomi_xfer_decode(L, init);
+  lua_call(L, n - 1, 0);
+  return 0;
+}
+
+/* The worker loop, for any runner: in a state made for this worker, runs
+** the initializer, then tasks until the queue is shut down and empty.
+** Returns when the worker should go; the runner then closes the state and
+** calls queue_worker_gone. */
+static void queue_serve (TaskQueue *q, lua_State *L, int worker) {
+  self_queue = q;
+  lua_settop(L, 0);
+  lua_pushcfunction(L, loomi_msgh);
+  if (q->init != NULL) {
+    lua_pushcfunction(L, task_init);
+    lua_pushlightuserdata(L, q->init);
+    if (lua_pcall(L, 1, 0, 1) != LUA_OK) {
+      /* stack: msgh, error */
+      lua_pushfstring(L, "pool initializer failed: %s",
+                      lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1)
+                                                     : luaL_typename(L, -1));
+      loomi_push_traceback(L);
+      queue_break(q, L);
+      lua_settop(L, 0);
+      self_queue = NULL;
+      return;
+    }
+  }
+  Future *f;
+  while ((f = queue_pop(q)) != NULL) {
+    Task t = { f, NULL, NULL };
+    if (future_claim(f, &t.call)) {
+      f->pool_id = q->id;
+      f->worker = worker;
+      lua_pushcfunction(L, task_run);
+      lua_pushlightuserdata(L, &t);
+      if (lua_pcall(L, 1, 0, 1) == LUA_OK)
+        future_finish(f, F_DONE, t.results, NULL);
+      else {
+        loomi_push_traceback(L);
+        future_finish(f, F_FAILED, NULL, loomi_error_encode(L, -2));
+      }
+      loomi_msg_free(t.call);
+      lua_settop(L, 1);
+    }
+    loomi_obj_release(&f->obj);
+  }
+  lua_settop(L, 0);
+  self_queue = NULL;
+}
+
+/* ---- the thread runner ---- */
+
+typedef struct Worker {
+  TaskQueue *q;              /* the worker's reference */
+  int index;
+} Worker;
+
+static void *worker_main (void *arg) {
+  Worker *w = arg;
+  TaskQueue *q = w->q;
+  int index = w->index;
+  free(w);
+  char err[160];
+  lua_State *L = loomi_newstate(q->path, q->cpath, err, sizeof err);
+  if (L == NULL)
+    queue_break(q, NULL);
+  else {
+    queue_serve(q, L, index);
+    lua_close(L);
+  }
+  queue_worker_gone(q);
+  loomi_obj_release(&q->obj);
+  return NULL;
+}
+
+/* Starts n detached worker threads with every signal blocked; 0 or the
+** error of pthread_create (the workers started so far stay). */
+static int start_threads (TaskQueue *q, int n) {
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  pthread_attr_setstacksize(&attr, (size_t)2 << 20);
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  int err = 0;
+  for (int i = 0; i < n && err == 0; i++) {
+    Worker *w = malloc(sizeof *w);
+    if (w == NULL) {
+      err = ENOMEM;
+      break;
+    }
+    w->q = q;
+    w->index = i + 1;
+    loomi_obj_retain(&q->obj);
+    loomi_mutex_lock(&q->mu);
+    q->nalive++;
+    loomi_mutex_unlock(&q->mu);
+    pthread_t tid;
+    err = pthread_create(&tid, &attr, worker_main, w);
+    if (err != 0) {
+      free(w);
+      queue_worker_gone(q);
+      loomi_obj_release(&q->obj);
+    }
+  }
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  pthread_attr_destroy(&attr);
+  return err;
+}
+
+/* ---- pools ---- */
+
+/* The last handle gone without shutdown: the queued work still runs, on
+** workers that leave when it is done; nothing waits for them. */
+static void pool_destroy (LoomObj *o) {
+  Pool *p = (Pool *)o;
+  if (p->q != NULL) {
+    queue_shutdown(p->q, 0);
+    loomi_obj_release(&p->q->obj);
+  }
+}
+
+/* ---- waiters ---- */
+
+static void waiter_destroy (LoomObj *o) {
+  Waiter *w = (Waiter *)o;
+  pthread_mutex_destroy(&w->mu);
+  pthread_cond_destroy(&w->cv);
+}
+
+static Waiter *waiter_create (uint32_t n) {
+  size_t size = sizeof(Waiter) + (size_t)n * (sizeof(WaitLink) +
+                                              sizeof(uint32_t));
+  Waiter *w = (Waiter *)loomi_obj_new(size, LOOM_WAITER, waiter_destroy);
+  if (w == NULL)
+    return NULL;
+  if (loomi_mutex_init(&w->mu) != 0 || loomi_cond_init(&w->cv) != 0) {
+    w->obj.destroy = NULL;
+    loomi_obj_release(&w->obj);
+    return NULL;
+  }
+  w->n = n;
+  w->links = (WaitLink *)(w + 1);
+  w->ready = (uint32_t *)(w->links + n);
+  return w;
+}
+
+/* Links w into every future; those already finished are ready at once, in
+** the order given. */
+static void waiter_register (Waiter *w, Future **fs) {
+  for (uint32_t i = 0; i < w->n; i++) {
+    Future *f = fs[i];
+    WaitLink *l = &w->links[i];
+    l->w = w;
+    l->index = i;
+    loomi_mutex_lock(&f->mu);
+    int state = atomic_load(&f->state);
+    if (finished(state)) {
+      loomi_mutex_lock(&w->mu);
+      w->ready[w->nready++] = i;
+      if (state == F_FAILED)
+        w->nfailed++;
+      loomi_mutex_unlock(&w->mu);
+    }
+    else {
+      l->next = f->links;
+      f->links = l;
+      l->linked = 1;
+    }
+    loomi_mutex_unlock(&f->mu);
+  }
+}
+
+static void waiter_unregister (Waiter *w, Future **fs) {
+  for (uint32_t i = 0; i < w->n; i++) {
+    WaitLink *l = &w->links[i];
+    if (!l->linked)
+      continue;
+    Future *f = fs[i];
+    loomi_mutex_lock(&f->mu);
+    for (WaitLink **p = &f->links; *p != NULL; p = &(*p)->next)
+      if (*p == l) {
+        *p = l->next;
+        break;
+      }
+    l->linked = 0;
+    loomi_mutex_unlock(&f->mu);
+  }
+}
+
+enum { WAIT_ALL, WAIT_ANY, WAIT_FIRST_ERROR };
+
+/* w->mu held. */
+static int waiter_satisfied (const Waiter *w, int mode, uint32_t count) {
+  switch (mode) {
+    case WAIT_ANY: return w->nready >= 1 || w->n == 0;
+    case WAIT_FIRST_ERROR: return w->nfailed > 0 || w->nready == w->n;
+    default: return w->nready >= count;
+  }
+}
+
+/* Sleeps until the mode is satisfied (count: how many ready futures "all"
+** needs); 0, ETIMEDOUT or ECANCELED. */
+static int waiter_wait (Waiter *w, int mode, uint32_t count,
+                        const LoomDeadline *dl) {
+  int rc = 0;
+  loomi_mutex_lock(&w->mu);
+  while (!waiter_satisfied(w, mode, count) && rc == 0) {
+    w->sleeping = 1;
+    rc = loomi_wait(&w->cv, &w->mu, &w->obj, dl);
+    w->sleeping = 0;
+  }
+  if (waiter_satisfied(w, mode, count))
+    rc = 0;
+  loomi_mutex_unlock(&w->mu);
+  return rc;
+}
+
+/* ---- Lua bindings: futures ---- */
+
+static Future *checkfuture (lua_State *L, int arg) {
+  return (Future *)loomi_checkobj(L, arg, LOOM_FUTURE);
+}
+
+/* Waits for f to finish; 0, ETIMEDOUT, or raises when the caller is
+** cancelled. */
+static int future_await (lua_State *L, Future *f, const LoomDeadline *dl) {
+  if (finished(atomic_load(&f->state)))
+    return 0;
+  int rc = 0;
+  loomi_block_begin(L);
+  if (dl->forever || !loomi_deadline_passed(dl))
+    spin_while_int(&f->state, F_DONE);
+  loomi_mutex_lock(&f->mu);
+  f->nwaiting++;
+  while (!finished(atomic_load(&f->state)) && rc == 0)
+    rc = loomi_wait(&f->cv, &f->mu, &f->obj, dl);
+  f->nwaiting--;
+  if (finished(atomic_load(&f->state)))
+    rc = 0;
+  loomi_mutex_unlock(&f->mu);
+  loomi_block_end(L);
+  if (rc == ECANCELED)
+    return loomi_raise_cancelled(L);
+  return rc;
+}
+
+/* Pushes (error, traceback) of a failed future. */
+static void push_error (lua_State *L, Future *f) {
+  if (f->error != NULL) {
+    int n = loomi_xfer_decode(L, f->error);
+    if (n < 2)
+      lua_settop(L, lua_gettop(L) - n + 2);
+  }
+  else {
+    lua_pushliteral(L, "pool initializer failed: cannot create a worker state");
+    lua_pushnil(L);
+  }
+}
+
+/* result([timeout]) -> the task's results; raises its error with the remote
+** traceback; fail, "timeout" / fail, "cancelled". */
+static int future_result (lua_State *L) {
+  Future *f = checkfuture(L, 1);
+  LoomDeadline dl;
+  loomi_opttimeout(L, 2, &dl);
+  if (future_await(L, f, &dl) == ETIMEDOUT) {
+    luaL_pushfail(L);
+    lua_pushliteral(L, LOOM_TIMEOUT);
+    return 2;
+  }
+  lua_settop(L, 1);
+  switch (atomic_load(&f->state)) {
+    case F_DONE:
+      return loomi_xfer_decode(L, f->results);
+    case F_CANCELLED:
+      luaL_pushfail(L);
+      lua_pushliteral(L, LOOM_CANCELLED);
+      return 2;
+    default:
+      push_error(L, f);
+      if (f->worker > 0)
+        lua_pushfstring(L, "thread Pool-%d-worker-%d", f->pool_id, f->worker);
+      else
+        lua_pushfstring(L, "pool %d", f->pool_id);
+      return loomi_raise_remote(L, 2, lua_tostring(L, -1));
+  }
+}
+
+/* error() -> nil unless the future failed: then the error value and the
+** remote traceback; "cancelled" for a cancelled future.  Never waits. */
+static int future_error (lua_State *L) {
+  Future *f = checkfuture(L, 1);
+  lua_settop(L, 1);
+  switch (atomic_load(&f->state)) {
+    case F_FAILED:
+      push_error(L, f);
+      return 2;
+    case F_CANCELLED:
+      lua_pushliteral(L, LOOM_CANCELLED);
+      return 1;
+    default:
+      lua_pushnil(L);
+      return 1;
+  }
+}
+
+static int future_done (lua_State *L) {
+  Future *f = checkfuture(L, 1);
+  lua_pushboolean(L, finished(atomic_load(&f->state)));
+  return 1;
+}
+
+static int future_running (lua_State *L) {
+  Future *f = checkfuture(L, 1);
+  lua_pushboolean(L, atomic_load(&f->state) == F_RUNNING);
+  return 1;
+}
+
+static int future_cancelled (lua_State *L) {
+  Future *f = checkfuture(L, 1);
+  lua_pushboolean(L, atomic_load(&f->state) == F_CANCELLED);
+  return 1;
+}
+
+static int future_cancel_l (lua_State *L) {
+  Future *f = checkfuture(L, 1);
+  lua_pushboolean(L, future_cancel(f));
+  return 1;
+}
+
+static int future_tostring (lua_State *L) {
+  LoomObj **slot = luaL_checkudata(L, 1, LOOM_FUTURE);
+  if (*slot == NULL) {
+    lua_pushliteral(L, "loom.Future (closed)");
+    return 1;
+  }
+  Future *f = (Future *)*slot;
+  lua_pushfstring(L, "loom.Future (%p, %s)", (void *)f,
+                  future_states[atomic_load(&f->state)]);
+  return 1;
+}
+
+/* ---- Lua bindings: wait and as_completed ---- */
+
+/* Reads the futures table at arg into a GC-owned array of distinct
+** futures (pushed), and a table of their proxies by position (pushed
+** above it).  Returns the array; *n receives the count. */
+static Future **collect_futures (lua_State *L, int arg, uint32_t *n) {
+  luaL_checktype(L, arg, LUA_TTABLE);
+  lua_Integer len = luaL_len(L, arg);
+  luaL_argcheck(L, len < INT32_MAX, arg, "too many futures");
+  Future **fs = lua_newuserdatauv(L, (size_t)(len > 0 ? len : 1) *
+                                     sizeof(Future *), 0);
+  lua_createtable(L, (int)len, 0);       /* proxies by position */
+  lua_createtable(L, 0, (int)len);       /* seen: object -> true */
+  uint32_t count = 0;
+  for (lua_Integer i = 1; i <= len; i++) {
+    lua_geti(L, arg, i);
+    LoomObj **slot = luaL_testudata(L, -1, LOOM_FUTURE);
+    if (slot == NULL || *slot == NULL)
+      luaL_argerror(L, arg, lua_pushfstring(L,
+                    "loom.Future expected at index %d, got %s", (int)i,
+                    slot != NULL ? "a closed loom.Future"
+                                 : luaL_typename(L, -1)));
+    LoomObj *o = *slot;
+    lua_pushlightuserdata(L, o);
+    if (lua_rawget(L, -3) != LUA_TNIL) {
+      lua_pop(L, 2);
+      continue;
+    }
+    lua_pop(L, 1);
+    lua_pushlightuserdata(L, o);
+    lua_pushboolean(L, 1);
+    lua_rawset(L, -4);
+    lua_rawseti(L, -3, (lua_Integer)count + 1);
+    fs[count++] = (Future *)o;
+  }
+  lua_pop(L, 1);
+  *n = count;
+  return fs;
+}
+
+static const char *const wait_modes[] = { "all", "any", "first_error", NULL };
+
+/* wait(futures, [timeout], [mode]) -> done, not_done: two lists of the
+** distinct futures, in the order given; returns at the timeout too. */
+static int pool_wait (lua_State *L) {
+  LoomDeadline dl;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  loomi_opttimeout(L, 2, &dl);
+  int mode = luaL_checkoption(L, 3, "all", wait_modes);
+  lua_settop(L, 1);
+  uint32_t n;
+  Future **fs = collect_futures(L, 1, &n);   /* 2: array, 3: proxies */
+  Waiter *w = waiter_create(n);
+  if (w == NULL)
+    return luaL_error(L, "cannot wait: shared heap exhausted");
+  waiter_register(w, fs);
+  loomi_block_begin(L);
+  int rc = waiter_wait(w, mode, n, &dl);
+  loomi_block_end(L);
+  waiter_unregister(w, fs);
+  loomi_obj_release(&w->obj);
+  if (rc == ECANCELED)
+    return loomi_raise_cancelled(L);
+  lua_createtable(L, (int)n, 0);
+  lua_createtable(L, 0, 0);
+  lua_Integer nd = 0, nn = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    lua_rawgeti(L, 3, (lua_Integer)i + 1);
+    if (finished(atomic_load(&fs[i]->state)))
+      lua_rawseti(L, 4, ++nd);
+    else
+      lua_rawseti(L, 5, ++nn);
+  }
+  return 2;
+}
+
+/* The state of an as_completed loop: its own waiter, the futures it holds
+** references to, and the position reached.  Closed by the generic for's
+** closing value (break, error, end) or by the collector. */
+typedef struct AsCompleted {
+  Waiter *w;
+  Future **fs;               /* w->n entries, each retained (malloc) */
+  uint32_t next;
+  LoomDeadline dl;
+} AsCompleted;
+
+static int ascompleted_close (lua_State *L) {
+  AsCompleted *a = lua_touserdata(L, 1);
+  if (a->w != NULL) {
+    waiter_unregister(a->w, a->fs);
+    for (uint32_t i = 0; i < a->w->n; i++)
+      loomi_obj_release(&a->fs[i]->obj);
+    loomi_obj_release(&a->w->obj);
+    a->w = NULL;
+  }
+  free(a->fs);
+  a->fs = NULL;
+  return 0;
+}
+
+static int ascompleted_next (lua_State *L) {
+  AsCompleted *a = luaL_checkudata(L, 1, LOOM_ASCOMPLETED);
+  Waiter *w = a->w;
+  if (w == NULL || a->next >= w->n)
+    return 0;
+  loomi_block_begin(L);
+  int rc = waiter_wait(w, WAIT_ALL, a->next + 1, &a->dl);
+  loomi_block_end(L);
+  if (rc == ECANCELED)
+    return loomi_raise_cancelled(L);
+  if (rc == ETIMEDOUT) {
+    lua_pushliteral(L, LOOM_TIMEOUT);
+    return lua_error(L);
+  }
+  loomi_mutex_lock(&w->mu);
+  uint32_t index = w->ready[a->next++];
+  loomi_mutex_unlock(&w->mu);
+  lua_getiuservalue(L, 1, 1);
+  lua_rawgeti(L, -1, (lua_Integer)index + 1);
+  return 1;
+}
+
+/* as_completed(futures, [timeout]) -> iterator, state, nil, closing value:
+** yields each distinct future once, finished ones first, then as they
+** finish; raises "timeout" when the deadline passes first. */
+static int pool_as_completed (lua_State *L) {
+  LoomDeadline dl;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  loomi_opttimeout(L, 2, &dl);
+  lua_settop(L, 1);
+  uint32_t n;
+  Future **fs = collect_futures(L, 1, &n);   /* 2: array, 3: proxies */
+  AsCompleted *a = lua_newuserdatauv(L, sizeof(AsCompleted), 1);
+  memset(a, 0, sizeof *a);
+  a->dl = dl;
+  luaL_setmetatable(L, LOOM_ASCOMPLETED);
+  lua_pushvalue(L, 3);
+  lua_setiuservalue(L, -2, 1);
+  a->fs = malloc((size_t)(n > 0 ? n : 1) * sizeof(Future *));
+  if (a->fs == NULL)
+    return luaL_error(L, "not enough memory");
+  Waiter *w = waiter_create(n);
+  if (w == NULL)
+    return luaL_error(L, "cannot wait: shared heap exhausted");
+  for (uint32_t i = 0; i < n; i++) {
+    a->fs[i] = fs[i];
+    loomi_obj_retain(&fs[i]->obj);
+  }
+  waiter_register(w, a->fs);
+  a->w = w;
+  lua_pushcfunction(L, ascompleted_next);
+  lua_pushvalue(L, 4);
+  lua_pushnil(L);
+  lua_pushvalue(L, 4);
+  return 4;
+}
+
+/* ---- Lua bindings: pools ---- */
+
+static Pool *checkpool (lua_State *L, int arg) {
+  return (Pool *)loomi_checkobj(L, arg, LOOM_POOL);
+}
+
+static char *heap_strdup_field (lua_State *L, const char *field) {
+  char *s = NULL;
+  lua_getglobal(L, "package");
+  if (lua_istable(L, -1) && lua_getfield(L, -1, field) == LUA_TSTRING) {
+    size_t n;
+    const char *v = lua_tolstring(L, -1, &n);
+    s = loomi_heap_alloc(n + 1);
+    if (s != NULL)
+      memcpy(s, v, n + 1);
+    lua_pop(L, 1);
+  }
+  else if (lua_istable(L, -1))
+    lua_pop(L, 1);
+  lua_pop(L, 1);
+  return s;
+}
+
+static const char *const pool_kinds[] = { "thread", NULL };
+
+/* pool([n]) or pool{workers=, init=, initargs=, kind=} -> Pool, or fail,
+** "cannot start pool worker: <strerror>", errno. */
+static int pool_new (lua_State *L) {
+  lua_Integer n = 0;
+  int ninit = 0;
+  lua_settop(L, 1);
+  if (lua_istable(L, 1)) {
+    if (lua_getfield(L, 1, "workers") != LUA_TNIL) {
+      luaL_argcheck(L, lua_isinteger(L, -1), 1,
+                    "workers must be a positive integer");
+      n = lua_tointeger(L, -1);
+      luaL_argcheck(L, n >= 1, 1, "workers must be a positive integer");
+    }
+    lua_pop(L, 1);
+    if (lua_getfield(L, 1, "kind") != LUA_TNIL) {
+      int ok = 0;
+      for (int i = 0; pool_kinds[i] != NULL; i++)
+        if (lua_type(L, -1) == LUA_TSTRING &&
+            strcmp(lua_tostring(L, -1), pool_kinds[i]) == 0)
+          ok = 1;
+      if (!ok)
+        return luaL_argerror(L, 1, lua_pushfstring(L, "invalid kind '%s'",
+                                                   luaL_tolstring(L, -1, NULL)));
+    }
+    lua_pop(L, 1);
+    int t = lua_getfield(L, 1, "init");          /* 2 */
+    luaL_argcheck(L, t == LUA_TNIL || t == LUA_TFUNCTION, 1,
+                  "init must be a function");
+    t = lua_getfield(L, 1, "initargs");          /* 3 */
+    luaL_argcheck(L, t == LUA_TNIL || t == LUA_TTABLE, 1,
+                  "initargs must be a table");
+    luaL_argcheck(L, t == LUA_TNIL || lua_isfunction(L, 2), 1,
+                  "initargs given without init");
+    if (lua_isfunction(L, 2)) {
+      lua_Integer k = 0;
+      if (t == LUA_TTABLE) {
+        if (lua_getfield(L, 3, "n") == LUA_TNUMBER)
+          k = lua_tointeger(L, -1);
+        else
+          k = (lua_Integer)lua_rawlen(L, 3);
+        lua_pop(L, 1);
+      }
+      luaL_argcheck(L, k >= 0 && k < 250, 1, "too many initargs");
+      luaL_checkstack(L, (int)k + 8, "too many initargs");
+      lua_pushvalue(L, 2);
+      for (lua_Integer i = 1; i <= k; i++)
+        lua_rawgeti(L, 3, i);
+      ninit = (int)k + 1;
+    }
+  }
+  else if (!lua_isnoneornil(L, 1)) {
+    luaL_argexpected(L, lua_isinteger(L, 1), 1, "integer or table");
+    n = lua_tointeger(L, 1);
+    luaL_argcheck(L, n >= 1, 1, "workers must be a positive integer");
+  }
+  if (n == 0) {
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    n = cpus > 0 ? cpus : 1;
+  }
+  luaL_argcheck(L, n <= POOL_MAXWORKERS, 1, "too many workers");
+  int base = lua_gettop(L) - ninit + 1;
+  LoomObj **slot = loomi_proxy_new(L, LOOM_POOL);
+  Pool *p = (Pool *)loomi_obj_new(sizeof(Pool), LOOM_POOL, pool_destroy);
+  if (p == NULL)
+    return luaL_error(L, "cannot create pool: shared heap exhausted");
+  *slot = &p->obj;
+  p->nworkers = (int)n;
+  TaskQueue *q = queue_create();
+  if (q == NULL)
+    return luaL_error(L, "cannot create pool: shared heap exhausted");
+  p->q = q;
+  if (ninit > 0)
+    q->init = loomi_xfer_encode_call(L, base, ninit);
+  q->path = heap_strdup_field(L, "path");
+  q->cpath = heap_strdup_field(L, "cpath");
+  int err = start_threads(q, (int)n);
+  if (err != 0) {
+    queue_shutdown(q, 1);
+    luaL_pushfail(L);
+    lua_pushfstring(L, "cannot start pool worker: %s", strerror(err));
+    lua_pushinteger(L, err);
+    return 3;
+  }
+  return 1;
+}
+
+/* submit(fn, ...) -> Future */
+static int pool_submit (lua_State *L) {
+  Pool *p = checkpool(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  TaskQueue *q = p->q;
+  int top = lua_gettop(L);
+  LoomObj **slot = loomi_proxy_new(L, LOOM_FUTURE);
+  Future *f = future_create();
+  if (f == NULL)
+    return luaL_error(L, "cannot submit: shared heap exhausted");
+  *slot = &f->obj;
+  f->pool_id = q->id;
+  f->call = loomi_xfer_encode_call(L, 2, top - 1);
+  int err = queue_push(q, f);
+  if (err == EPIPE)
+    return luaL_error(L, "cannot submit to a pool after shutdown");
+  if (err == EIO)
+    return luaL_error(L, "cannot submit to a broken pool (initializer failed)");
+  return 1;
+}
+
+/* shutdown([wait=true], [cancel_pending=false]) */
+static int pool_shutdown (lua_State *L) {
+  Pool *p = checkpool(L, 1);
+  int wait = lua_isnoneornil(L, 2) ? 1 : lua_toboolean(L, 2);
+  int cancel = lua_toboolean(L, 3);
+  queue_shutdown(p->q, cancel);
+  if (wait) {
+    if (self_queue == p->q)
+      return luaL_error(L, "cannot wait for a pool from one of its own workers");
+    LoomDeadline dl;
+    loomi_deadline_in(&dl, -1);
+    loomi_block_begin(L);
+    int rc = queue_join(p->q, &dl);
+    loomi_block_end(L);
+    if (rc == ECANCELED)
+      return loomi_raise_cancelled(L);
+  }
+  return 0;
+}
+
+/* __close: shutdown(true); the handle stays usable for queries. */
+static int pool_close (lua_State *L) {
+  LoomObj **slot = luaL_checkudata(L, 1, LOOM_POOL);
+  if (*slot == NULL)
+    return 0;
+  lua_settop(L, 1);
+  return pool_shutdown(L);
+}
+
+/* Methods first (upvalue 1: the methods table), then the fields. */
+static int pool_index (lua_State *L) {
+  lua_settop(L, 2);
+  lua_pushvalue(L, 2);
+  if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL)
+    return 1;
+  Pool *p = checkpool(L, 1);
+  const char *key = lua_tostring(L, 2);
+  if (key != NULL && strcmp(key, "workers") == 0)
+    lua_pushinteger(L, p->nworkers);
+  else if (key != NULL && strcmp(key, "kind") == 0)
+    lua_pushliteral(L, "thread");
+  else
+    lua_pushnil(L);
+  return 1;
+}
+
+static int pool_tostring (lua_State *L) {
+  LoomObj **slot = luaL_checkudata(L, 1, LOOM_POOL);
+  if (*slot == NULL) {
+    lua_pushliteral(L, "loom.Pool (closed)");
+    return 1;
+  }
+  Pool *p = (Pool *)*slot;
+  loomi_mutex_lock(&p->q->mu);
+  int shut = p->q->shutdown, broken = p->q->broken;
+  size_t queued = atomic_load(&p->q->nqueued);
+  loomi_mutex_unlock(&p->q->mu);
+  lua_pushfstring(L, "loom.Pool (%p, %d workers, %d queued%s)", (void *)p,
+                  p->nworkers, (int)queued,
+                  broken ? ", broken" : shut ? ", shut down" : "");
+  return 1;
+}
+
+static const luaL_Reg future_meta[] = {
+  {"__tostring", future_tostring},
+  {NULL, NULL}
+};
+
+static const luaL_Reg future_methods[] = {
+  {"result", future_result},
+  {"error", future_error},
+  {"done", future_done},
+  {"running", future_running},
+  {"cancel", future_cancel_l},
+  {"cancelled", future_cancelled},
+  {NULL, NULL}
+};
+
+static const luaL_Reg pool_meta[] = {
+  {"__close", pool_close},
+  {"__tostring", pool_tostring},
+  {NULL, NULL}
+};
+
+static const luaL_Reg pool_methods[] = {
+  {"submit", pool_submit},
+  {"shutdown", pool_shutdown},
+  {NULL, NULL}
+};
+
+static const luaL_Reg pool_funcs[] = {
+  {"pool", pool_new},
+  {"wait", pool_wait},
+  {"as_completed", pool_as_completed},
+  {NULL, NULL}
+};
+
+void loomi_pool_open (lua_State *L) {
+  loomi_newclass(L, LOOM_FUTURE, future_meta, future_methods);
+  loomi_newclass(L, LOOM_POOL, pool_meta, NULL);
+  luaL_getmetatable(L, LOOM_POOL);
+  lua_newtable(L);
+  luaL_setfuncs(L, pool_methods, 0);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -3, "methods");
+  lua_pushcclosure(L, pool_index, 1);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+  if (luaL_newmetatable(L, LOOM_ASCOMPLETED)) {
+    lua_pushcfunction(L, ascompleted_close);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, ascompleted_close);
+    lua_setfield(L, -2, "__close");
+  }
+  lua_pop(L, 1);
+  luaL_setfuncs(L, pool_funcs, 0);
+}
