@@ -191,6 +191,83 @@ static double atomic_add (void) {
   return dt / 1e6 * 1e9;
 }
 
+/* ---- 1000 threads started at once, each sleeping 0.2 s: wall - 0.2 s ---- */
+
+static void *sleeper (void *arg) {
+  struct timespec ts = { 0, 200000000 };
+  nanosleep(&ts, NULL);
+  return arg;
+}
+
+static double sleep_fanout (void) {
+  enum { N = 1000 };
+  static pthread_t tids[N];
+  double t0 = now();
+  for (int i = 0; i < N; i++)
+    if (pthread_create(&tids[i], NULL, sleeper, NULL) != 0)
+      abort();
+  for (int i = 0; i < N; i++)
+    pthread_join(tids[i], NULL);
+  return (now() - t0 - 0.2) * 1e3;
+}
+
+/* ---- a bounded queue (capacity 1024, mutex + two conditions), one
+** producer thread to one consumer, 1e6 integers: messages/s ---- */
+
+typedef struct Ring {
+  pthread_mutex_t mu;
+  pthread_cond_t not_empty, not_full;
+  long items[1024];
+  size_t head, count;
+  long n;
+} Ring;
+
+static void *ring_producer (void *arg) {
+  Ring *q = arg;
+  for (long i = 1; i <= q->n + 1; i++) {
+    long v = i <= q->n ? i : -1;
+    pthread_mutex_lock(&q->mu);
+    while (q->count == 1024)
+      pthread_cond_wait(&q->not_full, &q->mu);
+    q->items[(q->head + q->count) % 1024] = v;
+    q->count++;
+    pthread_cond_signal(&q->not_empty);
+    pthread_mutex_unlock(&q->mu);
+  }
+  return NULL;
+}
+
+static double queue_1024 (void) {
+  static Ring q;
+  pthread_mutex_init(&q.mu, NULL);
+  pthread_cond_init(&q.not_empty, NULL);
+  pthread_cond_init(&q.not_full, NULL);
+  q.head = q.count = 0;
+  q.n = 1000000;
+  pthread_t tid;
+  double t0 = now();
+  pthread_create(&tid, NULL, ring_producer, &q);
+  long got = 0;
+  for (;;) {
+    pthread_mutex_lock(&q.mu);
+    while (q.count == 0)
+      pthread_cond_wait(&q.not_empty, &q.mu);
+    long v = q.items[q.head];
+    q.head = (q.head + 1) % 1024;
+    q.count--;
+    pthread_cond_signal(&q.not_full);
+    pthread_mutex_unlock(&q.mu);
+    if (v < 0)
+      break;
+    got++;
+  }
+  double dt = now() - t0;
+  pthread_join(tid, NULL);
+  if (got != q.n)
+    abort();
+  return (double)q.n / dt;
+}
+
 /* ---- an empty C method pair called from Lua ----
 ** `o:acquire(); o:release()` on a userdata whose methods are empty C
 ** functions: the same dispatch a loom lock pays (method lookup through the
@@ -259,6 +336,8 @@ static const struct {
   {"mutex_pair", mutex_pair, "ns"},
   {"mutex_pair_robust", mutex_pair_robust, "ns"},
   {"atomic_add", atomic_add, "ns"},
+  {"sleep_fanout", sleep_fanout, "ms"},
+  {"queue_1024", queue_1024, "msgs/s"},
   {"empty_cpair", empty_cpair, "ns"},
   {"memcpy", memcpy_bw, "MB/s"},
 };

@@ -58,6 +58,7 @@ end
 local ROWS = {
   { id = "B1", name = "spawn: start+join", unit = "µs/thread", key = "us_per_thread",
     lower = true, loom = { "B1" }, py = { "B1" }, ref = "thread_state",
+    also = { "thread_spawn", "lua_state" },
     target = "<= 20 µs", ok = at_most(20) },
   { id = "B2", name = "pool roundtrip", unit = "µs/task", key = "us_per_task",
     lower = true, loom = { "B2" }, py = { "B2" }, ref = "cond_pingpong",
@@ -78,7 +79,7 @@ local ROWS = {
     loom = { "B4", "processes", "4e6" }, py = { "B4", "processes", "4e6" },
     target = ">= 1.9x", ok = at_least(1.9) },
   { id = "B5", name = "sleep fan-out 1000: wall-0.2s", unit = "ms", key = "overhead_ms",
-    lower = true, loom = { "B5" }, py = { "B5" },
+    lower = true, loom = { "B5" }, py = { "B5" }, ref = "sleep_fanout",
     target = "<= 50 ms", ok = at_most(50) },
   { id = "B5", name = "sleep fan-out 1000: peak RSS", unit = "MB", key = "peak_rss_mb",
     lower = true, loom = { "B5" }, py = { "B5" } },
@@ -87,6 +88,7 @@ local ROWS = {
     target = "<= 250 µs", ok = at_most(250) },
   { id = "B7", name = "lock acquire+release", unit = "ns/pair", key = "ns_per_pair",
     lower = true, loom = { "B7" }, py = { "B7" }, ref = "empty_cpair",
+    also = { "mutex_pair", "mutex_pair_robust" },
     target = "<= 2x ref", ok = within_ref(2) },
   { id = "B8", name = "counter, lock, 2 threads", unit = "ns/inc", key = "ns_per_inc",
     lower = true, loom = { "B8", "lock" }, py = { "B8", "lock" }, ref = "atomic_add" },
@@ -97,7 +99,7 @@ local ROWS = {
   { id = "B8", name = "counter, get_lock, 2 processes", unit = "ns/inc", key = "ns_per_inc",
     lower = true, loom = { "B8", "get_lock" }, py = { "B8", "value" }, ref = "atomic_add" },
   { id = "B9", name = "queue, threads", unit = "msgs/s", key = "msgs_per_s",
-    loom = { "B9", "threads" }, py = { "B9", "threads" },
+    loom = { "B9", "threads" }, py = { "B9", "threads" }, ref = "queue_1024",
     target = ">= 3e6", ok = at_least(3e6) },
   { id = "B9", name = "queue, processes", unit = "msgs/s", key = "msgs_per_s",
     loom = { "B9", "processes" }, py = { "B9", "processes" },
@@ -117,6 +119,12 @@ local REF_NAMES = {
   empty_cpair = "2 empty C methods",
   atomic_add = "contended atomic add",
   memcpy = "memcpy",
+  sleep_fanout = "1000 sleeping pthreads",
+  thread_spawn = "pthread create+join",
+  lua_state = "Lua state+libs",
+  mutex_pair = "mutex lock+unlock",
+  mutex_pair_robust = "robust pshared mutex",
+  queue_1024 = "C mutex+cond ring",
 }
 
 local function shell_quote(s)
@@ -261,9 +269,13 @@ local refkeys, seen = {}, {}
 for _, row in ipairs(ROWS) do
   if all_rows or only[row.id] then
     selected[#selected + 1] = row
-    if row.ref and not seen[row.ref] then
-      seen[row.ref] = true
-      refkeys[#refkeys + 1] = row.ref
+    local keys = { row.ref }
+    for _, k in ipairs(row.also or {}) do keys[#keys + 1] = k end
+    for _, k in ipairs(keys) do
+      if not seen[k] then
+        seen[k] = true
+        refkeys[#refkeys + 1] = k
+      end
     end
   end
 end
@@ -295,6 +307,12 @@ for _, row in ipairs(selected) do
   local refcell = "–"
   if ref then
     refcell = string.format("%s %s (%s)", num(ref.med), ref.unit, REF_NAMES[row.ref])
+    for _, k in ipairs(row.also or {}) do
+      local a = limits[k]
+      if a then
+        refcell = refcell .. string.format("; %s %s (%s)", num(a.med), a.unit, REF_NAMES[k])
+      end
+    end
   end
   local met = "–"
   if row.ok then
