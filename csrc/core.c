@@ -158,6 +158,9 @@ static const struct {
   {"barrier", loomi_barrier_open},
   {"process", loomi_process_open},
   {"pool", loomi_pool_open},
+  {"value", loomi_value_open},
+  {"array", loomi_array_open},
+  {"queue", loomi_queue_open},
 };
 
 /* A thread may still be leaving loom's code when the state that loaded the

@@ -168,6 +168,14 @@ LoomMsg *loomi_xfer_encode_call (lua_State *L, int first, int n);
 ** value the receiving state cannot rebuild; the message stays owned by the
 ** caller either way. */
 int  loomi_xfer_decode (lua_State *L, const LoomMsg *m);
+/* For small items kept inline (a queue's ring): like encode, but when the
+** values hold no loom object and their payload fits in *len bytes, copies
+** it to `out`, sets *len to its size and returns NULL.  Decode such a
+** payload with decode_inline, giving the pid of the encoding process. */
+LoomMsg *loomi_xfer_encode_inline (lua_State *L, int first, int n,
+                                   const char *root, void *out, size_t *len);
+int  loomi_xfer_decode_inline (lua_State *L, const void *p, size_t len,
+                               int32_t pid);
 void loomi_msg_free (LoomMsg *m);            /* NULL is a no-op */
 /* For the fuzzer: decodes a bare payload (no objects, bytecode refused), or
 ** a whole message image of len bytes (header checked, checksum verified
@@ -223,6 +231,38 @@ pid_t loomi_self_pid (void);
 /* True when no process pid exists any more (or it is an unreaped zombie). */
 int  loomi_pid_gone (pid_t pid);
 
+/* ---- shared.c: element types of loom.Value and loom.Array ---- */
+enum { LOOM_EK_INT, LOOM_EK_UINT, LOOM_EK_FLOAT, LOOM_EK_BOOL, LOOM_EK_CHAR };
+
+typedef struct LoomElemType {
+  const char *name;        /* canonical: "int8", ..., "double", "bool", "char" */
+  unsigned char kind;      /* LOOM_EK_* */
+  unsigned char size;      /* bytes: 1, 2, 4 or 8 */
+} LoomElemType;
+
+extern const LoomElemType loomi_elemtypes[];   /* ends with a NULL name */
+
+/* The element type named at arg (a name or a Python typecode), as an index
+** into loomi_elemtypes; raises "invalid element type 'x'". */
+int loomi_elem_check (lua_State *L, int arg);
+/* Converts the Lua value at idx to the bits of one element, raising on a
+** wrong type or range: as an argument error when arg > 0, plainly when 0. */
+uint64_t loomi_elem_tobits (lua_State *L, int idx, int type, int arg);
+void loomi_elem_push (lua_State *L, int type, uint64_t bits);
+/* Atomic access to one naturally aligned element of `size` bytes. */
+uint64_t loomi_elem_load (void *p, int size, memory_order mo);
+void loomi_elem_store (void *p, int size, uint64_t bits, memory_order mo);
+/* The atomic methods, operands from stack index arg on; they push their
+** results and return how many. */
+int loomi_elem_op_add (lua_State *L, void *p, int type, int arg, int sub);
+int loomi_elem_op_cas (lua_State *L, void *p, int type, int arg);
+int loomi_elem_op_exchange (lua_State *L, void *p, int type, int arg);
+/* The `lock` argument of value() and array(): checklockarg validates it
+** (0 none, 1 a new RLock, 2 the given Lock/RLock) before the object exists;
+** lockarg then returns a new reference to the lock, or NULL for none. */
+int loomi_checklockarg (lua_State *L, int arg);
+LoomObj *loomi_lockarg (lua_State *L, int arg, int kind);
+
 /* ---- one open function per primitive (core.c walks them) ----
 ** Each adds its functions to the module table on top of the stack and
 ** builds its metatables (loomi_newclass). */
@@ -234,6 +274,9 @@ void loomi_event_open (lua_State *L);
 void loomi_barrier_open (lua_State *L);
 void loomi_process_open (lua_State *L);
 void loomi_pool_open (lua_State *L);
+void loomi_value_open (lua_State *L);
+void loomi_array_open (lua_State *L);
+void loomi_queue_open (lua_State *L);
 
 #pragma GCC visibility pop
 

@@ -657,8 +657,9 @@ static void enc_value (Enc *e, int idx) {
   }
 }
 
-static LoomMsg *encode (lua_State *L, int first, int n, const char *root,
-                        int call) {
+/* Encodes the values into the state's buffer, which is left busy. */
+static Buf *enc_all (lua_State *L, int first, int n, const char *root,
+                     int call) {
   Enc e;
   e.call = call;
   first = lua_absindex(L, first);
@@ -684,7 +685,22 @@ static LoomMsg *encode (lua_State *L, int first, int n, const char *root,
   }
   else if (n == 1)
     enc_value(&e, first);
-  Buf *b = e.b;
+  lua_settop(L, top + 1);   /* keeps the buffer's userdata anchored */
+  return e.b;
+}
+
+/* Releases the buffer enc_all left busy, and the stack slot it took. */
+static void enc_done (lua_State *L, Buf *b) {
+  if (b->cap > ((size_t)1 << 20)) {   /* do not keep a huge buffer around */
+    free(b->data);
+    b->data = NULL;
+    b->cap = 0;
+  }
+  b->busy = 0;
+  lua_pop(L, 1);
+}
+
+static LoomMsg *msg_build (lua_State *L, Buf *b, const char *root) {
   size_t total = sizeof(LoomMsg) + b->nobjs * sizeof(LoomObj *) + b->len;
   LoomMsg *m = loomi_heap_alloc(total);
   if (m == NULL) {
@@ -704,13 +720,28 @@ static LoomMsg *encode (lua_State *L, int first, int n, const char *root,
   if (b->len > 0)
     memcpy(msg_payload(m), b->data, b->len);
   m->check = checksum(msg_payload(m), b->len);
-  if (b->cap > ((size_t)1 << 20)) {   /* do not keep a huge buffer around */
-    free(b->data);
-    b->data = NULL;
-    b->cap = 0;
+  return m;
+}
+
+static LoomMsg *encode (lua_State *L, int first, int n, const char *root,
+                        int call) {
+  Buf *b = enc_all(L, first, n, root, call);
+  LoomMsg *m = msg_build(L, b, root);
+  enc_done(L, b);
+  return m;
+}
+
+LoomMsg *loomi_xfer_encode_inline (lua_State *L, int first, int n,
+                                   const char *root, void *out, size_t *len) {
+  Buf *b = enc_all(L, first, n, root, 0);
+  LoomMsg *m = NULL;
+  if (b->nobjs == 0 && b->len <= *len) {
+    memcpy(out, b->data, b->len);
+    *len = b->len;
   }
-  b->busy = 0;
-  lua_settop(L, top);
+  else
+    m = msg_build(L, b, root);
+  enc_done(L, b);
   return m;
 }
 
@@ -1076,6 +1107,12 @@ static int decode_payload (lua_State *L, const unsigned char *p, size_t len,
   if (d.refs != 0)
     lua_remove(L, d.refs);
   return n;
+}
+
+int loomi_xfer_decode_inline (lua_State *L, const void *p, size_t len,
+                              int32_t pid) {
+  return decode_payload(L, p, len, NULL, 0, pid != (int32_t)loomi_self_pid(),
+                        0);
 }
 
 int loomi_xfer_decode (lua_State *L, const LoomMsg *m) {

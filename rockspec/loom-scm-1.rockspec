@@ -21,11 +21,20 @@ build = {
   modules = {
     ["loom.core"] = {
       sources = {
+        "csrc/array.c",
+        "csrc/barrier.c",
         "csrc/clock.c",
+        "csrc/cond.c",
         "csrc/core.c",
+        "csrc/event.c",
         "csrc/heap.c",
+        "csrc/lock.c",
         "csrc/obj.c",
         "csrc/pool.c",
+        "csrc/process.c",
+        "csrc/queue.c",
+        "csrc/sem.c",
+        "csrc/shared.c",
         "csrc/thread.c",
         "csrc/xfer.c",
       },
@@ -34,6 +43,7 @@ build = {
     },
     ["loom"] = "lua/loom/init.lua",
     ["loom.pool"] = "lua/loom/pool.lua",
+    ["loom.process"] = "lua/loom/process.lua",
   },
   platforms = {
     linux = {
