@@ -17,6 +17,7 @@ local LUA = os.getenv("LUA") or "lua5.4"
 local PYTHON = os.getenv("PYTHON") or "python3"
 local LIMITS = "build/limits"
 local TIMEOUT = 300   -- seconds, one repetition
+local ROW_BUDGET = 30 -- seconds, all repetitions of one row
 
 local quick, reps, only = false, nil, {}
 do
@@ -181,7 +182,13 @@ local function repeat_pair(row)
   if not runs[pk] then runs[pk] = {}; pending[#pending + 1] = pk end
   io.stderr:write(string.format("  %-4s %-42s ", row.id, row.name))
   local t0 = os.time()
-  for _ = 1, reps do
+  for r = 1, reps do
+    -- on a slow or loaded machine a row stops at 3 repetitions once its
+    -- budget is spent, so the whole run stays within 10 minutes
+    if r > 3 and (os.time() - t0) / (r - 1) * reps > ROW_BUDGET then
+      for _, cmd in ipairs(pending) do runs[cmd].cut = r - 1 end
+      break
+    end
     for _, cmd in ipairs(pending) do
       local res = runs[cmd]
       if not res.na then
@@ -210,7 +217,7 @@ local function stats(cmd, key)
   table.sort(xs)
   local n = #xs
   local med = n % 2 == 1 and xs[(n + 1) // 2] or (xs[n // 2] + xs[n // 2 + 1]) / 2
-  return { med = med, min = xs[1], max = xs[n], via = res[1].via }
+  return { med = med, min = xs[1], max = xs[n], via = res[1].via, cut = res.cut }
 end
 
 local function num(x)
@@ -322,6 +329,8 @@ for _, row in ipairs(selected) do
   end
   local name = row.name
   if l and l.via then name = name .. " (via " .. l.via .. ")" end
+  local cut = (l and l.cut) or (p and p.cut)
+  if cut then name = name .. string.format(" [%d reps]", cut) end
   lines[#lines + 1] = { row.id, name, row.unit, cell(l) or lwhy, cell(p) or pwhy,
                         ratio, refcell, row.target or "–", met }
 end
@@ -381,9 +390,10 @@ if all_rows and not quick then
           "described in BENCH.md (rows B1..B10).\n\n")
   f:write("- machine: ", machine, "\n")
   f:write("- date: ", date, "\n")
-  f:write(string.format("- figures: median of %d repetitions, min–max in brackets; ", reps),
-          "each repetition is a fresh `lua5.4` / `python3` process, the two ",
-          "interleaved\n")
+  f:write(string.format("- figures: median of %d repetitions, min–max in brackets ", reps),
+          "(a row marked [3 reps] spent its time budget after 3); each ",
+          "repetition is a fresh `lua5.4` / `python3` process, loom's and ",
+          "Python's interleaved\n")
   f:write("- loom vs Python: how many times better loom's median is (time: ",
           "Python/loom; rate or speedup: loom/Python)\n")
   f:write("- reference: the machine's raw cost of the same thing without an ",
