@@ -16,7 +16,7 @@
 local LUA = os.getenv("LUA") or "lua5.4"
 local PYTHON = os.getenv("PYTHON") or "python3"
 local LIMITS = "build/limits"
-local TIMEOUT = 300   -- seconds, one repetition
+local TIMEOUT = 120   -- seconds, one repetition
 local ROW_BUDGET = 30 -- seconds, all repetitions of one row
 
 local quick, reps, only = false, nil, {}
@@ -397,7 +397,10 @@ if all_rows and not quick then
   f:write("- loom vs Python: how many times better loom's median is (time: ",
           "Python/loom; rate or speedup: loom/Python)\n")
   f:write("- reference: the machine's raw cost of the same thing without an ",
-          "interpreter, measured by `build/limits` (bench/limits.c) in the same run\n\n")
+          "interpreter, measured by `build/limits` (bench/limits.c) in the same run\n")
+  f:write("- run: `make bench` (all rows; rewrites this file), ",
+          "`make bench ARGS='B1 B7'` (some rows), `make bench ARGS=--quick` ",
+          "(3 repetitions of workloads cut to a tenth)\n\n")
   f:write(markdown(lines), "\n")
   f:close()
   print()
