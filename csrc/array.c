@@ -40,7 +40,7 @@ static void *array_elem (LoomArray *a, size_t i) {
 /* ---- Lua bindings ---- */
 
 static LoomArray *checkarray (lua_State *L, int arg) {
-  return (LoomArray *)loomi_checkobj(L, arg, LOOM_ARRAY);
+  return (LoomArray *)loomi_fastcheck(L, arg, LOOM_ARRAY);
 }
 
 /* The 0-based element index named by the 1-based argument at arg. */
@@ -228,6 +228,7 @@ static int array_tostring (lua_State *L) {
 }
 
 static const luaL_Reg array_meta[] = {
+  {"__index", array_index},
   {"__newindex", array_newindex},
   {"__len", array_len},
   {"__tostring", array_tostring},
@@ -251,13 +252,6 @@ static const luaL_Reg array_funcs[] = {
 };
 
 void loomi_array_open (lua_State *L) {
-  loomi_newclass(L, LOOM_ARRAY, array_meta, array_methods);
-  /* __index: elements and the type field first, then the methods table */
-  int top = lua_gettop(L);
-  luaL_getmetatable(L, LOOM_ARRAY);
-  if (lua_getfield(L, -1, "__index") == LUA_TTABLE)   /* not yet wrapped */
-    lua_pushcclosure(L, array_index, 1);
-  lua_setfield(L, -2, "__index");
-  lua_settop(L, top);
+  loomi_fastclass(L, LOOM_ARRAY, array_meta, array_methods);
   luaL_setfuncs(L, array_funcs, 0);
 }

@@ -156,11 +156,11 @@ static const struct {
   {"condition", loomi_cond_open},
   {"event", loomi_event_open},
   {"barrier", loomi_barrier_open},
-  {"process", loomi_process_open},
-  {"pool", loomi_pool_open},
   {"value", loomi_value_open},
   {"array", loomi_array_open},
   {"queue", loomi_queue_open},
+  {"process", loomi_process_open},
+  {"pool", loomi_pool_open},
 };
 
 /* A thread may still be leaving loom's code when the state that loaded the

@@ -226,10 +226,20 @@ int  loomi_lock_lrelease (lua_State *L, LoomObj *lk);
 /* The hold([timeout]) method of anything with acquire/release: pushes a
 ** guard whose __close calls release, or fail, "timeout". */
 int  loomi_hold (lua_State *L);
+/* Methods that find their class's metatable in upvalue 1: fast_methods
+** reinstalls `methods` (already in the class's __index) that way, and
+** fastself returns the object at index 1 when it is an open proxy of that
+** class, else NULL (then check it the usual way, for the error message). */
+void loomi_fast_methods (lua_State *L, const char *tname,
+                         const luaL_Reg *methods);
+LoomObj *loomi_fastself (lua_State *L);
+/* The guard's __close; a cancelled thread's hook lets it run. */
+int  loomi_guard_close (lua_State *L);
 /* This process's pid, cached and refreshed in forks. */
 pid_t loomi_self_pid (void);
-/* True when no process pid exists any more (or it is an unreaped zombie). */
-int  loomi_pid_gone (pid_t pid);
+/* True when process pid no longer exists; with zombies, also when it is
+** a zombie nobody has reaped yet (that check reads /proc). */
+int  loomi_pid_gone (pid_t pid, int zombies);
 
 /* ---- shared.c: element types of loom.Value and loom.Array ---- */
 enum { LOOM_EK_INT, LOOM_EK_UINT, LOOM_EK_FLOAT, LOOM_EK_BOOL, LOOM_EK_CHAR };
@@ -262,6 +272,12 @@ int loomi_elem_op_exchange (lua_State *L, void *p, int type, int arg);
 ** lockarg then returns a new reference to the lock, or NULL for none. */
 int loomi_checklockarg (lua_State *L, int arg);
 LoomObj *loomi_lockarg (lua_State *L, int arg, int kind);
+/* A class whose methods and metamethods are all closures over (methods
+** table, metatable), so that fastcheck, called from them, checks the type
+** with a pointer compare.  Builds what loomi_newclass builds otherwise. */
+void loomi_fastclass (lua_State *L, const char *tname, const luaL_Reg *meta,
+                      const luaL_Reg *methods);
+LoomObj *loomi_fastcheck (lua_State *L, int arg, const char *tname);
 
 /* ---- one open function per primitive (core.c walks them) ----
 ** Each adds its functions to the module table on top of the stack and
@@ -272,11 +288,11 @@ void loomi_sem_open (lua_State *L);
 void loomi_cond_open (lua_State *L);
 void loomi_event_open (lua_State *L);
 void loomi_barrier_open (lua_State *L);
-void loomi_process_open (lua_State *L);
-void loomi_pool_open (lua_State *L);
 void loomi_value_open (lua_State *L);
 void loomi_array_open (lua_State *L);
 void loomi_queue_open (lua_State *L);
+void loomi_process_open (lua_State *L);
+void loomi_pool_open (lua_State *L);
 
 #pragma GCC visibility pop
 

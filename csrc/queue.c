@@ -3,8 +3,10 @@
 ** Lua: loom.queue([maxsize]) -> Queue;  put(v, [t]) -> true | nil,"timeout";
 **      get([t]) -> v | nil,"timeout" | nil,"closed";  try_put(v), try_get(),
 **      close(), closed(), size(), #q, empty(), full();  q.maxsize.
-** Each item is one encoded message (LoomMsg) owned by the queue until a
-** get takes it.  Lock order: the queue's mutex, then the heap's.
+** Each item is encoded once by put and decoded once by get: a small one
+** inline in its ring slot, a larger one as a message block (LoomMsg) the
+** queue owns until a get takes it.  Lock order: the queue's mutex, then
+** the heap's.
 ** SPDX-License-Identifier: MIT */
 #include "loomint.h"
 
@@ -13,6 +15,7 @@
 
 #define QUEUE_MINCAP  16
 #define QUEUE_INLINE  48     /* payload bytes an item may keep in its slot */
+#define QUEUE_SPIN    128    /* polls before a get or put goes to sleep */
 
 /* One item: a small one lives in the slot itself, so the common case costs
 ** no heap allocation; a larger one (or one holding loom objects) is a
@@ -32,6 +35,7 @@ typedef struct LoomQueue {
   size_t maxsize;            /* 0: unbounded */
   Slot *ring;                /* cap slots, count items from head */
   size_t cap, head, count;
+  atomic_size_t avail;       /* count, written under mu, polled without it */
   int closed;
   int getters, putters;      /* threads waiting, so a signal is only sent
                                 when someone listens */
@@ -61,6 +65,7 @@ static LoomQueue *queue_create (size_t maxsize) {
     return NULL;
   }
   q->maxsize = maxsize;
+  atomic_init(&q->avail, 0);
   return q;
 }
 
@@ -106,6 +111,7 @@ static int queue_push (LoomQueue *q, const Slot *it, const LoomDeadline *dl,
         if (it->msg == NULL)
           memcpy(s->data, it->data, it->len);
         q->count++;
+        atomic_store_explicit(&q->avail, q->count, memory_order_relaxed);
         if (q->getters > 0)
           pthread_cond_signal(&q->not_empty);
       }
@@ -148,6 +154,7 @@ static int queue_pop (LoomQueue *q, Slot *it, const LoomDeadline *dl,
       s->msg = NULL;
       q->head = (q->head + 1) % q->cap;
       q->count--;
+      atomic_store_explicit(&q->avail, q->count, memory_order_relaxed);
       if (q->putters > 0)
         pthread_cond_signal(&q->not_full);
       break;
@@ -173,10 +180,34 @@ static int queue_pop (LoomQueue *q, Slot *it, const LoomDeadline *dl,
   return rc;
 }
 
+static void cpu_relax (void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
+/* Before sleeping, polls briefly for the state a get (want_items) or put
+** waits for: with a producer and a consumer on two cores the other side
+** usually gets there within a microsecond, and a sleep plus wake-up costs
+** far more.  True when it is worth trying again. */
+static int queue_spin (LoomQueue *q, int want_items, const LoomDeadline *dl) {
+  if (dl != NULL && !dl->forever && loomi_deadline_passed(dl))
+    return 0;
+  for (int i = 0; i < QUEUE_SPIN; i++) {
+    size_t n = atomic_load_explicit(&q->avail, memory_order_relaxed);
+    if (want_items ? n > 0 : (q->maxsize == 0 || n < q->maxsize))
+      return 1;
+    cpu_relax();
+  }
+  return 0;
+}
+
 /* ---- Lua bindings ---- */
 
 static LoomQueue *checkqueue (lua_State *L, int arg) {
-  return (LoomQueue *)loomi_checkobj(L, arg, LOOM_QUEUE);
+  return (LoomQueue *)loomi_fastcheck(L, arg, LOOM_QUEUE);
 }
 
 /* queue([maxsize]): 0 or nil means unbounded, as in Python. */
@@ -226,6 +257,8 @@ static int queue_put (lua_State *L) {
   Slot it;
   encode_item(L, &it);
   int rc = queue_push(q, &it, &dl, 0);
+  if (rc == EAGAIN && queue_spin(q, 0, &dl))
+    rc = queue_push(q, &it, &dl, 0);
   if (rc == EAGAIN) {
     loomi_block_begin(L);
     rc = queue_push(q, &it, &dl, 1);
@@ -257,6 +290,8 @@ typedef struct Pending {
   size_t n, cap;
 } Pending;
 
+static const char PENDING_KEY = 'p';
+
 static int pending_gc (lua_State *L) {
   Pending *p = lua_touserdata(L, 1);
   for (size_t i = 0; i < p->n; i++)
@@ -272,7 +307,9 @@ static int decode_item (lua_State *L, const Slot *it) {
   if (it->msg == NULL)
     return loomi_xfer_decode_inline(L, it->data, it->len, it->pid);
   LoomMsg *m = it->msg;
-  Pending *p = lua_touserdata(L, lua_upvalueindex(1));
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &PENDING_KEY);
+  Pending *p = lua_touserdata(L, -1);
+  lua_pop(L, 1);   /* the registry keeps it */
   if (p->n == p->cap) {
     size_t cap = p->cap ? p->cap * 2 : 4;
     LoomMsg **list = realloc(p->list, cap * sizeof *list);
@@ -316,6 +353,8 @@ static int queue_get (lua_State *L) {
   loomi_opttimeout(L, 2, &dl);
   Slot it;
   int rc = queue_pop(q, &it, &dl, 0);
+  if (rc == EAGAIN && queue_spin(q, 1, &dl))
+    rc = queue_pop(q, &it, &dl, 0);
   if (rc == EAGAIN) {
     loomi_block_begin(L);
     rc = queue_pop(q, &it, &dl, 1);
@@ -394,6 +433,7 @@ static int queue_index (lua_State *L) {
 }
 
 static const luaL_Reg queue_meta[] = {
+  {"__index", queue_index},
   {"__len", queue_size},
   {NULL, NULL}
 };
@@ -401,19 +441,13 @@ static const luaL_Reg queue_meta[] = {
 static const luaL_Reg queue_methods[] = {
   {"put", queue_put},
   {"try_put", queue_try_put},
-  {"get", NULL},               /* closures over the state's Pending */
-  {"try_get", NULL},
+  {"get", queue_get},
+  {"try_get", queue_try_get},
   {"close", queue_close},
   {"closed", queue_closed},
   {"size", queue_size},
   {"empty", queue_empty},
   {"full", queue_full},
-  {NULL, NULL}
-};
-
-static const luaL_Reg queue_getters[] = {
-  {"get", queue_get},
-  {"try_get", queue_try_get},
   {NULL, NULL}
 };
 
@@ -423,20 +457,16 @@ static const luaL_Reg queue_funcs[] = {
 };
 
 void loomi_queue_open (lua_State *L) {
-  loomi_newclass(L, LOOM_QUEUE, queue_meta, queue_methods);
-  int top = lua_gettop(L);
-  luaL_getmetatable(L, LOOM_QUEUE);
-  if (lua_getfield(L, -1, "__index") == LUA_TTABLE) {   /* not yet wrapped */
-    Pending *p = lua_newuserdatauv(L, sizeof(Pending), 0);   /* mt methods p */
+  loomi_fastclass(L, LOOM_QUEUE, queue_meta, queue_methods);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &PENDING_KEY) == LUA_TNIL) {
+    Pending *p = lua_newuserdatauv(L, sizeof(Pending), 0);
     memset(p, 0, sizeof *p);
     lua_createtable(L, 0, 1);
     lua_pushcfunction(L, pending_gc);
     lua_setfield(L, -2, "__gc");
     lua_setmetatable(L, -2);
-    luaL_setfuncs(L, queue_getters, 1);   /* into methods, p as upvalue */
-    lua_pushcclosure(L, queue_index, 1);
-    lua_setfield(L, -2, "__index");
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &PENDING_KEY);
   }
-  lua_settop(L, top);
+  lua_pop(L, 1);
   luaL_setfuncs(L, queue_funcs, 0);
 }

@@ -331,6 +331,44 @@ int loomi_elem_op_exchange (lua_State *L, void *p, int type, int arg) {
   return 1;
 }
 
+/* ---- classes whose functions find their metatable in an upvalue ----
+** luaL_checkudata looks the metatable up in the registry by name on every
+** call; these methods are called millions of times, so each carries the
+** metatable as upvalue 2 (upvalue 1 is the methods table) and a check is a
+** pointer compare.  Anything unusual takes the full check, for its error
+** message. */
+
+void loomi_fastclass (lua_State *L, const char *tname, const luaL_Reg *meta,
+                      const luaL_Reg *methods) {
+  static const luaL_Reg none[] = { {NULL, NULL} };
+  loomi_newclass(L, tname, none, NULL);
+  int top = lua_gettop(L);
+  luaL_getmetatable(L, tname);                      /* mt */
+  if (lua_getfield(L, -1, "__index") == LUA_TNIL) {   /* not yet built */
+    lua_pop(L, 1);
+    lua_newtable(L);                                /* mt methods */
+    lua_pushvalue(L, -1);
+    lua_pushvalue(L, -3);                           /* mt methods methods mt */
+    luaL_setfuncs(L, methods, 2);                   /* mt methods */
+    lua_pushvalue(L, -2);
+    lua_pushvalue(L, -2);
+    lua_pushvalue(L, -4);                           /* mt methods mt methods mt */
+    luaL_setfuncs(L, meta, 2);                      /* mt methods mt */
+  }
+  lua_settop(L, top);
+}
+
+LoomObj *loomi_fastcheck (lua_State *L, int arg, const char *tname) {
+  LoomObj **slot = lua_touserdata(L, arg);
+  if (slot != NULL && *slot != NULL && lua_getmetatable(L, arg)) {
+    int same = lua_rawequal(L, -1, lua_upvalueindex(2));
+    lua_pop(L, 1);
+    if (same)
+      return *slot;
+  }
+  return loomi_checkobj(L, arg, tname);
+}
+
 /* ---- loom.Value ---- */
 
 typedef struct LoomValue {
@@ -369,7 +407,7 @@ LoomObj *loomi_lockarg (lua_State *L, int arg, int kind) {
 }
 
 static LoomValue *checkvalue (lua_State *L, int arg) {
-  return (LoomValue *)loomi_checkobj(L, arg, LOOM_VALUE);
+  return (LoomValue *)loomi_fastcheck(L, arg, LOOM_VALUE);
 }
 
 /* value(type, [init], [lock]): lock is true or nil (a new RLock, as in
@@ -395,8 +433,8 @@ static int value_new (lua_State *L) {
 
 static int value_index (lua_State *L) {
   LoomValue *v = checkvalue(L, 1);
-  const char *key = lua_tostring(L, 2);
-  if (key != NULL && lua_type(L, 2) == LUA_TSTRING) {
+  if (lua_type(L, 2) == LUA_TSTRING) {
+    const char *key = lua_tostring(L, 2);
     if (strcmp(key, "value") == 0) {
       loomi_elem_push(L, v->type, loomi_elem_load(v->cell,
                       loomi_elemtypes[v->type].size, memory_order_relaxed));
@@ -482,6 +520,7 @@ static int value_tostring (lua_State *L) {
 }
 
 static const luaL_Reg value_meta[] = {
+  {"__index", value_index},
   {"__newindex", value_newindex},
   {"__tostring", value_tostring},
   {NULL, NULL}
@@ -504,13 +543,6 @@ static const luaL_Reg value_funcs[] = {
 };
 
 void loomi_value_open (lua_State *L) {
-  loomi_newclass(L, LOOM_VALUE, value_meta, value_methods);
-  /* __index: the value and type fields first, then the methods table */
-  int top = lua_gettop(L);
-  luaL_getmetatable(L, LOOM_VALUE);
-  if (lua_getfield(L, -1, "__index") == LUA_TTABLE)   /* not yet wrapped */
-    lua_pushcclosure(L, value_index, 1);
-  lua_setfield(L, -2, "__index");
-  lua_settop(L, top);
+  loomi_fastclass(L, LOOM_VALUE, value_meta, value_methods);
   luaL_setfuncs(L, value_funcs, 0);
 }

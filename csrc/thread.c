@@ -128,18 +128,7 @@ int loomi_cancel_requested (void) {
   return t != NULL && atomic_load(&t->cancel);
 }
 
-static void cancel_hook (lua_State *L, lua_Debug *ar);
-
-/* Instructions a cancelled thread may run between two cancellation errors:
-** enough for <close> handlers (a guard releasing a lock) to run while the
-** error unwinds, few enough that code swallowing the error is stopped. */
-#define CANCEL_GRACE 1000
-
 int loomi_raise_cancelled (lua_State *L) {
-  /* A call hook would raise again on the very call of each __close
-  ** handler, skipping it; count instructions only from now on. */
-  if (lua_gethook(L) == cancel_hook)
-    lua_sethook(L, cancel_hook, LUA_MASKCOUNT, CANCEL_GRACE);
   lua_pushliteral(L, LOOM_CANCELLED);
   return lua_error(L);
 }
@@ -157,10 +146,19 @@ void loomi_block_end (lua_State *L) {
     block_hooks[1](L);
 }
 
+/* Raises on every call and instruction of a cancelled thread, except on
+** the call of the __close handlers that release loom objects and hold()
+** guards, so that unwinding the cancellation still releases a lock. */
 static void cancel_hook (lua_State *L, lua_Debug *ar) {
-  (void)ar;
-  if (loomi_cancel_requested())
-    loomi_raise_cancelled(L);
+  if (!loomi_cancel_requested())
+    return;
+  if (ar->event == LUA_HOOKCALL && lua_getinfo(L, "f", ar)) {
+    lua_CFunction f = lua_tocfunction(L, -1);
+    lua_pop(L, 1);
+    if (f == loomi_guard_close || f == loomi_proxy_gc)
+      return;
+  }
+  loomi_raise_cancelled(L);
 }
 
 /* Flags t, reaches a pure-Lua loop through a hook on its state, and wakes

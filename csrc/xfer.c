@@ -67,30 +67,6 @@ static uint64_t checksum (const unsigned char *p, size_t n) {
   return h ^ (h >> 32);
 }
 
-/* The calling process's id, for the sender field of every message: getpid
-** is a system call, and a message is stamped on every transfer.  Set once,
-** and again in a forked child by the atfork handler. */
-static atomic_int self_pid = 0;
-static pthread_once_t pid_once = PTHREAD_ONCE_INIT;
-
-static void pid_reset (void) {
-  atomic_store(&self_pid, (int)getpid());
-}
-
-static void pid_init (void) {
-  pid_reset();
-  pthread_atfork(NULL, NULL, pid_reset);
-}
-
-static int32_t current_pid (void) {
-  int pid = atomic_load_explicit(&self_pid, memory_order_relaxed);
-  if (pid == 0) {
-    pthread_once(&pid_once, pid_init);
-    pid = atomic_load(&self_pid);
-  }
-  return (int32_t)pid;
-}
-
 /* ---- the encoder's buffer: GC-owned, reused by the state ---- */
 
 typedef struct Buf {
@@ -711,7 +687,7 @@ static LoomMsg *msg_build (lua_State *L, Buf *b, const char *root) {
   m->magic = MSG_MAGIC;
   m->nobjs = b->nobjs;
   m->len = b->len;
-  m->pid = current_pid();
+  m->pid = (int32_t)loomi_self_pid();
   m->pad = 0;
   for (uint32_t i = 0; i < b->nobjs; i++) {
     loomi_obj_retain(b->objs[i]);
@@ -1122,7 +1098,7 @@ int loomi_xfer_decode (lua_State *L, const LoomMsg *m) {
   if (checksum(payload, (size_t)m->len) != m->check)
     return luaL_error(L, "cannot decode message: checksum mismatch");
   return decode_payload(L, payload, (size_t)m->len, msg_cobjs(m), m->nobjs,
-                        m->pid != current_pid(), 0);
+                        m->pid != (int32_t)loomi_self_pid(), 0);
 }
 
 int loomi_xfer_decode_raw (lua_State *L, const void *payload, size_t len) {

@@ -197,6 +197,20 @@ describe("loom.Array", function()
     end)
   end)
 
+  local describe_processes = loom.process and describe or pending
+  describe_processes("between processes", function()
+    it("is shared with forked children", function()
+      local a = loom.array("double", 3)
+      local ps = {}
+      finally(function() for _, p in ipairs(ps) do p:join(10) end end)
+      for k = 1, 3 do
+        ps[k] = loom.process(function(i) a[i] = i + 0.5 end, k):start()
+      end
+      for k = 1, 3 do assert.is_true(ps[k]:join(30)) end
+      assert.same({ 1.5, 2.5, 3.5 }, a:totable())
+    end)
+  end)
+
   describe("lifetime", function()
     it("returns its memory to the heap", function()
       collectgarbage()

@@ -78,7 +78,7 @@ describe("loom.Future", function()
   describe(":cancel()", function()
     it("cancels a pending task", function()
       local pool <close> = loom.pool(1)
-      local busy = pool:submit(sleeper, 0.1, 0)
+      local busy = pool:submit(sleeper, 0.3, 0)
       local f = pool:submit(inc, 1)
       assert.is_true(f:cancel())
       assert.is_true(f:cancel())
@@ -94,7 +94,7 @@ describe("loom.Future", function()
 
     it("returns false for a running task", function()
       local pool <close> = loom.pool(1)
-      local f = pool:submit(sleeper, 0.1, "ran")
+      local f = pool:submit(sleeper, 0.5, "ran")
       local deadline = loom.now() + 5
       while not f:running() and loom.now() < deadline do loom.sleep(0.001) end
       assert.is_true(f:running())
@@ -108,6 +108,18 @@ describe("loom.Future", function()
       f:result(5)
       assert.is_false(f:cancel())
       assert.is_false(f:cancelled())
+    end)
+  end)
+
+  describe("a closed handle", function()
+    it("raises on use and is refused by wait", function()
+      local pool <close> = loom.pool(1)
+      local f = pool:submit(inc, 1)
+      do local g <close> = f end
+      assert.has_error(function() f:result(1) end, "attempt to use a closed loom.Future")
+      assert.has_error(function() loom.wait({ f }) end,
+        "bad argument #1 to 'wait' (loom.Future expected at index 1, got a closed loom.Future)")
+      assert.equal("loom.Future (closed)", tostring(f))
     end)
   end)
 
@@ -148,6 +160,14 @@ describe("loom.wait", function()
     local done, not_done = loom.wait({ slow, bad }, 5, "first_error")
     assert.same({ bad }, done)
     assert.same({ slow }, not_done)
+  end)
+
+  it("takes the mode second when there is no timeout", function()
+    local pool <close> = loom.pool(2)
+    local slow = pool:submit(sleeper, 0.5, 1)
+    local quick = pool:submit(inc, 1)
+    local done = loom.wait({ slow, quick }, "any")
+    assert.same({ quick }, done)
   end)
 
   it("returns what is done at the timeout", function()
@@ -219,6 +239,8 @@ describe("loom.as_completed", function()
   end)
 
   it("rejects bad arguments", function()
+    assert.has_error(function() loom.as_completed({}, -1) end,
+      "bad argument #2 to 'as_completed' (timeout must be non-negative)")
     assert.has_error(function() loom.as_completed(nil) end,
       "bad argument #1 to 'as_completed' (table expected, got nil)")
     assert.has_error(function() loom.as_completed({ {} }) end,

@@ -145,7 +145,7 @@ describe("loom.Pool", function()
 
     it("cancels pending tasks when asked", function()
       local pool = loom.pool(1)
-      local ev = pool:submit(function() require("loom").sleep(0.2) return "first" end)
+      local ev = pool:submit(function() require("loom").sleep(0.5) return "first" end)
       local fs = {}
       for i = 1, 5 do fs[i] = pool:submit(inc, i) end
       local deadline = loom.now() + 5
@@ -306,5 +306,28 @@ describe("loom.Pool", function()
       assert.has_error(function() pool:imap(inc, {}, { window = 0 }) end,
         "bad argument #3 to 'imap' (window must be a positive integer)")
     end)
+  end)
+end)
+
+describe("loom.Pool lifetime", function()
+  local function threads()
+    local f = assert(io.open("/proc/self/status"))
+    local s = f:read("a")
+    f:close()
+    return tonumber(s:match("Threads:%s*(%d+)"))
+  end
+
+  it("lets its workers go when dropped, even with its handle sent to a task", function()
+    local before = threads()
+    do
+      local pool = loom.pool(2)
+      pool:submit(function(p) return p.workers end, pool):result(5)
+    end
+    collectgarbage()
+    collectgarbage()
+    local deadline = loom.now() + 10
+    -- threads of earlier specs may still be leaving: never more than before
+    while threads() > before and loom.now() < deadline do loom.sleep(0.01) end
+    assert.is_true(threads() <= before)
   end)
 end)

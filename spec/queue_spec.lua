@@ -276,6 +276,18 @@ describe("loom.Queue", function()
       assert.equal(5, v.value)
     end)
 
+    it("made in a thread, outlives it", function()
+      local t = loom.thread(function()
+        local q = require("loom").queue()
+        q:put({ "from", "thread" })
+        return q
+      end):start()
+      local q = t:result(10)
+      t:join(10)
+      collectgarbage()
+      assert.same({ "from", "thread" }, q:get(0))
+    end)
+
     it("delivers every item exactly once with 4 producers and 4 consumers", function()
       many_to_many(4, 4, 500, 8)
     end)
@@ -300,6 +312,54 @@ describe("loom.Queue", function()
       finally(function() t:join(60) end)
       for i = 1, n do q:put(i) end
       assert.equal(n * (n + 1) // 2, t:result(120))
+    end)
+  end)
+
+  -- loom.process forks; the queue lives in the shared heap, so children and
+  -- parent share it whoever made it
+  local describe_processes = loom.process and describe or pending
+  describe_processes("between processes", function()
+    it("carries items from forked producers, large ones included", function()
+      local q = loom.queue(4)
+      local ps = {}
+      finally(function() q:close(); for _, p in ipairs(ps) do p:join(10) end end)
+      for k = 1, 3 do
+        ps[k] = loom.process(function(id)
+          for j = 1, 200 do q:put(id * 10000 + j) end
+          q:put({ done = id, big = string_rep("x", 3000000) })
+          return "ok"
+        end, k):start()
+      end
+      local seen, finished = {}, 0
+      while finished < 3 do
+        local item = q:get(30)
+        assert.is_not_nil(item)
+        if type(item) == "table" then
+          assert.equal(3000000, #item.big)
+          finished = finished + 1
+        else
+          assert.is_nil(seen[item])
+          seen[item] = true
+        end
+      end
+      for k = 1, 3 do
+        assert.equal("ok", ps[k]:result(10))
+        for j = 1, 200 do assert.is_true(seen[k * 10000 + j]) end
+      end
+    end)
+
+    it("wakes a getter in a child when closed, and takes a child's queue", function()
+      local q, back = loom.queue(), loom.queue()
+      local p = loom.process(function()
+        local mine = require("loom").queue()
+        mine:put("from the child")
+        back:put(mine)
+        return q:get(30)
+      end):start()
+      finally(function() p:join(10) end)
+      assert.equal("from the child", back:get(10):get(10))
+      q:close()
+      assert.same({ nil, "closed" }, { p:result(10) })
     end)
   end)
 
@@ -355,6 +415,26 @@ describe("loom.Queue", function()
       assert.is_true(loom.heap_used() > before + 200000)
       assert.equal(200000, #q:get())
       assert.equal(before, loom.heap_used())
+    end)
+
+    it("reports an exhausted heap and keeps working", function()
+      local helpers = require "helpers"
+      local out, ok = helpers.run [[
+        local loom = require "loom"
+        loom.configure{ heap_size = 1 << 20 }
+        local q, n = loom.queue(), 0
+        print(pcall(function()
+          while true do q:put(string.rep("x", 1000)); n = n + 1 end
+        end))
+        print(pcall(function()
+          while true do q:put(n); n = n + 1 end
+        end))
+        for _ = 1, 10 do q:get() end
+        print(q:put("again"))
+      ]]
+      assert.is_true(ok, out)
+      assert.matches("^false\t[^\n]*cannot transfer item: shared heap exhausted %(%d+ bytes needed%)\n" ..
+        "false\t[^\n]*cannot put: shared heap exhausted\ntrue\n$", out)
     end)
 
     it("raises when used after <close>", function()

@@ -288,6 +288,21 @@ describe("loom.Value", function()
       assert.equal(v, back)
     end)
 
+    it("travels as an upvalue, and comes back as a result", function()
+      local v = loom.value("int32", 1)
+      local t = loom.thread(function()
+        v:add(1)
+        local made = require("loom").value("double", 2.5)
+        return made
+      end):start()
+      local made = t:result(10)
+      t:join(10)
+      collectgarbage()
+      assert.equal(2, v.value)
+      assert.equal(2.5, made.value)       -- outlives the thread's state
+      assert.equal(3.5, made:add(1))
+    end)
+
     it("loses no update made under get_lock", function()
       local v = loom.value("int64")
       hammer(v, 4, 2000, function(val)
@@ -327,6 +342,31 @@ describe("loom.Value", function()
         val.value = val.value + 1
       end)
       assert.equal(160000, l.value)
+    end)
+  end)
+
+  local describe_processes = loom.process and describe or pending
+  describe_processes("between processes", function()
+    it("is shared with forked children, lock and all", function()
+      local v, plain = loom.value("int64"), loom.value("int64")
+      local ps = {}
+      finally(function() for _, p in ipairs(ps) do p:join(10) end end)
+      for k = 1, 2 do
+        ps[k] = loom.process(function()
+          for _ = 1, 1000 do
+            v:add(1)
+            local g <close> = plain:get_lock():hold()
+            plain.value = plain.value + 1
+          end
+        end):start()
+      end
+      for _ = 1, 1000 do
+        local g <close> = plain:get_lock():hold()
+        plain.value = plain.value + 1
+      end
+      for k = 1, 2 do assert.is_true(ps[k]:join(30)) end
+      assert.equal(2000, v.value)
+      assert.equal(3000, plain.value)
     end)
   end)
 
