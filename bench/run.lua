@@ -113,6 +113,28 @@ local ROWS = {
     target = ">= 500", ok = at_least(500) },
 }
 
+-- What each row runs, for readers of results.md.
+local WORKLOADS = {
+  { "B1", "start + join 2000 threads one after another, each runs `function() return 1 end` (Python: threading.Thread)" },
+  { "B2", "pool of 2 workers; 20000 x (submit `x -> x+1`, wait for its result) (ThreadPoolExecutor(2))" },
+  { "B3", "pool of 2 workers; submit 100000 tasks `x -> x+1`, then gather all results (ThreadPoolExecutor(2))" },
+  { "B4", "`res = res + ((i*i)+2.0)*1.45` for i = 0..n-1, twice in sequence vs once in each of 2 threads / 2 forked processes; speedup = sequential / parallel wall time" },
+  { "B5", "1000 threads started at once, each sleeps 0.2 s; join all; wall - 0.2 s, and the process's peak RSS" },
+  { "B6", "500 x (start a process whose function returns a small table, join, read the result) (multiprocessing.Process + Pipe)" },
+  { "B7", "uncontended acquire + release of one lock, 1e6 times (threading.Lock)" },
+  { "B8", "2 workers x 500000 increments of one shared counter: loom.lock + loom.value / Value:add / Value:get_lock in 2 processes (threading.Lock over an int; multiprocessing.Value + get_lock in 2 processes); the final count is checked" },
+  { "B9", "1 producer -> 1 consumer, 1e6 small integers through a queue of capacity 1024 (queue.Queue; multiprocessing.Queue)" },
+  { "B10", "20 x (send a table of 100000 floats to a worker, get its sum back); payload MB/s (ThreadPoolExecutor, no copy; multiprocessing Pipe, pickled copy)" },
+}
+
+local function loadavg()
+  local f = io.open("/proc/loadavg")
+  if not f then return "?" end
+  local s = f:read("l") or "?"
+  f:close()
+  return s:match("^(%S+)") or "?"
+end
+
 local REF_NAMES = {
   thread_state = "pthread create+join + Lua state",
   cond_pingpong = "cond-var ping-pong",
@@ -292,6 +314,7 @@ if #selected == 0 then
 end
 
 local started = os.time()
+local load_start = loadavg()
 io.stderr:write(string.format("loom bench: %d repetitions%s\n", reps,
                               quick and ", quick sizes" or ""))
 measure_limits(refkeys)
@@ -374,10 +397,12 @@ local function plain(rows)
 end
 
 local machine = machine_line()
+local load = string.format("1-minute load average %s at the start, %s at the end", load_start, loadavg())
 local date = os.date("!%Y-%m-%d %H:%M UTC")
 print()
 print("machine: " .. machine)
 print("date:    " .. date .. string.format(" (%d s)", os.time() - started))
+print("load:    " .. load)
 print(string.format("figures: median of %d repetitions (min–max)%s", reps,
                     quick and ", quick sizes" or ""))
 print()
@@ -386,10 +411,11 @@ print(plain(lines))
 if all_rows and not quick then
   local f = assert(io.open("bench/results.md", "w"))
   f:write("# loom benchmark results\n\n")
-  f:write("Written by `make bench` from its last full run; the workloads are ",
-          "described in BENCH.md (rows B1..B10).\n\n")
+  f:write("Written by `make bench` from its last full run; the workloads ",
+          "(rows B1..B10) are listed at the end.\n\n")
   f:write("- machine: ", machine, "\n")
   f:write("- date: ", date, "\n")
+  f:write("- load: ", load, " (the machine is shared; 2 CPUs)\n")
   f:write(string.format("- figures: median of %d repetitions, min–max in brackets ", reps),
           "(a row marked [3 reps] spent its time budget after 3); each ",
           "repetition is a fresh `lua5.4` / `python3` process, loom's and ",
@@ -402,6 +428,10 @@ if all_rows and not quick then
           "`make bench ARGS='B1 B7'` (some rows), `make bench ARGS=--quick` ",
           "(3 repetitions of workloads cut to a tenth)\n\n")
   f:write(markdown(lines), "\n")
+  f:write("\n## Workloads\n\n")
+  for _, w in ipairs(WORKLOADS) do
+    f:write("- ", w[1], ": ", w[2], "\n")
+  end
   f:close()
   print()
   print("wrote bench/results.md")
