@@ -55,8 +55,13 @@ experiments: deps
 	@$(MAKE) --no-print-directory all
 	@$(LUA) experiments/run.lua $(ARGS)
 
+# The machine's raw limits, the reference column of the bench table.
+build/limits: bench/limits.c
+	@mkdir -p build
+	$(CC) -std=c11 -pthread -I$(LUA_INCDIR) $(WARN) -O2 -o $@ $< -llua5.4 -lm
+
 bench: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory all build/limits
 	@$(LUA) bench/run.lua $(ARGS)
 
 clean:

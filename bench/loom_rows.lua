@@ -1,0 +1,302 @@
+-- loom's side of the benchmark (rows B1..B10 of BENCH.md).
+-- Usage: lua5.4 bench/loom_rows.lua ROW [VARIANT] [--quick]
+-- Runs one repetition of one row in this fresh process and prints
+-- `key value` lines, the first being the row's figure, or one line
+-- `na <reason>` when the primitive the row needs is not in this build.
+package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
+package.cpath = "./?.so;" .. package.cpath
+
+local loom = require "loom"
+
+local quick = false
+local args = {}
+for _, a in ipairs(arg) do
+  if a == "--quick" then quick = true else args[#args + 1] = a end
+end
+
+local now = loom.now
+
+local function scaled(n, quick_n)
+  return quick and quick_n or n
+end
+
+local function emit(key, value)
+  print(string.format("%s %.6g", key, value))
+end
+
+-- Returns true when every named primitive exists; otherwise says which
+-- one is missing and the row prints n/a.
+local function needs(...)
+  for i = 1, select("#", ...) do
+    local name = select(i, ...)
+    if loom[name] == nil then
+      print("na needs loom." .. name)
+      return false
+    end
+  end
+  return true
+end
+
+local rows = {}
+
+function rows.B1()
+  local n = scaled(2000, 500)
+  local fn = function() return 1 end
+  local t0 = now()
+  for _ = 1, n do
+    loom.thread(fn):start():join()
+  end
+  emit("us_per_thread", (now() - t0) / n * 1e6)
+end
+
+local function inc(x) return x + 1 end
+
+-- B2 and B3 are the pool's own benchmark functions (bench/pool_bench.lua).
+local function pool_bench()
+  return dofile("bench/pool_bench.lua")
+end
+
+function rows.B2()
+  if not needs("pool") then return end
+  local pool <close> = loom.pool(2)
+  pool:submit(inc, 0):result()
+  emit("us_per_task", pool_bench().b2(pool, scaled(20000, 2000)))
+end
+
+function rows.B3()
+  if not needs("pool") then return end
+  local pool <close> = loom.pool(2)
+  pool:submit(inc, 0):result()
+  emit("tasks_per_s", pool_bench().b3(pool, scaled(100000, 10000)))
+end
+
+-- The notebook's CPU-bound task.
+local function cpu_task(n)
+  local res = 0
+  for i = 0, n - 1 do
+    res = res + ((i * i) + 2.0) * 1.45
+  end
+  return res
+end
+
+function rows.B4(kind, n)
+  n = math.tointeger(tonumber(n))
+  n = scaled(n, n // 10)
+  local make
+  if kind == "threads" then
+    make = loom.thread
+  else
+    if not needs("process") then return end
+    make = loom.process
+  end
+  local t0 = now()
+  cpu_task(n)
+  cpu_task(n)
+  local seq = now() - t0
+  local workers = { make(cpu_task, n), make(cpu_task, n) }
+  t0 = now()
+  for _, w in ipairs(workers) do w:start() end
+  for _, w in ipairs(workers) do w:join() end
+  local par = now() - t0
+  emit("speedup", seq / par)
+  emit("seq_s", seq)
+  emit("par_s", par)
+end
+
+local function peak_rss_mb()
+  local f = assert(io.open("/proc/self/status"))
+  local status = f:read("a")
+  f:close()
+  return tonumber(status:match("VmHWM:%s*(%d+)")) / 1024
+end
+
+function rows.B5()
+  local n = scaled(1000, 200)
+  local threads = {}
+  for i = 1, n do
+    threads[i] = loom.thread(loom.sleep, 0.2)
+  end
+  local t0 = now()
+  for i = 1, n do threads[i]:start() end
+  for i = 1, n do threads[i]:join() end
+  local dt = now() - t0
+  emit("overhead_ms", (dt - 0.2) * 1e3)
+  emit("peak_rss_mb", peak_rss_mb())
+end
+
+function rows.B6()
+  if not needs("process") then return end
+  local n = scaled(500, 100)
+  local fn = function() return { ok = true, n = 42, name = "done" } end
+  local t0 = now()
+  for _ = 1, n do
+    local p = loom.process(fn)
+    p:start()
+    p:join()
+    assert(p:result().n == 42)
+  end
+  emit("us_per_process", (now() - t0) / n * 1e6)
+end
+
+function rows.B7()
+  if not needs("lock") then return end
+  local n = scaled(1000000, 100000)
+  local lock = loom.lock()
+  local t0 = now()
+  for _ = 1, n do
+    lock:acquire()
+    lock:release()
+  end
+  emit("ns_per_pair", (now() - t0) / n * 1e9)
+end
+
+-- Two workers of `make` (thread or process) each run body(per, ...);
+-- returns the wall time of both.
+local function two_workers(make, body, ...)
+  local workers = { make(body, ...), make(body, ...) }
+  local t0 = now()
+  for _, w in ipairs(workers) do w:start() end
+  for _, w in ipairs(workers) do w:result() end
+  return now() - t0
+end
+
+local function locked_adds(per, lock, v)
+  for _ = 1, per do
+    lock:acquire()
+    v.value = v.value + 1
+    lock:release()
+  end
+end
+
+local function atomic_adds(per, v)
+  for _ = 1, per do
+    v:add(1)
+  end
+end
+
+local function get_lock_adds(per, v)
+  local lock = v:get_lock()
+  for _ = 1, per do
+    lock:acquire()
+    v.value = v.value + 1
+    lock:release()
+  end
+end
+
+function rows.B8(kind)
+  local per = scaled(500000, 50000)
+  local v, dt
+  if kind == "lock" then
+    if not needs("lock", "value") then return end
+    v = loom.value("int64", 0)
+    dt = two_workers(loom.thread, locked_adds, per, loom.lock(), v)
+  elseif kind == "atomic" then
+    if not needs("value") then return end
+    v = loom.value("int64", 0)
+    dt = two_workers(loom.thread, atomic_adds, per, v)
+  else
+    if not needs("value", "process") then return end
+    v = loom.value("int64", 0)
+    dt = two_workers(loom.process, get_lock_adds, per, v)
+  end
+  assert(v.value == 2 * per, "counter is " .. tostring(v.value))
+  emit("ns_per_inc", dt / (2 * per) * 1e9)
+end
+
+local function produce(q, n)
+  for i = 1, n do
+    q:put(i)
+  end
+  q:put(-1)
+end
+
+function rows.B9(kind)
+  local n = scaled(1000000, 100000)
+  local make
+  if kind == "threads" then
+    if not needs("queue") then return end
+    make = loom.thread
+  else
+    if not needs("queue", "process") then return end
+    make = loom.process
+  end
+  local q = loom.queue(1024)
+  local worker = make(produce, q, n)
+  local t0 = now()
+  worker:start()
+  local count = 0
+  while q:get() ~= -1 do
+    count = count + 1
+  end
+  local dt = now() - t0
+  worker:join()
+  assert(count == n)
+  emit("msgs_per_s", n / dt)
+end
+
+local function sum(t)
+  local s = 0
+  for i = 1, #t do
+    s = s + t[i]
+  end
+  return s
+end
+
+-- A worker that answers every table from `inq` with its sum on `outq`.
+local function summer(inq, outq, rounds)
+  for _ = 1, rounds do
+    local t = inq:get()
+    outq:put(sum(t))
+  end
+end
+
+function rows.B10(kind)
+  local rounds = scaled(20, 5)
+  local payload = {}
+  for i = 1, 100000 do
+    payload[i] = (i - 1) * 0.5
+  end
+  local expect = sum(payload)
+  local t0, dt
+  if kind == "threads" then
+    if loom.pool then
+      local pool <close> = loom.pool(1)
+      pool:submit(inc, 0):result()
+      t0 = now()
+      for _ = 1, rounds do
+        assert(pool:submit(sum, payload):result() == expect)
+      end
+      dt = now() - t0
+      print("via pool")
+    else
+      -- until the pool exists: one thread per round, its argument copied in
+      t0 = now()
+      for _ = 1, rounds do
+        assert(loom.thread(sum, payload):start():result() == expect)
+      end
+      dt = now() - t0
+      print("via thread")
+    end
+  else
+    if not needs("queue", "process") then return end
+    local inq, outq = loom.queue(1), loom.queue(1)
+    local p = loom.process(summer, inq, outq, rounds)
+    p:start()
+    t0 = now()
+    for _ = 1, rounds do
+      inq:put(payload)
+      assert(outq:get() == expect)
+    end
+    dt = now() - t0
+    p:join()
+    print("via queue")
+  end
+  emit("mb_per_s", rounds * #payload * 8 / dt / 1e6)
+end
+
+local row = rows[args[1]]
+if row == nil then
+  io.stderr:write("usage: lua5.4 bench/loom_rows.lua B1..B10 [variant] [--quick]\n")
+  os.exit(2)
+end
+row(table.unpack(args, 2))
