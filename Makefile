@@ -78,7 +78,10 @@ host: build/host
 # over the specs with the ordinary build.  Lua itself (Debian's static
 # library) is not instrumented: races inside one lua_State cannot happen
 # by design, and loom's own code is.
-SANITIZE_SPECS ?= spec/thread_spec.lua spec/xfer_spec.lua spec/pool_spec.lua spec/future_spec.lua
+SANITIZE_SPECS ?= spec/thread_spec.lua spec/xfer_spec.lua spec/value_spec.lua \
+  spec/array_spec.lua spec/queue_spec.lua spec/lock_spec.lua spec/sem_spec.lua \
+  spec/cond_spec.lua spec/event_spec.lua spec/barrier_spec.lua \
+  spec/pool_spec.lua spec/future_spec.lua
 STRESS ?= $(sort $(wildcard spec/stress/*.lua))
 SAN_RUN = ./spec/sanitize.sh
 

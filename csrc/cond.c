@@ -3,8 +3,9 @@
 ** Lua: loom.core.condition([lock]) -> Condition; acquire(...); release();
 **      wait([timeout]) -> bool; wait_for(pred[, timeout]) -> pred's value;
 **      notify([n=1]); notify_all(); hold([timeout]).
-** Lock order: the user's lock is never held by C while taking cond->mu
-** beyond its own atomic word; cond->mu is taken alone.
+** Lock order: cond->mu and the user lock's internal mutex are never held
+** together; loomi_wait takes the thread's reg_mu under cond->mu, as
+** thread.c orders them.
 ** SPDX-License-Identifier: MIT */
 #include "loomint.h"
 
@@ -99,7 +100,7 @@ static int cond_notify (Cond *c, int n) {
   while (woken < n && c->head.next != &c->head) {
     CondWaiter *w = c->head.next;
     unlink_waiter(w);
-    if (loomi_pid_gone(w->pid)) {
+    if (loomi_pid_gone(w->pid, 0)) {   /* a zombie's entry costs one notify */
       loomi_heap_free(w);
       continue;
     }

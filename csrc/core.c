@@ -22,6 +22,28 @@ LOOM_API void loom_set_state_hook (loom_StateHook hook, void *ud) {
   pthread_mutex_unlock(&hook_mu);
 }
 
+/* Fork safety for what core.c owns: hook_mu is private to the process, and
+** the child of any fork must not release the references its proxies stand
+** for (obj.c). */
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+
+static void core_prefork (void) {
+  pthread_mutex_lock(&hook_mu);
+}
+
+static void core_postfork_parent (void) {
+  pthread_mutex_unlock(&hook_mu);
+}
+
+static void core_postfork_child (void) {
+  pthread_mutex_unlock(&hook_mu);
+  loomi_proxy_forked();
+}
+
+static void core_register_fork (void) {
+  pthread_atfork(core_prefork, core_postfork_parent, core_postfork_child);
+}
+
 static int run_host_hook (lua_State *L) {
   pthread_mutex_lock(&hook_mu);
   loom_StateHook hook = state_hook;
@@ -134,6 +156,10 @@ static const struct {
   {"condition", loomi_cond_open},
   {"event", loomi_event_open},
   {"barrier", loomi_barrier_open},
+  {"value", loomi_value_open},
+  {"array", loomi_array_open},
+  {"queue", loomi_queue_open},
+  {"process", loomi_process_open},
   {"pool", loomi_pool_open},
 };
 
@@ -152,6 +178,7 @@ static void pin_library (void) {
 
 LOOM_API int luaopen_loom_core (lua_State *L) {
   pthread_once(&pin_once, pin_library);
+  pthread_once(&fork_once, core_register_fork);
   int err = loomi_heap_init();
   if (err != 0)
     return luaL_error(L, "cannot map the shared heap: %s", strerror(err));

@@ -8,6 +8,7 @@ typedef struct Event {
   LoomObj obj;
   atomic_int flag;
   int waiters;              /* mu held */
+  unsigned sets;            /* set() calls; mu held */
   pthread_mutex_t mu;
   pthread_cond_t cv;
 } Event;
@@ -33,15 +34,18 @@ static Event *event_create (void) {
   return e;
 }
 
-/* Returns the flag as it was on leaving (1 or 0); ECANCELED in *err. */
+/* 1 when the flag is set or a set() happened meanwhile (a set() followed
+** at once by clear() still wakes everyone who was waiting, as in Python),
+** else 0; ECANCELED in *err. */
 static int event_wait_flag (Event *e, const LoomDeadline *dl, int *err) {
   int rc = 0;
   loomi_mutex_lock(&e->mu);
+  unsigned sets = e->sets;
   e->waiters++;
-  while (!atomic_load(&e->flag) && rc == 0)
+  while (!atomic_load(&e->flag) && e->sets == sets && rc == 0)
     rc = loomi_wait(&e->cv, &e->mu, &e->obj, dl);
   e->waiters--;
-  int flag = atomic_load(&e->flag);
+  int flag = atomic_load(&e->flag) || e->sets != sets;
   loomi_mutex_unlock(&e->mu);
   *err = rc == ECANCELED ? rc : 0;
   return flag;
@@ -66,6 +70,7 @@ static int event_set (lua_State *L) {
   Event *e = checkevent(L, 1);
   loomi_mutex_lock(&e->mu);
   atomic_store(&e->flag, 1);
+  e->sets++;
   if (e->waiters > 0)
     pthread_cond_broadcast(&e->cv);
   loomi_mutex_unlock(&e->mu);

@@ -43,6 +43,25 @@ static size_t heap_request = 0;      /* configured size, 0 = default */
 static atomic_int heap_touched = 0;  /* an object was allocated */
 static pthread_mutex_t heap_mu = PTHREAD_MUTEX_INITIALIZER;
 
+/* heap_mu is private to the process: a fork while another thread held it
+** would leave the child's copy locked for good, so fork waits for it.  The
+** class mutexes need no such care: they and the free lists they guard are
+** shared with the child, so an operation a parent thread is in the middle
+** of completes for both processes. */
+static pthread_once_t heap_once = PTHREAD_ONCE_INIT;
+
+static void heap_prefork (void) {
+  pthread_mutex_lock(&heap_mu);
+}
+
+static void heap_postfork (void) {
+  pthread_mutex_unlock(&heap_mu);
+}
+
+static void heap_register_fork (void) {
+  pthread_atfork(heap_prefork, heap_postfork, heap_postfork);
+}
+
 static size_t default_size (void) {
   const char *env = getenv("LOOM_HEAP_SIZE");
   if (env != NULL && *env != '\0') {
@@ -82,6 +101,7 @@ static HeapHeader *heap_map (size_t size) {
 
 int loomi_heap_init (void) {
   int err = 0;
+  pthread_once(&heap_once, heap_register_fork);
   pthread_mutex_lock(&heap_mu);
   if (heap == NULL) {
     heap = heap_map(heap_request ? heap_request : default_size());

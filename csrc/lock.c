@@ -65,14 +65,17 @@ static uint64_t lock_me (const LoomLock *k) {
   return me;
 }
 
-/* A pid whose process is gone: no such process, or a zombie nobody has
-** reaped yet (a dead child of the waiter itself stays a zombie until it is
-** joined, and must not deadlock that join). */
-int loomi_pid_gone (pid_t pid) {
+/* A pid whose process is gone: no such process or, when `zombies` asks
+** for the dearer check (a read of /proc), a zombie nobody has reaped yet
+** (a dead child of the waiter itself stays one until it is joined, and
+** must not deadlock that join). */
+int loomi_pid_gone (pid_t pid, int zombies) {
   if (pid <= 0 || pid == self_pid)
     return 0;
   if (kill(pid, 0) == -1)
     return errno == ESRCH;
+  if (!zombies)
+    return 0;
   char path[48], buf[256];
   snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
   FILE *f = fopen(path, "r");
@@ -128,9 +131,9 @@ static int lock_try (LoomLock *k, uint64_t me) {
 }
 
 /* Takes over a lock whose holder's process is gone: 1 when taken. */
-static int lock_steal (LoomLock *k, uint64_t me) {
+static int lock_steal (LoomLock *k, uint64_t me, int zombies) {
   uint64_t cur = atomic_load_explicit(&k->owner, memory_order_relaxed);
-  if (cur == 0 || !loomi_pid_gone((pid_t)(cur >> 32)))
+  if (cur == 0 || !loomi_pid_gone((pid_t)(cur >> 32), zombies))
     return 0;
   return atomic_compare_exchange_strong(&k->owner, &cur, me);
 }
@@ -160,7 +163,7 @@ static int lock_take (LoomLock *k, uint64_t me, const LoomDeadline *dl,
     __builtin_ia32_pause();
 #endif
   }
-  int rc = 0;
+  int rc = 0, zombies = 0;
   loomi_mutex_lock(&k->mu);
   atomic_fetch_add(&k->waiters, 1);
   for (;;) {
@@ -168,7 +171,7 @@ static int lock_take (LoomLock *k, uint64_t me, const LoomDeadline *dl,
       rc = 0;
       break;
     }
-    if (lock_steal(k, me)) {
+    if (lock_steal(k, me, zombies)) {
       rc = 1;
       break;
     }
@@ -188,6 +191,7 @@ static int lock_take (LoomLock *k, uint64_t me, const LoomDeadline *dl,
       rc = ECANCELED;
       break;
     }
+    zombies = w == ETIMEDOUT;   /* a whole slice without a release */
   }
   atomic_fetch_sub(&k->waiters, 1);
   if (rc == ECANCELED && atomic_load(&k->owner) == 0)
@@ -262,7 +266,7 @@ int loomi_lock_lacquire (lua_State *L, LoomObj *o) {
   if (lock_try(k, me))
     rc = 0;
   else if (!blocking)
-    rc = lock_steal(k, me) ? 1 : ETIMEDOUT;
+    rc = lock_steal(k, me, 0) ? 1 : ETIMEDOUT;   /* kept cheap: no /proc */
   else {
     loomi_block_begin(L);
     rc = lock_take(k, me, &dl, 1);
@@ -320,7 +324,7 @@ static int rlock_new (lua_State *L) {
 /* The methods carry their class's metatable as upvalue 1: comparing it is
 ** cheaper than luaL_checkudata's registry lookup, and acquire + release
 ** is the pair a program calls most. */
-static LoomObj *checkself (lua_State *L, const char *tname) {
+LoomObj *loomi_fastself (lua_State *L) {
   LoomObj **slot = lua_touserdata(L, 1);
   if (slot != NULL && *slot != NULL && lua_getmetatable(L, 1)) {
     int same = lua_rawequal(L, -1, lua_upvalueindex(1));
@@ -328,7 +332,12 @@ static LoomObj *checkself (lua_State *L, const char *tname) {
     if (same)
       return *slot;
   }
-  return loomi_checkobj(L, 1, tname);
+  return NULL;
+}
+
+static LoomObj *checkself (lua_State *L, const char *tname) {
+  LoomObj *o = loomi_fastself(L);
+  return o != NULL ? o : loomi_checkobj(L, 1, tname);
 }
 
 static int lock_acquire (lua_State *L) {
@@ -348,7 +357,17 @@ static int lock_release (lua_State *L) {
 }
 
 static int rlock_acquire (lua_State *L) {
-  return loomi_lock_lacquire(L, checkself(L, LOOM_RLOCK));
+  LoomObj *o = checkself(L, LOOM_RLOCK);
+  if (lua_gettop(L) == 1) {
+    LoomLock *k = (LoomLock *)o;
+    uint64_t me = lock_me(k);
+    if (lock_try(k, me)) {
+      k->count = 1;
+      lua_pushboolean(L, 1);
+      return 1;
+    }
+  }
+  return loomi_lock_lacquire(L, o);
 }
 
 static int rlock_release (lua_State *L) {
@@ -422,16 +441,23 @@ int loomi_hold (lua_State *L) {
   return 1;
 }
 
-static int guard_close (lua_State *L) {
+/* Runs the object's release in this frame rather than through lua_call:
+** in a cancelled thread every call is hooked to raise, and a guard must
+** still release while the cancellation unwinds. */
+int loomi_guard_close (lua_State *L) {
   Guard *g = luaL_checkudata(L, 1, LOOM_GUARD);
   if (!g->held)
     return 0;
   g->held = 0;
   lua_getiuservalue(L, 1, 1);
   lua_getfield(L, -1, "release");
-  lua_insert(L, -2);
-  lua_call(L, 1, 0);
-  return 0;
+  lua_CFunction release = lua_tocfunction(L, -1);
+  if (release == NULL)
+    return luaL_error(L, "guarded object has no release method");
+  lua_pop(L, 1);
+  lua_replace(L, 1);
+  lua_settop(L, 1);
+  return release(L);
 }
 
 static int guard_tostring (lua_State *L) {
@@ -441,7 +467,7 @@ static int guard_tostring (lua_State *L) {
 }
 
 static const luaL_Reg guard_meta[] = {
-  {"__close", guard_close},
+  {"__close", loomi_guard_close},
   {"__tostring", guard_tostring},
   {NULL, NULL}
 };
@@ -473,9 +499,8 @@ static const luaL_Reg lock_funcs[] = {
   {NULL, NULL}
 };
 
-/* Reinstalls the methods with the metatable as their upvalue. */
-static void set_fast_methods (lua_State *L, const char *tname,
-                              const luaL_Reg *methods) {
+void loomi_fast_methods (lua_State *L, const char *tname,
+                         const luaL_Reg *methods) {
   luaL_getmetatable(L, tname);
   lua_getfield(L, -1, "__index");
   lua_pushvalue(L, -2);
@@ -487,8 +512,8 @@ void loomi_lock_open (lua_State *L) {
   pthread_once(&ident_once, ident_init);
   loomi_newclass(L, LOOM_LOCK, lock_meta, lock_methods);
   loomi_newclass(L, LOOM_RLOCK, lock_meta, rlock_methods);
-  set_fast_methods(L, LOOM_LOCK, lock_methods);
-  set_fast_methods(L, LOOM_RLOCK, rlock_methods);
+  loomi_fast_methods(L, LOOM_LOCK, lock_methods);
+  loomi_fast_methods(L, LOOM_RLOCK, rlock_methods);
   if (luaL_newmetatable(L, LOOM_GUARD)) {
     luaL_setfuncs(L, guard_meta, 0);
     lua_pushboolean(L, 0);

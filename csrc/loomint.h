@@ -92,6 +92,14 @@ LoomObj *loomi_toobj (lua_State *L, int idx);
 void loomi_newclass (lua_State *L, const char *tname,
                      const luaL_Reg *meta, const luaL_Reg *methods);
 int  loomi_proxy_gc (lua_State *L);          /* idempotent release */
+/* Fork support.  A child inherits its states' proxies but not the
+** references they stand for (the counts live in the shared heap).
+** proxy_forked (an atfork child handler) makes every proxy let go without
+** releasing; the child loom forks then adopts the forking state's proxies
+** (a reference each) and, before it leaves, releases them all. */
+void loomi_proxy_forked (void);
+void loomi_proxy_adopt (lua_State *L);
+void loomi_proxy_release_all (lua_State *L);
 
 /* Process-shared, robust, and (for conditions) CLOCK_MONOTONIC. */
 int  loomi_mutex_init (pthread_mutex_t *mu);       /* 0 | errno */
@@ -132,6 +140,14 @@ int loomi_raise_cancelled (lua_State *L);
 ** No Lua API call may happen in between. */
 void loomi_block_begin (lua_State *L);
 void loomi_block_end (lua_State *L);
+/* In a forked child, on the thread that forked (process.c): the threads L
+** started run in the parent, so the child forgets them without touching
+** their references, and stops being a loom thread.  Returns 1 when the fork
+** came from a loom thread. */
+int  loomi_thread_forked (lua_State *L);
+/* What closing L does to the threads it started: cancel the daemons, wait
+** for the rest.  A forked child calls it before it leaves. */
+void loomi_thread_shutdown (lua_State *L);
 
 /* ---- xfer.c: the transfer codec ----
 ** A message is one block in the shared heap holding the encoded values and
@@ -152,6 +168,14 @@ LoomMsg *loomi_xfer_encode_call (lua_State *L, int first, int n);
 ** value the receiving state cannot rebuild; the message stays owned by the
 ** caller either way. */
 int  loomi_xfer_decode (lua_State *L, const LoomMsg *m);
+/* For small items kept inline (a queue's ring): like encode, but when the
+** values hold no loom object and their payload fits in *len bytes, copies
+** it to `out`, sets *len to its size and returns NULL.  Decode such a
+** payload with decode_inline, giving the pid of the encoding process. */
+LoomMsg *loomi_xfer_encode_inline (lua_State *L, int first, int n,
+                                   const char *root, void *out, size_t *len);
+int  loomi_xfer_decode_inline (lua_State *L, const void *p, size_t len,
+                               int32_t pid);
 void loomi_msg_free (LoomMsg *m);            /* NULL is a no-op */
 /* For the fuzzer: decodes a bare payload (no objects, bytecode refused), or
 ** a whole message image of len bytes (header checked, checksum verified
@@ -202,10 +226,58 @@ int  loomi_lock_lrelease (lua_State *L, LoomObj *lk);
 /* The hold([timeout]) method of anything with acquire/release: pushes a
 ** guard whose __close calls release, or fail, "timeout". */
 int  loomi_hold (lua_State *L);
+/* Methods that find their class's metatable in upvalue 1: fast_methods
+** reinstalls `methods` (already in the class's __index) that way, and
+** fastself returns the object at index 1 when it is an open proxy of that
+** class, else NULL (then check it the usual way, for the error message). */
+void loomi_fast_methods (lua_State *L, const char *tname,
+                         const luaL_Reg *methods);
+LoomObj *loomi_fastself (lua_State *L);
+/* The guard's __close; a cancelled thread's hook lets it run. */
+int  loomi_guard_close (lua_State *L);
 /* This process's pid, cached and refreshed in forks. */
 pid_t loomi_self_pid (void);
-/* True when no process pid exists any more (or it is an unreaped zombie). */
-int  loomi_pid_gone (pid_t pid);
+/* True when process pid no longer exists; with zombies, also when it is
+** a zombie nobody has reaped yet (that check reads /proc). */
+int  loomi_pid_gone (pid_t pid, int zombies);
+
+/* ---- shared.c: element types of loom.Value and loom.Array ---- */
+enum { LOOM_EK_INT, LOOM_EK_UINT, LOOM_EK_FLOAT, LOOM_EK_BOOL, LOOM_EK_CHAR };
+
+typedef struct LoomElemType {
+  const char *name;        /* canonical: "int8", ..., "double", "bool", "char" */
+  unsigned char kind;      /* LOOM_EK_* */
+  unsigned char size;      /* bytes: 1, 2, 4 or 8 */
+} LoomElemType;
+
+extern const LoomElemType loomi_elemtypes[];   /* ends with a NULL name */
+
+/* The element type named at arg (a name or a Python typecode), as an index
+** into loomi_elemtypes; raises "invalid element type 'x'". */
+int loomi_elem_check (lua_State *L, int arg);
+/* Converts the Lua value at idx to the bits of one element, raising on a
+** wrong type or range: as an argument error when arg > 0, plainly when 0. */
+uint64_t loomi_elem_tobits (lua_State *L, int idx, int type, int arg);
+void loomi_elem_push (lua_State *L, int type, uint64_t bits);
+/* Atomic access to one naturally aligned element of `size` bytes. */
+uint64_t loomi_elem_load (void *p, int size, memory_order mo);
+void loomi_elem_store (void *p, int size, uint64_t bits, memory_order mo);
+/* The atomic methods, operands from stack index arg on; they push their
+** results and return how many. */
+int loomi_elem_op_add (lua_State *L, void *p, int type, int arg, int sub);
+int loomi_elem_op_cas (lua_State *L, void *p, int type, int arg);
+int loomi_elem_op_exchange (lua_State *L, void *p, int type, int arg);
+/* The `lock` argument of value() and array(): checklockarg validates it
+** (0 none, 1 a new RLock, 2 the given Lock/RLock) before the object exists;
+** lockarg then returns a new reference to the lock, or NULL for none. */
+int loomi_checklockarg (lua_State *L, int arg);
+LoomObj *loomi_lockarg (lua_State *L, int arg, int kind);
+/* A class whose methods and metamethods are all closures over (methods
+** table, metatable), so that fastcheck, called from them, checks the type
+** with a pointer compare.  Builds what loomi_newclass builds otherwise. */
+void loomi_fastclass (lua_State *L, const char *tname, const luaL_Reg *meta,
+                      const luaL_Reg *methods);
+LoomObj *loomi_fastcheck (lua_State *L, int arg, const char *tname);
 
 /* ---- one open function per primitive (core.c walks them) ----
 ** Each adds its functions to the module table on top of the stack and
@@ -216,6 +288,10 @@ void loomi_sem_open (lua_State *L);
 void loomi_cond_open (lua_State *L);
 void loomi_event_open (lua_State *L);
 void loomi_barrier_open (lua_State *L);
+void loomi_value_open (lua_State *L);
+void loomi_array_open (lua_State *L);
+void loomi_queue_open (lua_State *L);
+void loomi_process_open (lua_State *L);
 void loomi_pool_open (lua_State *L);
 
 #pragma GCC visibility pop

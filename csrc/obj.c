@@ -5,6 +5,13 @@
 
 #include <stdlib.h>
 
+/* Set in every forked child by an atfork handler (core.c): the proxies of
+** the child's states stand for references the parent took, so releasing
+** them would free objects the parent still uses.  loom's own fork adopts
+** the forking state's proxies and clears it; after any other fork the
+** child's proxies let go without releasing. */
+static atomic_int proxies_borrowed = 0;
+
 LoomObj *loomi_obj_new (size_t size, const char *tname, LoomDestroy destroy) {
   LoomObj *o = loomi_heap_calloc(size);
   if (o == NULL)
@@ -29,16 +36,40 @@ void loomi_obj_release (LoomObj *o) {
   }
 }
 
+/* Every proxy of a state is remembered in a weak-keyed table, so that a
+** forked child can take a reference for each one it inherited. */
+static const char PROXIES_KEY = 'p';
+
+static void proxy_track (lua_State *L) {
+  /* stack: proxy */
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &PROXIES_KEY) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_createtable(L, 0, 8);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &PROXIES_KEY);
+  }
+  lua_pushvalue(L, -2);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+}
+
 LoomObj **loomi_proxy_new (lua_State *L, const char *tname) {
   LoomObj **slot = lua_newuserdatauv(L, sizeof(LoomObj *), 1);
   *slot = NULL;
   luaL_setmetatable(L, tname);
+  proxy_track(L);
   return slot;
 }
 
 void loomi_proxy_push (lua_State *L, LoomObj *o) {
   LoomObj **slot = lua_newuserdatauv(L, sizeof(LoomObj *), 1);
   *slot = NULL;
+  proxy_track(L);
   if (luaL_getmetatable(L, o->tname) != LUA_TTABLE)
     luaL_error(L, "loom type %s is not registered in this state", o->tname);
   lua_setmetatable(L, -2);
@@ -71,9 +102,47 @@ int loomi_proxy_gc (lua_State *L) {
   if (slot != NULL && *slot != NULL) {
     LoomObj *o = *slot;
     *slot = NULL;
-    loomi_obj_release(o);
+    if (!atomic_load_explicit(&proxies_borrowed, memory_order_relaxed))
+      loomi_obj_release(o);
   }
   return 0;
+}
+
+void loomi_proxy_forked (void) {
+  atomic_store(&proxies_borrowed, 1);
+}
+
+/* Retains, or releases and clears, the object of every live proxy of L's
+** state.  Allocates nothing, so no collection runs meanwhile. */
+static void proxy_each (lua_State *L, int release) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &PROXIES_KEY) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_pushnil(L);
+  while (lua_next(L, -2) != 0) {
+    LoomObj **slot = lua_touserdata(L, -2);
+    lua_pop(L, 1);
+    if (slot == NULL || *slot == NULL)
+      continue;
+    if (release) {
+      LoomObj *o = *slot;
+      *slot = NULL;
+      loomi_obj_release(o);
+    }
+    else
+      loomi_obj_retain(*slot);
+  }
+  lua_pop(L, 1);
+}
+
+void loomi_proxy_adopt (lua_State *L) {
+  proxy_each(L, 0);
+  atomic_store(&proxies_borrowed, 0);
+}
+
+void loomi_proxy_release_all (lua_State *L) {
+  proxy_each(L, 1);
 }
 
 static int proxy_tostring (lua_State *L) {

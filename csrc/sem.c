@@ -93,6 +93,9 @@ static void sem_wake (Sem *s, long n) {
 /* ---- Lua bindings ---- */
 
 static Sem *checksem (lua_State *L, int arg) {
+  LoomObj *o = arg == 1 ? loomi_fastself(L) : NULL;
+  if (o != NULL)
+    return (Sem *)o;
   const char *tname = luaL_testudata(L, arg, LOOM_BSEMAPHORE) != NULL
                       ? LOOM_BSEMAPHORE : LOOM_SEMAPHORE;
   return (Sem *)loomi_checkobj(L, arg, tname);
@@ -120,6 +123,10 @@ static int bsem_new (lua_State *L) {
 
 static int sem_acquire (lua_State *L) {
   Sem *s = checksem(L, 1);
+  if (lua_gettop(L) == 1 && sem_try(s)) {   /* the common form */
+    lua_pushboolean(L, 1);
+    return 1;
+  }
   int blocking = 1;
   if (!lua_isnoneornil(L, 2)) {
     luaL_checktype(L, 2, LUA_TBOOLEAN);
@@ -204,5 +211,7 @@ static const luaL_Reg sem_funcs[] = {
 void loomi_sem_open (lua_State *L) {
   loomi_newclass(L, LOOM_SEMAPHORE, sem_meta, sem_methods);
   loomi_newclass(L, LOOM_BSEMAPHORE, sem_meta, sem_methods);
+  loomi_fast_methods(L, LOOM_SEMAPHORE, sem_methods);
+  loomi_fast_methods(L, LOOM_BSEMAPHORE, sem_methods);
   luaL_setfuncs(L, sem_funcs, 0);
 }

@@ -128,18 +128,7 @@ int loomi_cancel_requested (void) {
   return t != NULL && atomic_load(&t->cancel);
 }
 
-static void cancel_hook (lua_State *L, lua_Debug *ar);
-
-/* Instructions a cancelled thread may run between two cancellation errors:
-** enough for <close> handlers (a guard releasing a lock) to run while the
-** error unwinds, few enough that code swallowing the error is stopped. */
-#define CANCEL_GRACE 1000
-
 int loomi_raise_cancelled (lua_State *L) {
-  /* A call hook would raise again on the very call of each __close
-  ** handler, skipping it; count instructions only from now on. */
-  if (lua_gethook(L) == cancel_hook)
-    lua_sethook(L, cancel_hook, LUA_MASKCOUNT, CANCEL_GRACE);
   lua_pushliteral(L, LOOM_CANCELLED);
   return lua_error(L);
 }
@@ -157,10 +146,19 @@ void loomi_block_end (lua_State *L) {
     block_hooks[1](L);
 }
 
+/* Raises on every call and instruction of a cancelled thread, except on
+** the call of the __close handlers that release loom objects and hold()
+** guards, so that unwinding the cancellation still releases a lock. */
 static void cancel_hook (lua_State *L, lua_Debug *ar) {
-  (void)ar;
-  if (loomi_cancel_requested())
-    loomi_raise_cancelled(L);
+  if (!loomi_cancel_requested())
+    return;
+  if (ar->event == LUA_HOOKCALL && lua_getinfo(L, "f", ar)) {
+    lua_CFunction f = lua_tocfunction(L, -1);
+    lua_pop(L, 1);
+    if (f == loomi_guard_close || f == loomi_proxy_gc)
+      return;
+  }
+  loomi_raise_cancelled(L);
 }
 
 /* Flags t, reaches a pure-Lua loop through a hook on its state, and wakes
@@ -423,6 +421,7 @@ static void *thread_main (void *arg) {
 typedef struct Children {
   LoomThread **list;
   size_t n, cap;
+  pid_t pid;             /* the process whose references the list holds */
 } Children;
 
 static const char CHILDREN_KEY = 'c';
@@ -447,8 +446,9 @@ static void children_prune (Children *c) {
 /* When the state that started threads closes: cancel the daemons, then
 ** wait for everyone (a daemon stuck outside Lua is given up on after a
 ** grace period; the library stays mapped, see the Makefile). */
-static int children_gc (lua_State *L) {
-  Children *c = lua_touserdata(L, 1);
+static void children_shutdown (Children *c) {
+  if (c->pid != getpid())
+    c->n = 0;   /* a copy made by a fork loom did not do: not ours to wait */
   for (size_t i = 0; i < c->n; i++)
     if (c->list[i]->daemon)
       thread_request_cancel(c->list[i]);
@@ -462,6 +462,10 @@ static int children_gc (lua_State *L) {
   free(c->list);
   c->list = NULL;
   c->n = c->cap = 0;
+}
+
+static int children_gc (lua_State *L) {
+  children_shutdown(lua_touserdata(L, 1));
   return 0;
 }
 
@@ -474,6 +478,7 @@ static Children *children_of (lua_State *L) {
   lua_pop(L, 1);
   Children *c = lua_newuserdatauv(L, sizeof(Children), 0);
   memset(c, 0, sizeof *c);
+  c->pid = getpid();
   lua_createtable(L, 0, 1);
   lua_pushcfunction(L, children_gc);
   lua_setfield(L, -2, "__gc");
@@ -871,6 +876,26 @@ static int thread_set_excepthook (lua_State *L) {
   lua_pushvalue(L, 1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &REPORTER_KEY);
   return 1;
+}
+
+int loomi_thread_forked (lua_State *L) {
+  int was = self_thread != NULL;
+  self_thread = NULL;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &CHILDREN_KEY) == LUA_TUSERDATA) {
+    Children *c = lua_touserdata(L, -1);
+    c->n = 0;
+    c->pid = getpid();
+  }
+  lua_pop(L, 1);
+  lua_pushnil(L);   /* current() makes the child a main thread of its own */
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &MAIN_KEY);
+  return was;
+}
+
+void loomi_thread_shutdown (lua_State *L) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &CHILDREN_KEY) == LUA_TUSERDATA)
+    children_shutdown(lua_touserdata(L, -1));
+  lua_pop(L, 1);
 }
 
 static const luaL_Reg thread_meta[] = {

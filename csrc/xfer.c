@@ -67,30 +67,6 @@ static uint64_t checksum (const unsigned char *p, size_t n) {
   return h ^ (h >> 32);
 }
 
-/* The calling process's id, for the sender field of every message: getpid
-** is a system call, and a message is stamped on every transfer.  Set once,
-** and again in a forked child by the atfork handler. */
-static atomic_int self_pid = 0;
-static pthread_once_t pid_once = PTHREAD_ONCE_INIT;
-
-static void pid_reset (void) {
-  atomic_store(&self_pid, (int)getpid());
-}
-
-static void pid_init (void) {
-  pid_reset();
-  pthread_atfork(NULL, NULL, pid_reset);
-}
-
-static int32_t current_pid (void) {
-  int pid = atomic_load_explicit(&self_pid, memory_order_relaxed);
-  if (pid == 0) {
-    pthread_once(&pid_once, pid_init);
-    pid = atomic_load(&self_pid);
-  }
-  return (int32_t)pid;
-}
-
 /* ---- the encoder's buffer: GC-owned, reused by the state ---- */
 
 typedef struct Buf {
@@ -657,8 +633,9 @@ static void enc_value (Enc *e, int idx) {
   }
 }
 
-static LoomMsg *encode (lua_State *L, int first, int n, const char *root,
-                        int call) {
+/* Encodes the values into the state's buffer, which is left busy. */
+static Buf *enc_all (lua_State *L, int first, int n, const char *root,
+                     int call) {
   Enc e;
   e.call = call;
   first = lua_absindex(L, first);
@@ -684,7 +661,22 @@ static LoomMsg *encode (lua_State *L, int first, int n, const char *root,
   }
   else if (n == 1)
     enc_value(&e, first);
-  Buf *b = e.b;
+  lua_settop(L, top + 1);   /* keeps the buffer's userdata anchored */
+  return e.b;
+}
+
+/* Releases the buffer enc_all left busy, and the stack slot it took. */
+static void enc_done (lua_State *L, Buf *b) {
+  if (b->cap > ((size_t)1 << 20)) {   /* do not keep a huge buffer around */
+    free(b->data);
+    b->data = NULL;
+    b->cap = 0;
+  }
+  b->busy = 0;
+  lua_pop(L, 1);
+}
+
+static LoomMsg *msg_build (lua_State *L, Buf *b, const char *root) {
   size_t total = sizeof(LoomMsg) + b->nobjs * sizeof(LoomObj *) + b->len;
   LoomMsg *m = loomi_heap_alloc(total);
   if (m == NULL) {
@@ -695,7 +687,7 @@ static LoomMsg *encode (lua_State *L, int first, int n, const char *root,
   m->magic = MSG_MAGIC;
   m->nobjs = b->nobjs;
   m->len = b->len;
-  m->pid = current_pid();
+  m->pid = (int32_t)loomi_self_pid();
   m->pad = 0;
   for (uint32_t i = 0; i < b->nobjs; i++) {
     loomi_obj_retain(b->objs[i]);
@@ -704,13 +696,28 @@ static LoomMsg *encode (lua_State *L, int first, int n, const char *root,
   if (b->len > 0)
     memcpy(msg_payload(m), b->data, b->len);
   m->check = checksum(msg_payload(m), b->len);
-  if (b->cap > ((size_t)1 << 20)) {   /* do not keep a huge buffer around */
-    free(b->data);
-    b->data = NULL;
-    b->cap = 0;
+  return m;
+}
+
+static LoomMsg *encode (lua_State *L, int first, int n, const char *root,
+                        int call) {
+  Buf *b = enc_all(L, first, n, root, call);
+  LoomMsg *m = msg_build(L, b, root);
+  enc_done(L, b);
+  return m;
+}
+
+LoomMsg *loomi_xfer_encode_inline (lua_State *L, int first, int n,
+                                   const char *root, void *out, size_t *len) {
+  Buf *b = enc_all(L, first, n, root, 0);
+  LoomMsg *m = NULL;
+  if (b->nobjs == 0 && b->len <= *len) {
+    memcpy(out, b->data, b->len);
+    *len = b->len;
   }
-  b->busy = 0;
-  lua_settop(L, top);
+  else
+    m = msg_build(L, b, root);
+  enc_done(L, b);
   return m;
 }
 
@@ -1078,6 +1085,12 @@ static int decode_payload (lua_State *L, const unsigned char *p, size_t len,
   return n;
 }
 
+int loomi_xfer_decode_inline (lua_State *L, const void *p, size_t len,
+                              int32_t pid) {
+  return decode_payload(L, p, len, NULL, 0, pid != (int32_t)loomi_self_pid(),
+                        0);
+}
+
 int loomi_xfer_decode (lua_State *L, const LoomMsg *m) {
   if (m == NULL || m->magic != MSG_MAGIC)
     return luaL_error(L, "cannot decode message: corrupt header");
@@ -1085,7 +1098,7 @@ int loomi_xfer_decode (lua_State *L, const LoomMsg *m) {
   if (checksum(payload, (size_t)m->len) != m->check)
     return luaL_error(L, "cannot decode message: checksum mismatch");
   return decode_payload(L, payload, (size_t)m->len, msg_cobjs(m), m->nobjs,
-                        m->pid != current_pid(), 0);
+                        m->pid != (int32_t)loomi_self_pid(), 0);
 }
 
 int loomi_xfer_decode_raw (lua_State *L, const void *payload, size_t len) {

@@ -21,6 +21,7 @@ build = {
   modules = {
     ["loom.core"] = {
       sources = {
+        "csrc/array.c",
         "csrc/barrier.c",
         "csrc/clock.c",
         "csrc/cond.c",
@@ -30,7 +31,10 @@ build = {
         "csrc/lock.c",
         "csrc/obj.c",
         "csrc/pool.c",
+        "csrc/process.c",
+        "csrc/queue.c",
         "csrc/sem.c",
+        "csrc/shared.c",
         "csrc/thread.c",
         "csrc/xfer.c",
       },
@@ -38,6 +42,7 @@ build = {
       libraries = { "pthread", "m" },
     },
     ["loom"] = "lua/loom/init.lua",
+    ["loom.process"] = "lua/loom/process.lua",
     ["loom.pool"] = "lua/loom/pool.lua",
   },
   platforms = {

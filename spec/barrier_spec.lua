@@ -11,11 +11,12 @@ local function passer(b, gens)
   return concat(got, ",")
 end
 
-local function run_generations(parties, gens)
+local function run_generations(parties, gens, spawn)
+  spawn = spawn or loom.thread
   local b = loom.barrier(parties)
   local ts = {}
   finally(function() for _, t in ipairs(ts) do t:join(10) end end)
-  for i = 1, parties do ts[i] = loom.thread(passer, b, gens):start() end
+  for i = 1, parties do ts[i] = spawn(passer, b, gens):start() end
   local per_gen = {}
   for i = 1, parties do
     local g = 0
@@ -121,6 +122,12 @@ describe("loom.Barrier", function()
       assert.is_nil(r)
       assert.equal("cancelled", err)
       assert.is_true(b.broken)
+    end)
+  end)
+
+  describe("between processes", function()
+    it("gives each party a distinct index in every generation", function()
+      run_generations(3, 5, loom.process)
     end)
   end)
 

@@ -218,6 +218,64 @@ describe("loom.Condition", function()
     end)
   end)
 
+  describe("between processes", function()
+    it("notifies a waiting child", function()
+      local c, ready = loom.condition(), loom.semaphore(0)
+      local p = loom.process(waiter, c, ready):start()
+      finally(function() p:join(5) end)
+      assert.is_true(ready:acquire(true, 5))
+      c:acquire()
+      c:notify()
+      c:release()
+      assert.is_true(p:result(5))
+    end)
+
+    it("drives a producer child and a consumer parent", function()
+      local c, items = loom.condition(loom.lock()), loom.value("int64", 0, false)
+      local n = 100
+      local p = loom.process(function()
+        for _ = 1, n do
+          local g <close> = c:hold()
+          items.value = items.value + 1
+          c:notify()
+        end
+      end):start()
+      finally(function() p:join(5) end)
+      local got = 0
+      while got < n do
+        local g <close> = c:hold()
+        assert.is_true(c:wait_for(function() return items.value > 0 end, 5))
+        items.value = items.value - 1
+        got = got + 1
+      end
+      p:result(5)
+      assert.equal(0, items.value)
+    end)
+
+    it("skips a waiter whose process died", function()
+      local c, ready = loom.condition(), loom.semaphore(0)
+      local dead = loom.process(function()
+        c:acquire()
+        ready:release()
+        c:wait(5)
+      end)
+      dead:start()
+      finally(function() dead:join(5) end)
+      assert.is_true(ready:acquire(true, 5))
+      c:acquire()   -- the child is inside wait() once it let go of the lock
+      c:release()
+      dead:kill()   -- killed while it waits: its entry stays listed
+      dead:join(5)
+      local t = loom.thread(waiter, c, ready):start()
+      finally(function() t:join(5) end)
+      assert.is_true(ready:acquire(true, 5))
+      c:acquire()
+      c:notify()   -- one notification: must reach the live waiter
+      c:release()
+      assert.is_true(t:result(5))
+    end)
+  end)
+
   it("passes through a thread that waits with pcall", function()
     local c = loom.condition()
     local t = loom.thread(function(cv) return pcall(cv.wait, cv, 0) end, c):start()

@@ -4,31 +4,31 @@ local loom = require "loom"
 -- busted's, not a table a thread could rebuild
 local pcall, rawequal, error = pcall, rawequal, error
 
--- Each worker checks mutual exclusion with a probe: a bounded semaphore of
--- one that only a thread inside the critical section tries to take.
-local function exclusive_worker(lk, probe, n)
-  local overlaps, done = 0, 0
+-- Each worker increments a shared counter the racy way (a read, then a
+-- write) under the lock, and checks mutual exclusion with a probe: a
+-- bounded semaphore of one that only a holder of the lock tries to take.
+local function exclusive_worker(lk, counter, probe, n)
+  local overlaps = 0
   for _ = 1, n do
     lk:acquire()
     if probe:acquire(false) then probe:release() else overlaps = overlaps + 1 end
-    done = done + 1
+    counter.value = counter.value + 1
     lk:release()
   end
-  return overlaps, done
+  return overlaps
 end
 
-local function run_exclusive(make, nthreads, n)
+-- spawn is loom.thread or loom.process: both take (fn, ...) and :start().
+local function run_exclusive(spawn, make, nworkers, n)
   local lk, probe = make(), loom.bounded_semaphore(1)
-  local ts = {}
-  finally(function() for _, t in ipairs(ts) do t:join(10) end end)
-  for i = 1, nthreads do ts[i] = loom.thread(exclusive_worker, lk, probe, n):start() end
-  local overlaps, total = 0, 0
-  for i = 1, nthreads do
-    local o, d = ts[i]:result(60)
-    overlaps, total = overlaps + o, total + d
-  end
+  local counter = loom.value("int64", 0, false)
+  local ws = {}
+  finally(function() for _, w in ipairs(ws) do w:join(10) end end)
+  for i = 1, nworkers do ws[i] = spawn(exclusive_worker, lk, counter, probe, n):start() end
+  local overlaps = 0
+  for i = 1, nworkers do overlaps = overlaps + ws[i]:result(60) end
   assert.equal(0, overlaps)
-  assert.equal(nthreads * n, total)
+  assert.equal(nworkers * n, counter.value)
   assert.is_false(lk:locked())
 end
 
@@ -174,6 +174,23 @@ describe("loom.Lock", function()
       assert.is_false(l:locked())
     end)
 
+    it("releases in a thread cancelled while it holds the guard", function()
+      local l, e = loom.lock(), loom.event()
+      local t = loom.thread(function(lk, ev)
+        local g <close> = lk:hold()
+        ev:wait()
+      end, l, e):start()
+      finally(function() t:join(5) end)
+      local deadline = loom.now() + 5
+      while not l:locked() and loom.now() < deadline do loom.sleep(0.005) end
+      assert.is_true(l:locked())
+      t:cancel()
+      local r, err = t:result(5)
+      assert.is_nil(r)
+      assert.equal("cancelled", err)
+      assert.is_false(l:locked())
+    end)
+
     it("raises on a negative timeout", function()
       local l = loom.lock()
       assert.has_error(function() l:hold(-1) end,
@@ -224,11 +241,71 @@ describe("loom.Lock", function()
 
   describe("between threads", function()
     it("gives mutual exclusion to 4 threads (light)", function()
-      run_exclusive(loom.lock, 4, 2000)
+      run_exclusive(loom.thread, loom.lock, 4, 2000)
     end)
 
     it("gives mutual exclusion to 4 threads x 20000 #stress", function()
-      run_exclusive(loom.lock, 4, 20000)
+      run_exclusive(loom.thread, loom.lock, 4, 20000)
+    end)
+  end)
+
+  describe("between processes", function()
+    it("gives mutual exclusion to 2 processes", function()
+      run_exclusive(loom.process, loom.lock, 2, 1000)
+    end)
+
+    it("gives mutual exclusion to 4 processes x 20000 #stress", function()
+      run_exclusive(loom.process, loom.lock, 4, 20000)
+    end)
+
+    it("blocks a child until the parent releases", function()
+      local l = loom.lock()
+      l:acquire()
+      local p = loom.process(function()
+        local early = l:acquire(false)
+        return early, l:acquire(true, 5)
+      end):start()
+      finally(function() p:join(5) end)
+      loom.sleep(0.05)
+      l:release()
+      local early, later = p:result(5)
+      assert.is_false(early)
+      assert.is_true(later)
+      assert.is_true(l:locked())   -- the child left holding it
+    end)
+
+    it("is taken over with 'owner died' when the holder's process exits", function()
+      local l = loom.lock()
+      local p = loom.process(function() return l:acquire() end):start()
+      finally(function() p:join(5) end)
+      assert.is_true(p:result(5))
+      assert.is_true(l:locked())
+      local ok, why = l:acquire(true, 5)
+      assert.is_true(ok)
+      assert.equal("owner died", why)
+      l:release()
+      assert.is_false(l:locked())
+    end)
+
+    it("is taken over while the dead holder is not yet joined", function()
+      local l, e = loom.lock(), loom.event()
+      local p = loom.process(function() l:acquire(); e:set() end):start()
+      finally(function() p:join(5) end)
+      assert.is_true(e:wait(5))
+      local ok, why = l:acquire(true, 5)   -- the child is a zombie meanwhile
+      assert.is_true(ok)
+      assert.equal("owner died", why)
+      l:release()
+    end)
+
+    it("is taken over by a non-blocking acquire too", function()
+      local l = loom.lock()
+      local p = loom.process(function() l:acquire() end):start()
+      p:join(5)
+      local ok, why = l:acquire(false)
+      assert.is_true(ok)
+      assert.equal("owner died", why)
+      l:release()
     end)
   end)
 end)
@@ -328,11 +405,43 @@ describe("loom.RLock", function()
 
   describe("between threads", function()
     it("gives mutual exclusion to 4 threads (light)", function()
-      run_exclusive(loom.rlock, 4, 2000)
+      run_exclusive(loom.thread, loom.rlock, 4, 2000)
     end)
 
     it("gives mutual exclusion to 4 threads x 20000 #stress", function()
-      run_exclusive(loom.rlock, 4, 20000)
+      run_exclusive(loom.thread, loom.rlock, 4, 20000)
+    end)
+  end)
+
+  describe("between processes", function()
+    it("gives mutual exclusion to 2 processes", function()
+      run_exclusive(loom.process, loom.rlock, 2, 1000)
+    end)
+
+    it("has an owner per process: a child neither holds nor releases the parent's", function()
+      local r = loom.rlock()
+      r:acquire()
+      local p = loom.process(function()
+        return r:acquire(false), pcall(r.release, r)
+      end):start()
+      finally(function() p:join(5) end)
+      local got, ok, err = p:result(5)
+      assert.is_false(got)
+      assert.is_false(ok)
+      assert.equal("cannot release un-acquired lock", err)
+      r:release()
+      assert.is_false(r:locked())
+    end)
+
+    it("is taken over with 'owner died', at a count of one", function()
+      local r = loom.rlock()
+      local p = loom.process(function() r:acquire(); r:acquire() end):start()
+      p:join(5)
+      local ok, why = r:acquire(true, 5)
+      assert.is_true(ok)
+      assert.equal("owner died", why)
+      r:release()
+      assert.is_false(r:locked())
     end)
   end)
 end)

@@ -126,6 +126,26 @@ describe("loom.Semaphore", function()
       run_cap(3, 6, 5000)
     end)
   end)
+
+  describe("between processes", function()
+    it("never lets more than its count in", function()
+      local sem, inside = loom.semaphore(2), loom.semaphore(0)
+      local ps = {}
+      finally(function() for _, p in ipairs(ps) do p:join(10) end end)
+      for i = 1, 3 do ps[i] = loom.process(holder, sem, inside, 2, 200):start() end
+      for i = 1, 3 do assert.equal(0, ps[i]:result(30)) end
+      assert.equal(2, sem:get_value())
+    end)
+
+    it("wakes a child blocked in acquire", function()
+      local s = loom.semaphore(0)
+      local p = loom.process(function() return s:acquire(true, 5) end):start()
+      finally(function() p:join(5) end)
+      loom.sleep(0.05)
+      s:release()
+      assert.is_true(p:result(5))
+    end)
+  end)
 end)
 
 describe("loom.BoundedSemaphore", function()

@@ -48,6 +48,7 @@ function M.excepthook(fn)
   return core.set_excepthook(fn)
 end
 
+M.process = require("loom.process").process
 require("loom.pool").install()
 
 setmetatable(M, { __name = "loom" })

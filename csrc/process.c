@@ -1,0 +1,769 @@
+/* process.c: loom.Process, a forked child running a Lua function in its own
+** copy of the interpreter; its results or its error come back through the
+** codec, in a message the child leaves in the shared heap.
+** Lua: loom.core.process(fn, args, name, daemon) -> Process; Process:start(),
+**      join([t]), result([t]), error(), is_alive(), terminate(), kill();
+**      fields pid, ident, exitcode, name, daemon.
+** Lock order: a process's mu is taken alone.
+** SPDX-License-Identifier: MIT */
+#include "loomint.h"
+
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+enum { PR_NEW, PR_RUNNING, PR_DONE };
+
+typedef struct LoomProcess {
+  LoomObj obj;
+  pthread_mutex_t mu;        /* guards state, pid, pidfd, waiters, status */
+  int state;
+  int daemon;
+  pid_t pid;                 /* 0 until fork returned */
+  pid_t parent;              /* the process that forked it: it alone reaps */
+  pid_t creator;             /* the process that made the handle */
+  int pidfd;                 /* the parent's descriptor for it, or -1 */
+  int waiters;               /* parent threads polling pidfd */
+  int status;                /* wait status, once reaped */
+  int collected;             /* result() or error() has seen the outcome */
+  /* written by the child before it leaves, read once it is reaped */
+  int reported;              /* the child chose its exit code */
+  int code;
+  LoomMsg *results;
+  LoomMsg *error;            /* (error value, traceback) */
+  char failmsg[1024];        /* the error as text, for reports */
+  char name[64];
+} LoomProcess;
+
+/* Who this process is when loom forked it: its own handle, and whether it
+** is a daemon (which may not start children).  Written once, on the only
+** thread of a new child. */
+static LoomProcess *self_process = NULL;
+static int self_daemon = 0;
+
+/* Default names count up per process, like Python's; a child's children
+** are named after it ("Process-1:1"). */
+static atomic_long process_counter = 0;
+
+/* ---- C core ---- */
+
+static void process_destroy (LoomObj *o) {
+  LoomProcess *p = (LoomProcess *)o;
+  if (p->pidfd >= 0 && p->parent == getpid())
+    close(p->pidfd);
+  loomi_msg_free(p->results);
+  loomi_msg_free(p->error);
+  pthread_mutex_destroy(&p->mu);
+}
+
+static LoomProcess *process_create (void) {
+  LoomProcess *p = (LoomProcess *)loomi_obj_new(sizeof(LoomProcess),
+                                                LOOM_PROCESS, process_destroy);
+  if (p == NULL)
+    return NULL;
+  p->pidfd = -1;
+  if (loomi_mutex_init(&p->mu) != 0) {
+    p->obj.destroy = NULL;
+    loomi_obj_release(&p->obj);
+    return NULL;
+  }
+  p->state = PR_NEW;
+  p->creator = getpid();
+  return p;
+}
+
+static int open_pidfd (pid_t pid) {
+#ifdef SYS_pidfd_open
+  return (int)syscall(SYS_pidfd_open, pid, 0);
+#else
+  (void)pid;
+  return -1;
+#endif
+}
+
+static int send_signal (LoomProcess *p, int sig) {
+#ifdef SYS_pidfd_send_signal
+  if (p->pidfd >= 0 && p->parent == getpid() &&
+      syscall(SYS_pidfd_send_signal, p->pidfd, sig, NULL, 0) == 0)
+    return 0;
+#endif
+  return kill(p->pid, sig);
+}
+
+/* Collects the child's status if it has ended; p->mu held.  Only the
+** parent can; a status someone else collected (a host's own waitpid) is
+** replaced by the code the child reported, or 255. */
+static void process_reap (LoomProcess *p) {
+  if (p->state != PR_RUNNING || p->pid <= 0 || p->parent != getpid())
+    return;
+  int st;
+  pid_t r;
+  do
+    r = waitpid(p->pid, &st, WNOHANG);
+  while (r < 0 && errno == EINTR);
+  if (r == p->pid) {
+    p->status = st;
+    p->state = PR_DONE;
+  }
+  else if (r < 0 && errno == ECHILD) {
+    p->status = ((p->reported ? p->code : 255) & 0xff) << 8;
+    p->state = PR_DONE;
+  }
+  if (p->state == PR_DONE && p->waiters == 0 && p->pidfd >= 0) {
+    close(p->pidfd);
+    p->pidfd = -1;
+  }
+}
+
+static int exitcode_of (int status) {
+  if (WIFSIGNALED(status))
+    return -WTERMSIG(status);
+  return WEXITSTATUS(status);
+}
+
+/* Waits until p has ended and is reaped: 0, ETIMEDOUT, or ECANCELED when
+** `cancellable` and the calling loom thread was cancelled.  Polls the
+** pidfd in short slices so a cancel is seen; without a pidfd, backs off
+** from 1 to 20 ms.  No signal handler is involved. */
+static int process_wait_done (LoomProcess *p, const LoomDeadline *dl,
+                              int cancellable) {
+  int rc = 0;
+  long backoff_us = 1000;
+  loomi_mutex_lock(&p->mu);
+  for (;;) {
+    process_reap(p);
+    if (p->state == PR_DONE)
+      break;
+    if (cancellable && loomi_cancel_requested()) {
+      rc = ECANCELED;
+      break;
+    }
+    double left = loomi_deadline_left(dl);
+    if (left == 0) {
+      rc = ETIMEDOUT;
+      break;
+    }
+    long slice_us = 50000;
+    if (left > 0 && left * 1e6 < slice_us)
+      slice_us = (long)(left * 1e6) + 1;
+    int fd = p->pidfd;
+    p->waiters++;
+    loomi_mutex_unlock(&p->mu);
+    if (fd >= 0) {
+      struct pollfd pfd = { fd, POLLIN, 0 };
+      poll(&pfd, 1, (int)((slice_us + 999) / 1000));
+    }
+    else {
+      long us = backoff_us < slice_us ? backoff_us : slice_us;
+      struct timespec ts = { 0, us * 1000 };
+      nanosleep(&ts, NULL);
+      if (backoff_us < 20000)
+        backoff_us *= 2;
+    }
+    loomi_mutex_lock(&p->mu);
+    p->waiters--;
+  }
+  if (p->state == PR_DONE && p->waiters == 0 && p->pidfd >= 0) {
+    close(p->pidfd);
+    p->pidfd = -1;
+  }
+  loomi_mutex_unlock(&p->mu);
+  return rc;
+}
+
+/* Signals p unless it has been reaped (its pid may belong to someone else
+** by then); 1 when the signal was sent. */
+static int process_signal (LoomProcess *p, int sig) {
+  int sent = 0;
+  loomi_mutex_lock(&p->mu);
+  process_reap(p);
+  if (p->state == PR_RUNNING && p->pid > 0)
+    sent = send_signal(p, sig) == 0;
+  loomi_mutex_unlock(&p->mu);
+  return sent;
+}
+
+static int process_done (LoomProcess *p) {
+  loomi_mutex_lock(&p->mu);
+  process_reap(p);
+  int done = p->state == PR_DONE;
+  loomi_mutex_unlock(&p->mu);
+  return done;
+}
+
+/* An error nobody collected, on a handle nobody holds any more: reported
+** once, the way a thread's is. */
+static void process_report_lost (LoomProcess *p) {
+  if (p->error == NULL || p->collected || p->parent != getpid() ||
+      atomic_load(&p->obj.refs) != 1)
+    return;
+  p->collected = 1;
+  fprintf(stderr, "loom: exception in process %s:\n%s\n", p->name,
+          p->failmsg);
+  fflush(stderr);
+}
+
+/* ---- the per-state list of started processes ----
+** Keeps a reference to every child until it is reaped, so none is left a
+** zombie; when the state closes, daemons are terminated and everyone is
+** waited for (Python's rule). */
+
+typedef struct ProcList {
+  LoomProcess **list;
+  size_t n, cap;
+  pid_t pid;             /* the process whose references the list holds */
+} ProcList;
+
+static const char PROCLIST_KEY = 'P';
+
+static void proclist_prune (ProcList *pl) {
+  size_t keep = 0;
+  for (size_t i = 0; i < pl->n; i++) {
+    LoomProcess *p = pl->list[i];
+    if (process_done(p)) {
+      process_report_lost(p);
+      loomi_obj_release(&p->obj);
+    }
+    else
+      pl->list[keep++] = p;
+  }
+  pl->n = keep;
+}
+
+static void proclist_shutdown (ProcList *pl) {
+  if (pl->pid != getpid())
+    pl->n = 0;   /* a copy made by a fork loom did not do: not ours */
+  for (size_t i = 0; i < pl->n; i++)
+    if (pl->list[i]->daemon)
+      process_signal(pl->list[i], SIGTERM);
+  for (size_t i = 0; i < pl->n; i++) {
+    LoomProcess *p = pl->list[i];
+    LoomDeadline dl;
+    loomi_deadline_in(&dl, p->daemon ? 2.0 : -1);
+    if (process_wait_done(p, &dl, 0) == ETIMEDOUT) {
+      process_signal(p, SIGKILL);
+      loomi_deadline_in(&dl, -1);
+      process_wait_done(p, &dl, 0);
+    }
+    process_report_lost(p);
+    loomi_obj_release(&p->obj);
+  }
+  free(pl->list);
+  pl->list = NULL;
+  pl->n = pl->cap = 0;
+}
+
+static int proclist_gc (lua_State *L) {
+  proclist_shutdown(lua_touserdata(L, 1));
+  return 0;
+}
+
+/* The list of L's state, made on first use; NULL with `make` false and no
+** list yet. */
+static ProcList *proclist_of (lua_State *L, int make) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &PROCLIST_KEY) == LUA_TUSERDATA) {
+    ProcList *pl = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    return pl;
+  }
+  lua_pop(L, 1);
+  if (!make)
+    return NULL;
+  ProcList *pl = lua_newuserdatauv(L, sizeof(ProcList), 0);
+  memset(pl, 0, sizeof *pl);
+  pl->pid = getpid();
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, proclist_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &PROCLIST_KEY);
+  return pl;
+}
+
+/* ---- the child ---- */
+
+/* Leaves the child: the threads and processes it started are dealt with
+** as a closing state would (unless `quick`), the references its proxies
+** hold are returned, output is flushed, and _exit skips the cleanup that
+** belongs to the parent (atexit handlers, lua_close, stdio of inherited
+** read streams). */
+static void child_leave (lua_State *L, int code, int quick) {
+  if (self_process != NULL) {
+    self_process->code = code;
+    self_process->reported = 1;
+  }
+  if (!quick) {
+    loomi_thread_shutdown(L);
+    ProcList *pl = proclist_of(L, 0);
+    if (pl != NULL)
+      proclist_shutdown(pl);
+  }
+  loomi_proxy_release_all(L);
+  fflush(NULL);
+  _exit(code);
+}
+
+/* os.exit in a child: the same arguments; `close` waits for the threads
+** and processes the child started, as lua_close would. */
+static int child_exit (lua_State *L) {
+  int code;
+  if (lua_isboolean(L, 1))
+    code = lua_toboolean(L, 1) ? EXIT_SUCCESS : EXIT_FAILURE;
+  else
+    code = (int)luaL_optinteger(L, 1, EXIT_SUCCESS);
+  child_leave(L, code, !lua_toboolean(L, 2));
+  return 0;
+}
+
+/* Protected: stack 1 = {target, args}, 2 = the process.  Runs the target
+** in a coroutine, so that a traceback shows the child's own frames and not
+** the parent's stack the fork copied.  Leaves the encoded results in the
+** process and returns true, or returns false, error value, traceback. */
+static int child_main (lua_State *L) {
+  LoomProcess *p = lua_touserdata(L, 2);
+  lua_settop(L, 1);
+  if (lua_getglobal(L, "os") == LUA_TTABLE) {
+    lua_pushcfunction(L, child_exit);
+    lua_setfield(L, -2, "exit");
+  }
+  lua_pop(L, 1);
+  lua_State *co = lua_newthread(L);          /* 2 */
+  lua_rawgeti(L, 1, 2);                      /* 3: args */
+  lua_Integer n = 0;
+  if (lua_getfield(L, 3, "n") == LUA_TNUMBER)
+    n = lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  n = n > 0 ? n : 0;
+  luaL_checkstack(L, (int)n + 8, "too many arguments");
+  if (!lua_checkstack(co, (int)n + 8))
+    return luaL_error(L, "too many arguments");
+  lua_rawgeti(L, 1, 1);
+  for (lua_Integer i = 1; i <= n; i++)
+    lua_rawgeti(L, 3, i);
+  lua_xmove(L, co, (int)n + 1);
+  int nres = 0;
+  int status = lua_resume(co, L, (int)n, &nres);
+  if (status == LUA_OK) {
+    luaL_checkstack(L, nres + 8, "too many results");
+    lua_settop(L, 0);
+    lua_xmove(co, L, nres);
+    p->results = loomi_xfer_encode(L, 1, nres, "results");
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  lua_pushboolean(L, 0);
+  if (status == LUA_YIELD)
+    lua_pushliteral(L, "attempt to yield from outside a coroutine");
+  else
+    lua_xmove(co, L, 1);
+  luaL_traceback(L, co, NULL, 0);
+  return 3;
+}
+
+/* Protected: stack 1 = error value, 2 = traceback, 3 = the process. */
+static int child_store_error (lua_State *L) {
+  LoomProcess *p = lua_touserdata(L, 3);
+  lua_settop(L, 2);
+  p->error = loomi_xfer_encode(L, 1, 2, "error");
+  return 0;
+}
+
+static void child_fail (lua_State *L, LoomProcess *p) {
+  /* stack: error value, traceback */
+  int base = lua_gettop(L) - 1;
+  const char *text = lua_tostring(L, base);
+  const char *tb = lua_tostring(L, base + 1);
+  snprintf(p->failmsg, sizeof p->failmsg, "%s\n%s",
+           text ? text : "(error object is not a string)", tb ? tb : "");
+  lua_pushcfunction(L, child_store_error);
+  lua_pushvalue(L, base);
+  lua_pushvalue(L, base + 1);
+  lua_pushlightuserdata(L, p);
+  if (lua_pcall(L, 3, 0, 0) != LUA_OK) {
+    /* the value cannot travel: its text can */
+    lua_pop(L, 1);
+    lua_pushcfunction(L, child_store_error);
+    if (text != NULL)
+      lua_pushstring(L, text);
+    else
+      lua_pushfstring(L, "(error object is a %s value)",
+                      luaL_typename(L, base));
+    lua_pushvalue(L, base + 1);
+    lua_pushlightuserdata(L, p);
+    if (lua_pcall(L, 3, 0, 0) != LUA_OK)
+      lua_pop(L, 1);
+  }
+}
+
+/* The child's life, from fork to _exit; stack: proxy, {target, args}. */
+static void process_child (lua_State *L, LoomProcess *p) {
+  /* before anything allocates (and so may collect): the proxies this state
+  ** inherited get references of their own */
+  loomi_proxy_adopt(L);
+  if (loomi_thread_forked(L)) {
+    /* loom threads block every signal; a process must be reachable */
+    sigset_t none;
+    sigemptyset(&none);
+    pthread_sigmask(SIG_SETMASK, &none, NULL);
+  }
+  ProcList *pl = proclist_of(L, 0);
+  if (pl != NULL) {
+    pl->n = 0;   /* the parent's children, and its references to them */
+    pl->pid = getpid();
+  }
+  self_process = p;
+  self_daemon = p->daemon;
+  atomic_store(&process_counter, 0);
+  loomi_mutex_lock(&p->mu);
+  p->pid = getpid();
+  loomi_mutex_unlock(&p->mu);
+  int code = 0;
+  lua_pushcfunction(L, child_main);
+  lua_pushvalue(L, 2);
+  lua_pushlightuserdata(L, p);
+  if (lua_pcall(L, 2, 3, 0) != LUA_OK) {
+    lua_pushnil(L);    /* the results could not travel: no traceback */
+    child_fail(L, p);
+    code = 1;
+  }
+  else if (!lua_toboolean(L, -3)) {
+    child_fail(L, p);
+    code = 1;
+  }
+  child_leave(L, code, 0);
+}
+
+/* ---- Lua bindings ---- */
+
+static LoomProcess *checkprocess (lua_State *L, int arg) {
+  return (LoomProcess *)loomi_checkobj(L, arg, LOOM_PROCESS);
+}
+
+/* process(target, args, name, daemon): the Lua layer has sorted out the
+** two call forms; args is a sequence table with an n field. */
+static int process_new (lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  const char *name = luaL_optstring(L, 3, NULL);
+  int daemon = lua_toboolean(L, 4);
+  LoomObj **slot = loomi_proxy_new(L, LOOM_PROCESS);
+  lua_createtable(L, 2, 0);      /* the call, run by the child */
+  lua_pushvalue(L, 1);
+  lua_rawseti(L, -2, 1);
+  lua_pushvalue(L, 2);
+  lua_rawseti(L, -2, 2);
+  lua_setiuservalue(L, -2, 1);
+  LoomProcess *p = process_create();
+  if (p == NULL)
+    return luaL_error(L, "cannot create process: shared heap exhausted");
+  *slot = &p->obj;
+  p->daemon = daemon;
+  long nth = atomic_fetch_add(&process_counter, 1) + 1;
+  if (name != NULL)
+    snprintf(p->name, sizeof p->name, "%s", name);
+  else if (self_process != NULL)
+    snprintf(p->name, sizeof p->name, "%.40s:%ld", self_process->name, nth);
+  else
+    snprintf(p->name, sizeof p->name, "Process-%ld", nth);
+  return 1;
+}
+
+static int process_start (lua_State *L) {
+  LoomProcess *p = checkprocess(L, 1);
+  lua_settop(L, 1);
+  if (p->state != PR_NEW)
+    return luaL_error(L, "cannot start a process twice");
+  if (p->creator != getpid())
+    return luaL_error(L, "can only start a process object created by current process");
+  if (self_daemon)
+    return luaL_error(L, "daemonic processes are not allowed to have children");
+  if (lua_getiuservalue(L, 1, 1) != LUA_TTABLE)
+    return luaL_error(L, "cannot start a process twice");
+  ProcList *pl = proclist_of(L, 1);
+  proclist_prune(pl);
+  if (pl->n == pl->cap) {
+    size_t cap = pl->cap ? pl->cap * 2 : 8;
+    LoomProcess **list = realloc(pl->list, cap * sizeof *list);
+    if (list == NULL)
+      return luaL_error(L, "not enough memory");
+    pl->list = list;
+    pl->cap = cap;
+  }
+  /* what is buffered now belongs to the parent: a child that flushed it
+  ** again would print it twice */
+  fflush(NULL);
+  loomi_obj_retain(&p->obj);     /* the list's reference */
+  loomi_mutex_lock(&p->mu);
+  p->state = PR_RUNNING;
+  p->parent = getpid();
+  loomi_mutex_unlock(&p->mu);
+  pid_t pid = fork();
+  if (pid == 0)
+    process_child(L, p);         /* never returns */
+  if (pid < 0) {
+    int err = errno;
+    loomi_mutex_lock(&p->mu);
+    p->state = PR_NEW;
+    loomi_mutex_unlock(&p->mu);
+    loomi_obj_release(&p->obj);
+    luaL_pushfail(L);
+    lua_pushfstring(L, "cannot start process: %s", strerror(err));
+    lua_pushinteger(L, err);
+    return 3;
+  }
+  int fd = open_pidfd(pid);
+  loomi_mutex_lock(&p->mu);
+  p->pid = pid;
+  p->pidfd = fd;
+  loomi_mutex_unlock(&p->mu);
+  pl->list[pl->n++] = p;
+  lua_pushnil(L);
+  lua_setiuservalue(L, 1, 1);
+  lua_settop(L, 1);
+  return 1;
+}
+
+/* Common prologue of join, result and error(timeout): 0 when ended,
+** ETIMEDOUT; raises on misuse or when the caller is cancelled. */
+static int process_await (lua_State *L, LoomProcess *p, int arg) {
+  LoomDeadline dl;
+  loomi_opttimeout(L, arg, &dl);
+  loomi_mutex_lock(&p->mu);
+  int state = p->state;
+  pid_t parent = p->parent;
+  loomi_mutex_unlock(&p->mu);
+  if (state == PR_NEW)
+    return luaL_error(L, "can only join a started process");
+  if (parent != getpid())
+    return luaL_error(L, "can only join a child process");
+  loomi_block_begin(L);
+  int rc = process_wait_done(p, &dl, 1);
+  loomi_block_end(L);
+  if (rc == ECANCELED)
+    return loomi_raise_cancelled(L);
+  return rc;
+}
+
+static int process_join (lua_State *L) {
+  LoomProcess *p = checkprocess(L, 1);
+  lua_pushboolean(L, process_await(L, p, 2) == 0);
+  return 1;
+}
+
+/* Pushes what went wrong with an ended process, and returns how many
+** values: 0 when it succeeded, else (error value, traceback) for an
+** error, or (message, nil) for an exit code or a signal. */
+static int push_failure (lua_State *L, LoomProcess *p) {
+  if (p->error != NULL) {
+    int n = loomi_xfer_decode(L, p->error);
+    if (n < 2)
+      lua_settop(L, lua_gettop(L) - n + 2);
+    else if (n > 2)
+      lua_pop(L, n - 2);
+    return 2;
+  }
+  int code = exitcode_of(p->status);
+  if (code == 0)
+    return 0;
+  if (code > 0)
+    lua_pushfstring(L, "process %s exited with code %d", p->name, code);
+  else
+    lua_pushfstring(L, "process %s was killed by signal %d", p->name, -code);
+  lua_pushnil(L);
+  return 2;
+}
+
+static int process_result (lua_State *L) {
+  LoomProcess *p = checkprocess(L, 1);
+  if (process_await(L, p, 2) == ETIMEDOUT) {
+    luaL_pushfail(L);
+    lua_pushliteral(L, LOOM_TIMEOUT);
+    return 2;
+  }
+  lua_settop(L, 1);
+  p->collected = 1;
+  if (push_failure(L, p) > 0) {
+    if (lua_type(L, 2) == LUA_TSTRING && lua_type(L, 3) == LUA_TSTRING) {
+      lua_pushfstring(L, "%s\n[process %s] %s", lua_tostring(L, 2), p->name,
+                      lua_tostring(L, 3));
+      return lua_error(L);
+    }
+    lua_settop(L, 2);
+    return lua_error(L);
+  }
+  if (p->results == NULL)
+    return 0;
+  return loomi_xfer_decode(L, p->results);
+}
+
+/* error() -> nil while running or after a success; else the error value
+** and the child's traceback, or a message for an exit code or a signal.
+** Never raises the child's error. */
+static int process_error (lua_State *L) {
+  LoomProcess *p = checkprocess(L, 1);
+  lua_settop(L, 1);
+  if (p->parent != getpid() || !process_done(p)) {
+    lua_pushnil(L);
+    return 1;
+  }
+  p->collected = 1;
+  int n = push_failure(L, p);
+  if (n == 0)
+    lua_pushnil(L);
+  return n ? n : 1;
+}
+
+static int process_is_alive (lua_State *L) {
+  LoomProcess *p = checkprocess(L, 1);
+  loomi_mutex_lock(&p->mu);
+  int state = p->state;
+  pid_t parent = p->parent;
+  loomi_mutex_unlock(&p->mu);
+  if (state == PR_NEW) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  if (parent != getpid())
+    return luaL_error(L, "can only test a child process");
+  lua_pushboolean(L, !process_done(p));
+  return 1;
+}
+
+static int signal_process (lua_State *L, int sig) {
+  LoomProcess *p = checkprocess(L, 1);
+  loomi_mutex_lock(&p->mu);
+  int state = p->state;
+  loomi_mutex_unlock(&p->mu);
+  if (state == PR_NEW)
+    return luaL_error(L, "cannot signal a process before it is started");
+  lua_pushboolean(L, process_signal(p, sig));
+  return 1;
+}
+
+static int process_terminate (lua_State *L) {
+  return signal_process(L, SIGTERM);
+}
+
+static int process_kill (lua_State *L) {
+  return signal_process(L, SIGKILL);
+}
+
+static int process_gc (lua_State *L) {
+  LoomObj **slot = lua_touserdata(L, 1);
+  LoomProcess *p = (LoomProcess *)*slot;
+  if (p != NULL && p->state == PR_DONE)
+    process_report_lost(p);
+  return loomi_proxy_gc(L);
+}
+
+static int process_index (lua_State *L) {
+  LoomProcess *p = checkprocess(L, 1);
+  const char *key = luaL_checkstring(L, 2);
+  if (strcmp(key, "name") == 0)
+    lua_pushstring(L, p->name);
+  else if (strcmp(key, "pid") == 0 || strcmp(key, "ident") == 0) {
+    loomi_mutex_lock(&p->mu);
+    pid_t pid = p->pid;
+    loomi_mutex_unlock(&p->mu);
+    if (pid > 0)
+      lua_pushinteger(L, pid);
+    else
+      lua_pushnil(L);
+  }
+  else if (strcmp(key, "exitcode") == 0) {
+    loomi_mutex_lock(&p->mu);
+    process_reap(p);
+    int done = p->state == PR_DONE;
+    int status = p->status;
+    loomi_mutex_unlock(&p->mu);
+    if (done)
+      lua_pushinteger(L, exitcode_of(status));
+    else
+      lua_pushnil(L);
+  }
+  else if (strcmp(key, "daemon") == 0)
+    lua_pushboolean(L, p->daemon);
+  else {
+    luaL_getmetatable(L, LOOM_PROCESS);
+    lua_getfield(L, -1, "methods");
+    lua_getfield(L, -1, key);
+  }
+  return 1;
+}
+
+static int process_newindex (lua_State *L) {
+  LoomProcess *p = checkprocess(L, 1);
+  const char *key = luaL_checkstring(L, 2);
+  if (strcmp(key, "name") == 0) {
+    snprintf(p->name, sizeof p->name, "%s", luaL_checkstring(L, 3));
+    return 0;
+  }
+  if (strcmp(key, "daemon") == 0) {
+    if (p->state != PR_NEW)
+      return luaL_error(L, "cannot set daemon status of a started process");
+    p->daemon = lua_toboolean(L, 3);
+    return 0;
+  }
+  return luaL_error(L, "cannot set field '%s' of a loom.Process", key);
+}
+
+static int process_tostring (lua_State *L) {
+  LoomProcess *p = checkprocess(L, 1);
+  loomi_mutex_lock(&p->mu);
+  if (p->parent == getpid())
+    process_reap(p);
+  int state = p->state, status = p->status;
+  pid_t pid = p->pid;
+  loomi_mutex_unlock(&p->mu);
+  const char *d = p->daemon ? ", daemon" : "";
+  if (state == PR_NEW)
+    lua_pushfstring(L, "loom.Process (%s, initial%s)", p->name, d);
+  else if (state == PR_RUNNING)
+    lua_pushfstring(L, "loom.Process (%s, started, pid %d%s)", p->name,
+                    (int)pid, d);
+  else
+    lua_pushfstring(L, "loom.Process (%s, stopped, exitcode %d%s)", p->name,
+                    exitcode_of(status), d);
+  return 1;
+}
+
+static const luaL_Reg process_meta[] = {
+  {"__index", process_index},
+  {"__newindex", process_newindex},
+  {"__gc", process_gc},
+  {"__close", process_gc},
+  {"__tostring", process_tostring},
+  {NULL, NULL}
+};
+
+static const luaL_Reg process_methods[] = {
+  {"start", process_start},
+  {"join", process_join},
+  {"result", process_result},
+  {"error", process_error},
+  {"is_alive", process_is_alive},
+  {"terminate", process_terminate},
+  {"kill", process_kill},
+  {NULL, NULL}
+};
+
+static const luaL_Reg process_funcs[] = {
+  {"process", process_new},
+  {NULL, NULL}
+};
+
+void loomi_process_open (lua_State *L) {
+  loomi_newclass(L, LOOM_PROCESS, process_meta, NULL);
+  luaL_getmetatable(L, LOOM_PROCESS);
+  lua_newtable(L);
+  luaL_setfuncs(L, process_methods, 0);
+  lua_setfield(L, -2, "methods");
+  lua_pop(L, 1);
+  luaL_setfuncs(L, process_funcs, 0);
+  proclist_of(L, 1);   /* made now so it is finalized after later objects */
+}

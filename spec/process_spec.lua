@@ -1,0 +1,552 @@
+local loom = require "loom"
+local helpers = require "helpers"
+
+-- Runs a script in a fresh interpreter whose stdout is a pipe (fully
+-- buffered, as in a notebook); returns its output and exit status.
+local run_script = helpers.run
+
+local function exists(pid)
+  local f = io.open("/proc/" .. pid .. "/stat")
+  if not f then return false end
+  f:close()
+  return true
+end
+
+-- the state letter of /proc/<pid>/stat ("Z" for a zombie), nil when gone
+local function proc_state(pid)
+  local f = io.open("/proc/" .. pid .. "/stat")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s:match("^%d+ %b() (%a)")
+end
+
+describe("loom.Process", function()
+
+  describe("loom.process()", function()
+    it("makes a handle that is not started", function()
+      local p = loom.process(function() end)
+      assert.is_nil(p.pid)
+      assert.is_nil(p.exitcode)
+      assert.is_false(p:is_alive())
+      assert.is_false(p.daemon)
+      assert.matches("^Process%-%d+$", p.name)
+      assert.matches("^loom.Process %(Process%-%d+, initial%)$", tostring(p))
+    end)
+
+    it("takes the table form", function()
+      local p = loom.process{target = function(a, b) return a .. b end,
+                             args = {"x", "y"}, name = "worker", daemon = true}
+      assert.equal("worker", p.name)
+      assert.is_true(p.daemon)
+      p:start()
+      assert.equal("xy", p:result(10))
+    end)
+
+    it("keeps nil holes in args", function()
+      local p = loom.process{target = function(...) return select("#", ...), ... end,
+                             args = table.pack(1, nil, 3)}:start()
+      local n, a, b, c = p:result(10)
+      assert.equal(3, n)
+      assert.equal(1, a)
+      assert.is_nil(b)
+      assert.equal(3, c)
+    end)
+
+    it("rejects bad arguments", function()
+      assert.has_error(function() loom.process(42) end,
+        "bad argument #1 to 'process' (function expected, got number)")
+      assert.has_error(function() loom.process() end,
+        "bad argument #1 to 'process' (function expected, got nil)")
+      assert.has_error(function() loom.process{target = 1} end,
+        "bad argument #1 to 'process' (target must be a function)")
+      assert.has_error(function() loom.process{target = print, args = 3} end,
+        "bad argument #1 to 'process' (args must be a table)")
+      assert.has_error(function() loom.process{target = print, name = 5} end,
+        "bad argument #1 to 'process' (name must be a string)")
+    end)
+
+    it("lets name and daemon be set before start only", function()
+      local p = loom.process(function() end)
+      p.name = "renamed"
+      p.daemon = true
+      assert.equal("renamed", p.name)
+      assert.is_true(p.daemon)
+      p:start()
+      finally(function() p:join(10) end)
+      assert.has_error(function() p.daemon = false end,
+        "cannot set daemon status of a started process")
+      assert.has_error(function() p.other = 1 end,
+        "cannot set field 'other' of a loom.Process")
+    end)
+  end)
+
+  describe(":start()", function()
+    it("returns the process, with a pid", function()
+      local p = loom.process(function() end)
+      assert.equal(p, p:start())
+      finally(function() p:join(10) end)
+      assert.is_number(p.pid)
+      assert.equal(p.pid, p.ident)
+      assert.is_not.equal(0, p.pid)
+    end)
+
+    it("cannot start twice", function()
+      local p = loom.process(function() end):start()
+      finally(function() p:join(10) end)
+      assert.has_error(function() p:start() end, "cannot start a process twice")
+    end)
+
+    it("runs the function in a copy of the interpreter: nothing is transferred", function()
+      local co = coroutine.wrap(function() coroutine.yield(1); coroutine.yield(2) end)
+      local stdout = io.stdout
+      local shared = {n = 10}
+      local p = loom.process(function()
+        shared.n = shared.n + 1           -- the child's copy only
+        return co() + co(), io.type(stdout), shared.n
+      end):start()
+      local sum, kind, n = p:result(10)
+      assert.equal(3, sum)
+      assert.equal("file", kind)
+      assert.equal(11, n)
+      assert.equal(10, shared.n)
+    end)
+
+    it("names a child's own children after it", function()
+      local p = loom.process{name = "outer", target = function()
+        local q = loom.process(function() return "inner" end):start()
+        return q.name, q:result(10)
+      end}:start()
+      local name, r = p:result(10)
+      assert.equal("outer:1", name)
+      assert.equal("inner", r)
+    end)
+
+    it("does not let a daemon have children", function()
+      local p = loom.process{daemon = true, target = function()
+        return pcall(function() loom.process(function() end):start() end)
+      end}:start()
+      local ok, err = p:result(10)
+      assert.is_false(ok)
+      assert.matches("daemonic processes are not allowed to have children", err, 1, true)
+    end)
+
+    it("only starts a handle made in this process", function()
+      local p = loom.process(function() end)
+      local q = loom.process(function()
+        local ok, err = pcall(p.start, p)
+        return ok, err
+      end):start()
+      local ok, err = q:result(10)
+      assert.is_false(ok)
+      assert.matches("can only start a process object created by current process", err, 1, true)
+    end)
+  end)
+
+  describe(":result()", function()
+    it("returns the child's results", function()
+      local p = loom.process(function(a, b)
+        return a + b, "two", {x = {1, 2, 3}}, nil, 2.5
+      end, 20, 22):start()
+      local a, b, c, d, e = p:result(10)
+      assert.equal(42, a)
+      assert.equal("two", b)
+      assert.same({x = {1, 2, 3}}, c)
+      assert.is_nil(d)
+      assert.equal(2.5, e)
+      local a2, b2 = p:result()
+      assert.same({42, "two"}, {a2, b2}, "a second call gives them again")
+    end)
+
+    it("returns nothing for a child that returns nothing", function()
+      local p = loom.process(function() end):start()
+      assert.equal(0, select("#", p:result(10)))
+    end)
+
+    it("re-raises the child's error with its traceback", function()
+      local function deep() error("boom") end
+      local p = loom.process(function() deep() end):start()
+      local ok, err = pcall(p.result, p, 10)
+      assert.is_false(ok)
+      assert.matches("process_spec.lua:%d+: boom\n%[process " .. p.name:gsub("%-", "%%-") ..
+                     "%] stack traceback:\n", err)
+      assert.matches("in %a* ?'?deep'?", err)
+      assert.not_matches("in method 'start'", err, nil, "the parent's frames are not the child's")
+    end)
+
+    it("re-raises a non-string error value as it is", function()
+      local p = loom.process(function() error({code = 7}) end):start()
+      local ok, err = pcall(p.result, p, 10)
+      assert.is_false(ok)
+      assert.same({code = 7}, err)
+    end)
+
+    it("fails with a clear message when results cannot travel", function()
+      local p = loom.process(function() return coroutine.create(print) end):start()
+      assert.has_error(function() p:result(10) end, "cannot transfer results: coroutine")
+      assert.equal(1, p.exitcode)
+    end)
+
+    it("returns fail, 'timeout' while the child runs", function()
+      local p = loom.process(function() loom.sleep(30) end):start()
+      finally(function() p:kill(); p:join(10) end)
+      local r, err = p:result(0.05)
+      assert.is_nil(r)
+      assert.equal("timeout", err)
+    end)
+
+    it("raises for an exit code or a signal", function()
+      local p = loom.process(function() os.exit(3) end):start()
+      assert.has_error(function() p:result(10) end,
+        "process " .. p.name .. " exited with code 3")
+      local k = loom.process(function() loom.sleep(30) end):start()
+      k:kill()
+      assert.has_error(function() k:result(10) end,
+        "process " .. k.name .. " was killed by signal 9")
+    end)
+
+    it("raises on misuse", function()
+      local p = loom.process(function() end)
+      assert.has_error(function() p:result() end, "can only join a started process")
+      p:start()
+      finally(function() p:join(10) end)
+      assert.has_error(function() p:result(-1) end,
+        "bad argument #1 to 'result' (timeout must be non-negative)")
+    end)
+  end)
+
+  describe(":error()", function()
+    it("is nil while running and after a success", function()
+      local p = loom.process(function() return 1 end)
+      assert.is_nil(p:error())
+      p:start()
+      p:join(10)
+      assert.is_nil(p:error())
+    end)
+
+    it("gives the error value and traceback without raising", function()
+      local p = loom.process(function() error("bad", 0) end):start()
+      p:join(10)
+      local err, tb = p:error()
+      assert.equal("bad", err)
+      assert.matches("^stack traceback:\n", tb)
+    end)
+
+    it("describes an exit code or a signal", function()
+      local p = loom.process(function() os.exit(5) end):start()
+      p:join(10)
+      assert.equal("process " .. p.name .. " exited with code 5", p:error())
+    end)
+  end)
+
+  describe(":join()", function()
+    it("returns true once the child has ended", function()
+      local p = loom.process(function() end):start()
+      assert.is_true(p:join(10))
+      assert.is_true(p:join(), "joining again is fine")
+      assert.equal(0, p.exitcode)
+    end)
+
+    it("returns false on timeout", function()
+      local p = loom.process(function() loom.sleep(30) end):start()
+      finally(function() p:kill(); p:join(10) end)
+      assert.is_false(p:join(0))
+      assert.is_false(p:join(0.05))
+      assert.is_true(p:is_alive())
+    end)
+
+    it("raises on misuse", function()
+      local p = loom.process(function() end)
+      assert.has_error(function() p:join() end, "can only join a started process")
+      p:start()
+      finally(function() p:join(10) end)
+      assert.has_error(function() p:join(-1) end,
+        "bad argument #1 to 'join' (timeout must be non-negative)")
+      assert.has_error(function() p:join("x") end,
+        "bad argument #1 to 'join' (number expected, got string)")
+    end)
+
+    it("can only join a child process", function()
+      local p = loom.process(function() return 1 end)
+      p:start()
+      local q = loom.process(function()
+        return pcall(p.join, p, 1)
+      end):start()
+      local ok, err = q:result(10)
+      assert.is_false(ok)
+      assert.matches("can only join a child process", err, 1, true)
+      assert.is_true(p:join(10))
+    end)
+
+    it("works from another thread of the parent", function()
+      local p = loom.process(function() return "done" end):start()
+      local t = loom.thread(function(proc)
+        return proc:join(10), proc:result()
+      end, p):start()
+      local joined, r = t:result(10)
+      assert.is_true(joined)
+      assert.equal("done", r)
+    end)
+
+    it("is woken by cancel() in a loom thread", function()
+      local p = loom.process(function() loom.sleep(30) end):start()
+      finally(function() p:kill(); p:join(10) end)
+      local t = loom.thread(function(proc) return proc:join() end, p):start()
+      assert.is_false(t:join(0.1))
+      t:cancel()
+      assert.is_true(t:join(10))
+      local r, err = t:result()
+      assert.is_nil(r)
+      assert.equal("cancelled", err)
+      assert.is_true(p:is_alive())
+    end)
+  end)
+
+  describe(".exitcode", function()
+    it("is nil while running, then the code", function()
+      local p = loom.process(function() loom.sleep(30) end):start()
+      assert.is_nil(p.exitcode)
+      p:kill()
+      p:join(10)
+      assert.equal(-9, p.exitcode)
+    end)
+
+    it("is 0, 1 after an error, or the code given to os.exit", function()
+      local cases = {
+        {function() end, 0},
+        {function() error("x") end, 1},
+        {function() os.exit(3) end, 3},
+        {function() os.exit(true) end, 0},
+        {function() os.exit(false) end, 1},
+        {function() os.exit() end, 0},
+      }
+      for i, case in ipairs(cases) do
+        local p = loom.process(case[1]):start()
+        assert.is_true(p:join(10))
+        assert.equal(case[2], p.exitcode, "case " .. i)
+        p:error()   -- collected: not reported as lost
+      end
+    end)
+
+    it("is -15 after terminate() and -9 after kill()", function()
+      local a = loom.process(function() loom.sleep(30) end):start()
+      local b = loom.process(function() while true do end end):start()
+      assert.is_true(a:terminate())
+      assert.is_true(b:kill())
+      assert.is_true(a:join(10))
+      assert.is_true(b:join(10))
+      assert.equal(-15, a.exitcode)
+      assert.equal(-9, b.exitcode)
+      assert.matches("stopped, exitcode %-9", tostring(b))
+    end)
+  end)
+
+  describe(":is_alive()", function()
+    it("is true while the child runs", function()
+      local p = loom.process(function() loom.sleep(30) end):start()
+      assert.is_true(p:is_alive())
+      p:terminate()
+      assert.is_true(p:join(10))
+      assert.is_false(p:is_alive())
+    end)
+
+    it("can only test a child process", function()
+      local p = loom.process(function() return pcall(function() return 1 end) end)
+      local q
+      q = loom.process(function() return pcall(function() return q:is_alive() end) end)
+      q:start()
+      local ok, err = q:result(10)
+      assert.is_false(ok)
+      assert.matches("can only test a child process", err, 1, true)
+      assert.is_false(p:is_alive())
+    end)
+  end)
+
+  describe(":terminate() and :kill()", function()
+    it("raise before start", function()
+      local p = loom.process(function() end)
+      assert.has_error(function() p:terminate() end,
+        "cannot signal a process before it is started")
+      assert.has_error(function() p:kill() end,
+        "cannot signal a process before it is started")
+    end)
+
+    it("return false once the child is gone", function()
+      local p = loom.process(function() end):start()
+      p:join(10)
+      assert.is_false(p:terminate())
+      assert.is_false(p:kill())
+      assert.equal(0, p.exitcode)
+    end)
+
+    it("reach a child forked from a loom thread", function()
+      local t = loom.thread(function()
+        local lm = require "loom"
+        local p = lm.process(function() lm.sleep(30) end):start()
+        p:terminate()
+        p:join(10)
+        return p.exitcode
+      end):start()
+      assert.equal(-15, t:result(20))
+    end)
+  end)
+
+  describe("fork safety", function()
+    it("does not let the child release the parent's references", function()
+      collectgarbage()
+      collectgarbage()
+      local t = loom.thread(function() return 7 end):start()
+      t:join(10)
+      local p = loom.process(function()
+        t = nil
+        collectgarbage()
+        collectgarbage()
+        return true
+      end):start()
+      assert.is_true(p:result(10))
+      collectgarbage()
+      collectgarbage()
+      assert.equal(7, t:result())
+      assert.equal("loom.Thread", tostring(t):match("^loom%.Thread"))
+    end)
+
+    it("gives back the child's references when it leaves", function()
+      local p = loom.process(function() end):start()   -- the first fork is warm-up
+      p:join(10)
+      collectgarbage()
+      collectgarbage()
+      local t = loom.thread(function() return 1 end):start()
+      t:join(10)
+      for _ = 1, 5 do
+        local q = loom.process(function() return t ~= nil end):start()
+        assert.is_true(q:result(10))
+      end
+      local before = loom.heap_used()
+      t = nil
+      collectgarbage()
+      collectgarbage()
+      assert.is_true(loom.heap_used() < before, "the thread object was freed")
+    end)
+
+    it("does not wait for the parent's threads", function()
+      local t = loom.thread(function() require("loom").sleep(60) end):start()
+      finally(function() t:cancel(); t:join(10) end)
+      local p = loom.process(function() return t:is_alive() end):start()
+      assert.is_true(p:join(20))
+      assert.equal(0, p.exitcode)
+    end)
+
+    it("waits for the threads the child started", function()
+      local file = os.tmpname()
+      finally(function() os.remove(file) end)
+      local p = loom.process(function()
+        loom.thread(function(name)
+          require("loom").sleep(0.2)
+          local f = io.open(name, "w")
+          f:write("written")
+          f:close()
+        end, file):start()
+      end):start()
+      assert.is_true(p:join(20))
+      local f = assert(io.open(file))
+      assert.equal("written", f:read("a"))
+      f:close()
+    end)
+
+    it("survives 50 forks while two threads churn the shared heap", function()
+      local workers = {}
+      for i = 1, 2 do
+        workers[i] = loom.thread(function()
+          local lm = require "loom"
+          local n = 0
+          local deadline = lm.now() + 60
+          while lm.now() < deadline do
+            local t = lm.thread(function(x) return {x, x .. ""} end, n):start()
+            local r = t:result(10)
+            if r[1] ~= n then error("bad result") end
+            n = n + 1
+            if lm.current():cancelled() then break end
+          end
+          return n
+        end):start()
+      end
+      finally(function()
+        for _, w in ipairs(workers) do w:cancel(); w:join(20) end
+      end)
+      for i = 1, 50 do
+        local p = loom.process(function(x) return x * 2, {s = ("y"):rep(x)} end, i):start()
+        local v, tab = p:result(20)
+        assert.equal(i * 2, v)
+        assert.equal(i, #tab.s)
+      end
+      for _, w in ipairs(workers) do assert.is_true(w:is_alive(), tostring(w:error())) end
+    end)
+  end)
+
+  describe("output", function()
+    it("keeps what the child prints, and prints the parent's once", function()
+      local out = run_script([[
+        local loom = require "loom"
+        io.write("parent before\n")
+        local p = loom.process(function(x) print("child says", x) end, 42):start()
+        p:join(10)
+        io.write("parent after\n")
+      ]])
+      assert.equal("parent before\nchild says\t42\nparent after\n", out)
+    end)
+
+    it("flushes on os.exit in the child", function()
+      local out = run_script([[
+        local loom = require "loom"
+        local p = loom.process(function() io.write("no newline"); os.exit(4) end):start()
+        p:join(10)
+        io.write(" exit ", p.exitcode, "\n")
+      ]])
+      assert.equal("no newline exit 4\n", out)
+    end)
+  end)
+
+  describe("lifecycle", function()
+    it("waits for non-daemon children when the state closes", function()
+      local out = run_script([[
+        local loom = require "loom"
+        loom.process(function() loom.sleep(0.2); print("late child") end):start()
+        print("parent done")
+      ]])
+      assert.equal("parent done\nlate child\n", out)
+    end)
+
+    it("terminates daemon children when the state closes", function()
+      local out, ok = run_script([[
+        local loom = require "loom"
+        local p = loom.process{daemon = true, target = function() loom.sleep(60) end}:start()
+        print(p.pid)
+      ]])
+      assert.is_true(ok)
+      local pid = assert(tonumber(out:match("^(%d+)")))
+      assert.is_false(exists(pid))
+    end)
+
+    it("reaps a child whose handle was dropped when the next one starts", function()
+      local p = loom.process(function() end):start()
+      local pid = p.pid
+      p = nil
+      collectgarbage()
+      local deadline = loom.now() + 20
+      while proc_state(pid) ~= "Z" and loom.now() < deadline do loom.sleep(0.01) end
+      assert.equal("Z", proc_state(pid))
+      local q = loom.process(function() end):start()
+      assert.is_nil(proc_state(pid))
+      q:join(10)
+      assert.is_nil(proc_state(q.pid), "joined means reaped")
+    end)
+
+    it("reports an error nobody collected", function()
+      local out = run_script([[
+        local loom = require "loom"
+        loom.process(function() error("lost error") end):start()
+      ]])
+      assert.matches("^loom: exception in process Process%-1:\n[^\n]*lost error\nstack traceback:", out)
+    end)
+  end)
+end)
