@@ -9,19 +9,28 @@
 ** carrying its call as one message), both in the shared heap, with
 ** queue_serve, the loop any worker runs over a queue; and the runner, which
 ** decides how a worker exists (here: a detached thread with its own state,
-** see worker_main).  A process kind forks runners that call the same
-** queue_serve (doc/api-pool.md, last section).
+** see worker_main; or a forked process under a supervisor thread, see
+** supervisor_main): both call the same queue_serve.
 ** Lock order: a future's mu, then a waiter's mu.  The queue's mu is never
 ** held with either.
 ** SPDX-License-Identifier: MIT */
 #include "loomint.h"
 
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdio_ext.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+/* <sys/wait.h>'s WAIT_ANY (waitpid's "any child") would shadow the wait
+** mode below; this file only ever waits for a given pid. */
+#undef WAIT_ANY
 
 #define LOOM_TASKQUEUE  "loom.TaskQueue"    /* internal: never proxied */
 #define LOOM_WAITER     "loom.Waiter"
@@ -74,6 +83,7 @@ typedef struct Future {
   LoomMsg *error;            /* (error, traceback); NULL + F_FAILED: no state */
   WaitLink *links;           /* mu held */
   int pool_id, worker;       /* who ran it, for the remote traceback */
+  int by_process;            /* a worker process ran it */
 } Future;
 
 typedef struct TaskQueue {
@@ -91,12 +101,15 @@ typedef struct TaskQueue {
   int id;
   LoomMsg *init;             /* (init, initargs...) or NULL */
   char *path, *cpath;        /* package paths for worker states (heap) */
+  Future **claimed;          /* process kind: the task each worker runs,
+                                so a crash fails that future (heap) */
 } TaskQueue;
 
 typedef struct Pool {
   LoomObj obj;
   TaskQueue *q;
   int nworkers;
+  int process;               /* kind = "process" */
 } Pool;
 
 /* Pool ids count up across the process, for worker names. */
@@ -258,6 +271,7 @@ static void queue_destroy (LoomObj *o) {
   loomi_msg_free(q->init);
   loomi_heap_free(q->path);
   loomi_heap_free(q->cpath);
+  loomi_heap_free(q->claimed);
   pthread_mutex_destroy(&q->mu);
   pthread_cond_destroy(&q->cv);
   pthread_cond_destroy(&q->exit_cv);
@@ -481,9 +495,12 @@ static void queue_serve (TaskQueue *q, lua_State *L, int worker) {
   while ((f = queue_pop(q, L, &dirty)) != NULL) {
     dirty = 1;
     Task t = { f, NULL, NULL };
+    if (q->claimed != NULL)
+      q->claimed[worker - 1] = f;   /* before the claim: no gap to die in */
     if (future_claim(f, &t.call)) {
       f->pool_id = q->id;
       f->worker = worker;
+      f->by_process = q->claimed != NULL;
       lua_pushcfunction(L, task_run);
       lua_pushlightuserdata(L, &t);
       if (lua_pcall(L, 1, 0, 1) == LUA_OK)
@@ -495,6 +512,8 @@ static void queue_serve (TaskQueue *q, lua_State *L, int worker) {
       loomi_msg_free(t.call);
       lua_settop(L, 1);
     }
+    if (q->claimed != NULL)
+      q->claimed[worker - 1] = NULL;
     loomi_obj_release(&f->obj);
   }
   lua_settop(L, 0);
@@ -559,6 +578,193 @@ static int start_threads (TaskQueue *q, int n) {
   }
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   pthread_attr_destroy(&attr);
+  return err;
+}
+
+/* ---- the process runner ----
+** A supervisor thread in the parent forks the workers, each of which makes
+** a fresh state and serves the same queue, then leaves with _exit.  It
+** polls their pidfds; a worker that dies fails the future it had claimed
+** (with its signal or exit code) and is replaced while there is work.  The
+** supervisor reports a worker gone only once it is reaped, so shutdown(true)
+** returns with no child left. */
+
+typedef struct ProcWorker {
+  pid_t pid;                 /* 0: no child in this slot */
+  int pidfd;
+} ProcWorker;
+
+typedef struct Supervisor {
+  TaskQueue *q;              /* the supervisor's reference */
+  int n;
+  pid_t parent;
+  lua_State *L;              /* a bare state, to encode crash errors */
+  ProcWorker w[];
+} Supervisor;
+
+static void proc_worker_child (TaskQueue *q, int index, pid_t parent) {
+  sigset_t none;
+  sigemptyset(&none);
+  pthread_sigmask(SIG_SETMASK, &none, NULL);
+  /* the supervisor thread outlives every worker: its end means the parent
+  ** is gone */
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != parent)
+    _exit(1);
+  /* what the parent had buffered is the parent's to write */
+  __fpurge(stdout);
+  __fpurge(stderr);
+  char err[160];
+  lua_State *L = loomi_newstate(q->path, q->cpath, err, sizeof err);
+  if (L == NULL)
+    queue_break(q, NULL);
+  else {
+    loomi_proxy_adopt(L);    /* a fresh state: its proxies are its own */
+    queue_serve(q, L, index);
+    lua_close(L);            /* the worker's own files and objects only */
+  }
+  fflush(stdout);
+  fflush(stderr);
+  _exit(0);
+}
+
+static int proc_spawn (Supervisor *s, int i) {
+  pid_t pid = fork();
+  if (pid == 0)
+    proc_worker_child(s->q, i + 1, s->parent);
+  if (pid < 0)
+    return -1;
+  s->w[i].pid = pid;
+#ifdef SYS_pidfd_open
+  s->w[i].pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+#else
+  s->w[i].pidfd = -1;
+#endif
+  return 0;
+}
+
+/* Protected: encodes (message, nil) as a future's error. */
+static int encode_crash (lua_State *L) {
+  LoomMsg **out = lua_touserdata(L, 1);
+  lua_pushvalue(L, 2);
+  lua_pushnil(L);
+  *out = loomi_xfer_encode(L, 3, 2, "error");
+  return 0;
+}
+
+static void proc_reaped (Supervisor *s, int i, int status) {
+  TaskQueue *q = s->q;
+  if (s->w[i].pidfd >= 0)
+    close(s->w[i].pidfd);
+  s->w[i].pid = 0;
+  s->w[i].pidfd = -1;
+  Future *f = q->claimed[i];
+  q->claimed[i] = NULL;
+  if (f != NULL) {
+    LoomMsg *call = NULL;
+    if (future_claim(f, &call))   /* taken from the queue, never started */
+      loomi_msg_free(call);
+    if (atomic_load(&f->state) == F_RUNNING) {
+      LoomMsg *err = NULL;
+      lua_settop(s->L, 0);
+      lua_pushcfunction(s->L, encode_crash);
+      lua_pushlightuserdata(s->L, &err);
+      if (WIFSIGNALED(status))
+        lua_pushfstring(s->L, "pool worker process killed by signal %d",
+                        WTERMSIG(status));
+      else
+        lua_pushfstring(s->L, "pool worker process exited with code %d",
+                        WEXITSTATUS(status));
+      if (lua_pcall(s->L, 2, 0, 0) != LUA_OK)
+        err = NULL;
+      future_finish(f, F_FAILED, NULL, err);
+    }
+    loomi_obj_release(&f->obj);   /* the dead worker's reference */
+  }
+  int again = !atomic_load(&q->broken) &&
+              (!atomic_load(&q->shutdown) || atomic_load(&q->nqueued) > 0);
+  if (!again || proc_spawn(s, i) != 0)
+    queue_worker_gone(q);
+}
+
+static void *supervisor_main (void *arg) {
+  Supervisor *s = arg;
+  for (int i = 0; i < s->n; i++)
+    if (proc_spawn(s, i) != 0)
+      queue_worker_gone(s->q);
+  struct pollfd *fds = malloc((size_t)s->n * sizeof *fds);
+  for (;;) {
+    int live = 0, nfds = 0;
+    for (int i = 0; i < s->n; i++) {
+      if (s->w[i].pid <= 0)
+        continue;
+      live++;
+      if (fds != NULL && s->w[i].pidfd >= 0) {
+        fds[nfds].fd = s->w[i].pidfd;
+        fds[nfds].events = POLLIN;
+        fds[nfds].revents = 0;
+        nfds++;
+      }
+    }
+    if (live == 0)
+      break;
+    if (nfds == live)
+      poll(fds, (nfds_t)nfds, 1000);
+    else {
+      struct timespec ts = { 0, 10000000 };
+      nanosleep(&ts, NULL);
+    }
+    for (int i = 0; i < s->n; i++) {
+      int st;
+      if (s->w[i].pid > 0 && waitpid(s->w[i].pid, &st, WNOHANG) == s->w[i].pid)
+        proc_reaped(s, i, st);
+    }
+  }
+  free(fds);
+  lua_close(s->L);
+  loomi_obj_release(&s->q->obj);
+  free(s);
+  return NULL;
+}
+
+/* Starts the supervisor of n worker processes; 0 or an errno. */
+static int start_processes (TaskQueue *q, int n) {
+  q->claimed = loomi_heap_calloc((size_t)n * sizeof(Future *));
+  Supervisor *s = calloc(1, sizeof(Supervisor) + (size_t)n * sizeof(ProcWorker));
+  lua_State *L = luaL_newstate();
+  if (q->claimed == NULL || s == NULL || L == NULL) {
+    free(s);
+    if (L != NULL)
+      lua_close(L);
+    return ENOMEM;
+  }
+  s->q = q;
+  s->n = n;
+  s->parent = getpid();
+  s->L = L;
+  for (int i = 0; i < n; i++)
+    s->w[i].pidfd = -1;
+  loomi_obj_retain(&q->obj);
+  loomi_mutex_lock(&q->mu);
+  q->nalive += n;
+  loomi_mutex_unlock(&q->mu);
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  pthread_t tid;
+  int err = pthread_create(&tid, &attr, supervisor_main, s);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  pthread_attr_destroy(&attr);
+  if (err != 0) {
+    for (int i = 0; i < n; i++)
+      queue_worker_gone(q);
+    lua_close(L);
+    free(s);
+    loomi_obj_release(&q->obj);
+  }
   return err;
 }
 
@@ -734,7 +940,9 @@ static int future_result (lua_State *L) {
     default:
       push_error(L, f);
       if (f->worker > 0)
-        lua_pushfstring(L, "thread Pool-%d-worker-%d", f->pool_id, f->worker);
+        lua_pushfstring(L, "%s Pool-%d-worker-%d",
+                        f->by_process ? "process" : "thread", f->pool_id,
+                        f->worker);
       else
         lua_pushfstring(L, "pool %d", f->pool_id);
       return loomi_raise_remote(L, 2, lua_tostring(L, -1));
@@ -980,13 +1188,13 @@ static char *heap_strdup_field (lua_State *L, const char *field) {
   return s;
 }
 
-static const char *const pool_kinds[] = { "thread", NULL };
+static const char *const pool_kinds[] = { "thread", "process", NULL };
 
 /* pool([n]) or pool{workers=, init=, initargs=, kind=} -> Pool, or fail,
 ** "cannot start pool worker: <strerror>", errno. */
 static int pool_new (lua_State *L) {
   lua_Integer n = 0;
-  int ninit = 0;
+  int ninit = 0, process = 0;
   lua_settop(L, 1);
   if (lua_istable(L, 1)) {
     if (lua_getfield(L, 1, "workers") != LUA_TNIL) {
@@ -1000,8 +1208,10 @@ static int pool_new (lua_State *L) {
       int ok = 0;
       for (int i = 0; pool_kinds[i] != NULL; i++)
         if (lua_type(L, -1) == LUA_TSTRING &&
-            strcmp(lua_tostring(L, -1), pool_kinds[i]) == 0)
+            strcmp(lua_tostring(L, -1), pool_kinds[i]) == 0) {
           ok = 1;
+          process = i == 1;
+        }
       if (!ok)
         return luaL_argerror(L, 1, lua_pushfstring(L, "invalid kind '%s'",
                                                    luaL_tolstring(L, -1, NULL)));
@@ -1049,6 +1259,7 @@ static int pool_new (lua_State *L) {
     return luaL_error(L, "cannot create pool: shared heap exhausted");
   *slot = &p->obj;
   p->nworkers = (int)n;
+  p->process = process;
   TaskQueue *q = queue_create();
   if (q == NULL)
     return luaL_error(L, "cannot create pool: shared heap exhausted");
@@ -1057,7 +1268,7 @@ static int pool_new (lua_State *L) {
     q->init = loomi_xfer_encode_call(L, base, ninit);
   q->path = heap_strdup_field(L, "path");
   q->cpath = heap_strdup_field(L, "cpath");
-  int err = start_threads(q, (int)n);
+  int err = process ? start_processes(q, (int)n) : start_threads(q, (int)n);
   if (err != 0) {
     queue_shutdown(q, 1);
     luaL_pushfail(L);
@@ -1129,7 +1340,7 @@ static int pool_index (lua_State *L) {
   if (key != NULL && strcmp(key, "workers") == 0)
     lua_pushinteger(L, p->nworkers);
   else if (key != NULL && strcmp(key, "kind") == 0)
-    lua_pushliteral(L, "thread");
+    lua_pushstring(L, p->process ? "process" : "thread");
   else
     lua_pushnil(L);
   return 1;

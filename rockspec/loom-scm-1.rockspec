@@ -42,8 +42,8 @@ build = {
       libraries = { "pthread", "m" },
     },
     ["loom"] = "lua/loom/init.lua",
-    ["loom.process"] = "lua/loom/process.lua",
     ["loom.pool"] = "lua/loom/pool.lua",
+    ["loom.process"] = "lua/loom/process.lua",
   },
   platforms = {
     linux = {
