@@ -49,6 +49,13 @@ describe("loom.Future", function()
       assert.equal("far", f:result(5))
     end)
 
+    it("can be waited on from a forked process", function()
+      local pool <close> = loom.pool(1)
+      local f = pool:submit(sleeper, 0.05, "near")
+      local p = loom.process(function(fut) return fut:result(5) end, f):start()
+      assert.equal("near", p:result(10))
+    end)
+
     it("rejects a negative timeout", function()
       local pool <close> = loom.pool(1)
       local f = pool:submit(inc, 1)
