@@ -88,6 +88,8 @@ SANITIZE_SPECS ?= spec/thread_spec.lua spec/xfer_spec.lua spec/value_spec.lua \
   spec/array_spec.lua spec/queue_spec.lua spec/lock_spec.lua spec/sem_spec.lua \
   spec/cond_spec.lua spec/event_spec.lua spec/barrier_spec.lua \
   spec/pool_spec.lua spec/future_spec.lua spec/gil_spec.lua
+# Specs that fork: TSan and ASan only (see spec/sanitize.sh for valgrind).
+FORK_SPECS ?= spec/process_spec.lua
 STRESS ?= $(sort $(wildcard spec/stress/*.lua))
 SAN_RUN = ./spec/sanitize.sh
 
@@ -125,13 +127,13 @@ build-asan/host: examples/host.c $(SRC) csrc/loomint.h csrc/loom.h
 	  -fno-sanitize-recover=undefined -o $@ examples/host.c $(SRC) $(LUA_LIB) -lm -ldl -Wl,-E
 
 tsan: deps build-tsan/host build-tsan/host-lua
-	@$(SAN_RUN) tsan build-tsan/host "$(filter-out $(GIL_SPECS),$(SANITIZE_SPECS))" "$(STRESS)"
+	@$(SAN_RUN) tsan build-tsan/host "$(filter-out $(GIL_SPECS),$(SANITIZE_SPECS)) $(FORK_SPECS)" "$(STRESS)"
 	@TSAN_SUPP=/dev/null $(SAN_RUN) tsan build-tsan/host-lua "$(GIL_SPECS)" ""
 
 asan: deps build-asan/host
-	@$(SAN_RUN) asan build-asan/host "$(SANITIZE_SPECS)" "$(STRESS)"
+	@$(SAN_RUN) asan build-asan/host "$(SANITIZE_SPECS) $(FORK_SPECS)" "$(STRESS)"
 
-valgrind: deps all
+valgrind: deps all build/host
 	@$(SAN_RUN) valgrind "" "$(SANITIZE_SPECS)" "$(STRESS)"
 
 sanitize: tsan asan valgrind

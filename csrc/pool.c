@@ -658,8 +658,13 @@ static void proc_reaped (Supervisor *s, int i, int status) {
     close(s->w[i].pidfd);
   s->w[i].pid = 0;
   s->w[i].pidfd = -1;
+  /* Under the queue's lock, which the worker held when it took f: this
+  ** orders the submitter's writes to f before ours for a race checker,
+  ** which cannot follow the dead child. */
+  loomi_mutex_lock(&q->mu);
   Future *f = q->claimed[i];
   q->claimed[i] = NULL;
+  loomi_mutex_unlock(&q->mu);
   if (f != NULL) {
     LoomMsg *call = NULL;
     if (future_claim(f, &call))   /* taken from the queue, never started */

@@ -36,15 +36,8 @@ describe("examples/host.c", function()
     assert.are.equal("3\t42\n", out)
   end)
 
-  it("survives closing its state while threads run, cycle after cycle", function()
-    local path = script [[
-      local loom = require "loom"
-      loom.thread(function() require("loom").sleep(0.01) end):start()
-      loom.thread{ target = function() while true do end end, daemon = true }:start()
-      loom.thread{ target = function() require("loom").sleep(30) end, daemon = true }:start()
-    ]]
-    finally(function() os.remove(path) end)
-    local ok, out = sh("LUA_PATH='lua/?.lua;lua/?/init.lua;;' build/host --cycles 20 " .. path)
+  it("survives closing its state while threads, tasks and processes run, cycle after cycle", function()
+    local ok, out = sh("LUA_PATH='lua/?.lua;lua/?/init.lua;;' build/host --cycles 50 spec/stress/host_cycles.lua")
     assert(ok, out)
     assert.are.equal("", out)
   end)

@@ -477,7 +477,7 @@ describe("loom.Process", function()
           q:put({"child", x}, 10)         -- the queue's lock and the heap's
           return x * 2, q:get(10) ~= nil  -- work in the child as well
         end, i):start()
-        local v, got = p:result(20)
+        local v, got = p:result(20 * helpers.slowdown)
         assert.equal(i * 2, v)
         assert.is_true(got)
       end
