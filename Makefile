@@ -92,17 +92,20 @@ STRESS ?= $(sort $(wildcard spec/stress/*.lua))
 SAN_RUN = ./spec/sanitize.sh
 
 # Shared-interpreter threads (gil.c) run one lua_State from several OS
-# threads, so TSan must see inside Lua too: LUA_SRC names the src/ folder
-# of Lua 5.4.4's source (`apt-get source lua5.4` with a deb-src line), and
-# the TSan host then links a Lua built from it with -fsanitize=thread.
-LUA_SRC ?=
+# threads, so TSan must see inside Lua too: their specs run on a host linked
+# with a Lua built from source with -fsanitize=thread.  LUA_SRC names the
+# src/ folder of that source; by default spec/lua-src.sh fetches Debian's
+# lua5.4 source package (the same Lua and patches as the system's).
 # The other specs stay on the Debian library: an instrumented Lua makes
 # them too slow for their timeouts and its deep recursion overflows TSan's
 # stack depot.
+LUA_SRC ?= build-tsan/lua-src/src
 GIL_SPECS ?= spec/gil_spec.lua
-ifneq ($(LUA_SRC),)
-TSAN_GIL_HOST = build-tsan/host-lua
-build-tsan/liblua.a:
+
+$(LUA_SRC)/lua.h:
+	@./spec/lua-src.sh $(patsubst %/src,%,$(LUA_SRC))
+
+build-tsan/liblua.a: $(LUA_SRC)/lua.h
 	@mkdir -p build-tsan/lua
 	@for f in $(filter-out %/lua.c %/luac.c,$(wildcard $(LUA_SRC)/*.c)); do \
 	  $(CC) -std=gnu99 -O1 -g -fsanitize=thread -DLUA_COMPAT_5_3 -DLUA_USE_LINUX \
@@ -111,9 +114,6 @@ build-tsan/liblua.a:
 
 build-tsan/host-lua: examples/host.c $(SRC) csrc/loomint.h csrc/loom.h build-tsan/liblua.a
 	$(CC) -I$(LUA_SRC) $(HOST_FLAGS) -O1 -g -fsanitize=thread -o $@ examples/host.c $(SRC) build-tsan/liblua.a -lm -ldl -Wl,-E
-else
-TSAN_GIL_HOST = build-tsan/host
-endif
 
 build-tsan/host: examples/host.c $(SRC) csrc/loomint.h csrc/loom.h
 	@mkdir -p build-tsan
@@ -124,9 +124,9 @@ build-asan/host: examples/host.c $(SRC) csrc/loomint.h csrc/loom.h
 	$(CC) $(HOST_FLAGS) -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer \
 	  -fno-sanitize-recover=undefined -o $@ examples/host.c $(SRC) $(LUA_LIB) -lm -ldl -Wl,-E
 
-tsan: deps build-tsan/host $(TSAN_GIL_HOST)
+tsan: deps build-tsan/host build-tsan/host-lua
 	@$(SAN_RUN) tsan build-tsan/host "$(filter-out $(GIL_SPECS),$(SANITIZE_SPECS))" "$(STRESS)"
-	@TSAN_SUPP=/dev/null $(SAN_RUN) tsan $(TSAN_GIL_HOST) "$(GIL_SPECS)" ""
+	@TSAN_SUPP=/dev/null $(SAN_RUN) tsan build-tsan/host-lua "$(GIL_SPECS)" ""
 
 asan: deps build-asan/host
 	@$(SAN_RUN) asan build-asan/host "$(SANITIZE_SPECS)" "$(STRESS)"

@@ -49,7 +49,7 @@ describe("loom.Future", function()
       assert.equal("far", f:result(5))
     end)
 
-    it("can be waited on from a forked process", function()
+    it("can be waited on from a forked process #fork", function()
       local pool <close> = loom.pool(1)
       local f = pool:submit(sleeper, 0.05, "near")
       local p = loom.process(function(fut) return fut:result(5) end, f):start()

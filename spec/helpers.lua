@@ -3,6 +3,9 @@ local M = {}
 
 local root = os.getenv("PWD") or "."
 M.lua = os.getenv("LUA") or "lua5.4"
+-- How much slower than native the checker running the specs is (valgrind
+-- runs one thread at a time): the factor for bounds on wake-up latency.
+M.slowdown = tonumber(os.getenv("LOOM_SPEC_SLOWDOWN")) or 1
 M.prelude = string.format("package.path=%q..package.path;package.cpath=%q..package.cpath;",
   root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;", root .. "/?.so;")
 

@@ -113,9 +113,12 @@ describe("loom.Pool", function()
     end)
 
     it("breaks the pool when it fails", function()
+      local go = loom.event()   -- the task is queued before init fails
       local pool <close> = loom.pool{ workers = 1,
-        init = function() error("no config", 0) end }
+        init = function(ev) ev:wait(5); error("no config", 0) end,
+        initargs = { go } }
       local f = pool:submit(inc, 1)
+      go:set()
       local ok, err = pcall(f.result, f, 5)
       assert.is_false(ok)
       assert.matches("^pool initializer failed: no config", err)
