@@ -1,4 +1,4 @@
--- loom's side of the benchmark (rows B1..B10 of BENCH.md).
+-- loom's side of the benchmark (rows B1..B10, listed in bench/results.md).
 -- Usage: lua5.4 bench/loom_rows.lua ROW [VARIANT] [--quick]
 -- Runs one repetition of one row in this fresh process and prints
 -- `key value` lines, the first being the row's figure, or one line

@@ -1,4 +1,4 @@
--- `make bench`: runs the workloads of BENCH.md for loom and for Python in
+-- `make bench`: runs the workloads B1..B10 for loom and for Python in
 -- one run and prints one table (median of 5 repetitions, min-max shown,
 -- the ratio, the machine's raw limit where one applies, the target).
 --

@@ -1,4 +1,4 @@
--- B1 of BENCH.md: start + join 2000 threads one after another, each runs
+-- B1 of bench/results.md: start + join 2000 threads one after another, each runs
 -- `function() return 1 end`; prints the median of 5 runs in µs per thread,
 -- and Python's threading.Thread doing the same in this run, for reference.
 -- Usage: lua5.4 bench/spawn_bench.lua [threads] [runs]

@@ -27,7 +27,8 @@ LOOM_API int luaopen_loom_core (lua_State *L);
 ** own C functions and preload its modules.  Return 0 on success; any other
 ** value makes the thread fail to start with that error code.  A thread's
 ** state is kept for later threads, put back as it was after the hook ran
-** (doc/api-spawn.md): the hook runs once per state, not once per thread. */
+** (README.md, "What a thread's interpreter holds"): the hook runs once per
+** state, not once per thread. */
 typedef int (*loom_StateHook) (lua_State *L, void *ud);
 
 /* Installs the hook (NULL removes it).  Call it before starting threads:

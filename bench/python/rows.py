@@ -1,4 +1,4 @@
-"""Python's side of the loom benchmark (bench/BENCH rows B1..B10).
+"""Python's side of the loom benchmark (rows B1..B10 of bench/results.md).
 
 Usage: python3 bench/python/rows.py ROW [VARIANT] [--quick]
 Runs one repetition of one row and prints `key value` lines, the first
