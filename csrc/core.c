@@ -109,7 +109,8 @@ static int core_cpu_count (lua_State *L) {
 static int core_configure (lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   if (lua_getfield(L, 1, "heap_size") != LUA_TNIL) {
-    lua_Integer n = luaL_checkinteger(L, -1);
+    luaL_argcheck(L, lua_isinteger(L, -1), 1, "heap_size must be an integer");
+    lua_Integer n = lua_tointeger(L, -1);
     luaL_argcheck(L, n >= (1 << 20), 1, "heap_size must be at least 1 MiB");
     int err = loomi_heap_configure((size_t)n);
     if (err == EBUSY)

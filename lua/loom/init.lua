@@ -10,27 +10,29 @@ local M = {}
 for name, fn in pairs(core) do
   M[name] = fn
 end
--- internals of loom.gil, not part of the public module
+-- internals of loom.gil, not part of the public module; excepthook below
+-- checks its argument before it reaches set_excepthook
 M.gil_prepare, M.gil_sethook, M.gil_gethook = nil, nil, nil
+M.set_excepthook = nil
 
-local function thread_options(first, ...)
+local function thread_options(fname, first, ...)
   if type(first) == "table" and getmetatable(first) == nil and select("#", ...) == 0 then
     local target = first.target
     if type(target) ~= "function" then
-      error("bad argument #1 to 'thread' (target must be a function)", 3)
+      error("bad argument #1 to '" .. fname .. "' (target must be a function)", 3)
     end
     local args = first.args or {}
     if type(args) ~= "table" then
-      error("bad argument #1 to 'thread' (args must be a table)", 3)
+      error("bad argument #1 to '" .. fname .. "' (args must be a table)", 3)
     end
     if first.name ~= nil and type(first.name) ~= "string" then
-      error("bad argument #1 to 'thread' (name must be a string)", 3)
+      error("bad argument #1 to '" .. fname .. "' (name must be a string)", 3)
     end
     local packed = table_pack(table.unpack(args, 1, args.n or #args))
     return target, packed, first.name, first.daemon, first.shared
   end
   if type(first) ~= "function" then
-    error("bad argument #1 to 'thread' (function expected, got " .. type(first) .. ")", 3)
+    error("bad argument #1 to '" .. fname .. "' (function expected, got " .. type(first) .. ")", 3)
   end
   return first, table_pack(...), nil, false
 end
@@ -39,7 +41,7 @@ end
 -- shared=}: a thread that runs fn(...) in its own interpreter once started,
 -- or, with shared=true, in this one under the global interpreter lock.
 function M.thread(...)
-  local target, args, name, daemon, shared = thread_options(...)
+  local target, args, name, daemon, shared = thread_options("thread", ...)
   if shared then
     require("loom.gil").install()
     return core.shared_thread(target, args, name, daemon)
@@ -50,7 +52,7 @@ end
 --- loom.shared_thread(fn, ...) or loom.shared_thread{target=, args=, ...}:
 -- the same as loom.thread with shared=true.
 function M.shared_thread(...)
-  local target, args, name, daemon = thread_options(...)
+  local target, args, name, daemon = thread_options("shared_thread", ...)
   require("loom.gil").install()
   return core.shared_thread(target, args, name, daemon)
 end
