@@ -14,7 +14,7 @@ LDFLAGS_SO = -pthread -Wl,-z,nodelete
 
 SRC := $(sort $(wildcard csrc/*.c))
 OBJ := $(SRC:csrc/%.c=build/%.o)
-DEPS := lua5.4 liblua5.4-dev lua-busted
+DEPS := lua5.4 liblua5.4-dev lua-busted luarocks
 
 .PHONY: all test experiments bench sanitize tsan asan valgrind host fuzz soak clean deps
 
@@ -37,6 +37,7 @@ deps:
 	command -v $(LUA) >/dev/null 2>&1 || missing="$$missing lua5.4"; \
 	[ -f $(LUA_INCDIR)/lua.h ] || missing="$$missing liblua5.4-dev"; \
 	[ -f $(BUSTED) ] || missing="$$missing lua-busted"; \
+	command -v luarocks >/dev/null 2>&1 || missing="$$missing luarocks"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing:$$missing"; \
