@@ -85,13 +85,23 @@ function rows.B4(kind, n)
   local make
   if kind == "threads" then
     make = loom.thread
+  elseif kind == "shared" then
+    if not needs("shared_thread") then return end
+    make = loom.shared_thread
   else
     if not needs("process") then return end
     make = loom.process
   end
   local t0 = now()
-  cpu_task(n)
-  cpu_task(n)
+  if kind == "shared" then
+    -- the same two calls in one shared thread: the switching hook is on in
+    -- both runs, so the ratio shows the lock taking turns, not the hook's
+    -- cost (rows "switching hook" measure that)
+    make(function() cpu_task(n); cpu_task(n) end):start():join()
+  else
+    cpu_task(n)
+    cpu_task(n)
+  end
   local seq = now() - t0
   local workers = { make(cpu_task, n), make(cpu_task, n) }
   t0 = now()
@@ -101,6 +111,38 @@ function rows.B4(kind, n)
   emit("speedup", seq / par)
   emit("seq_s", seq)
   emit("par_s", par)
+end
+
+-- The shared threads' switching hook, in instructions (callgrind counts
+-- them, so the figure does not depend on the machine's load): a tight loop
+-- on the main thread while a shared thread exists ("during") or after the
+-- last one ended ("after"), against the same loop in a process that never
+-- had one.  bench/gil_bench.lua runs the loops; start-up is subtracted.
+local function callgrind_instructions(mode, n)
+  local cmd = ("valgrind --tool=callgrind --callgrind-out-file=/dev/null %s bench/gil_bench.lua loop-%s %d 2>&1")
+    :format(arg[-1] or "lua5.4", mode, n)
+  local p = io.popen(cmd)
+  local out = p:read("a")
+  p:close()
+  local count = out:match("Collected%s*:%s*(%d+)")
+  return count and tonumber(count)
+end
+
+function rows.B4hook(mode)
+  if not needs("shared_thread") then return end
+  if not os.execute("command -v valgrind >/dev/null 2>&1") then
+    print("na valgrind not found")
+    return
+  end
+  local n = scaled(5000000, 1000000)
+  local function loop_cost(m)
+    local full, empty = callgrind_instructions(m, n), callgrind_instructions(m, 0)
+    assert(full and empty, "callgrind printed no instruction count")
+    return full - empty
+  end
+  local base, hooked = loop_cost("base"), loop_cost(mode)
+  emit("ratio", hooked / base)
+  emit("instr_per_iter", hooked / n)
 end
 
 local function peak_rss_mb()
@@ -296,7 +338,7 @@ end
 
 local row = rows[args[1]]
 if row == nil then
-  io.stderr:write("usage: lua5.4 bench/loom_rows.lua B1..B10 [variant] [--quick]\n")
+  io.stderr:write("usage: lua5.4 bench/loom_rows.lua B1..B10|B4hook [variant] [--quick]\n")
   os.exit(2)
 end
 row(table.unpack(args, 2))

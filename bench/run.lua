@@ -79,6 +79,18 @@ local ROWS = {
   { id = "B4", name = "cpu n=4e6, 2 processes", unit = "speedup", key = "speedup",
     loom = { "B4", "processes", "4e6" }, py = { "B4", "processes", "4e6" },
     target = ">= 1.9x", ok = at_least(1.9) },
+  { id = "B4", name = "cpu n=5e6, 2 shared threads (GIL)", unit = "speedup", key = "speedup",
+    loom = { "B4", "shared", "5e6" }, py = { "B4", "threads", "5e6" },
+    target = "0.8-1.2x (the GIL)", ok = function(l) return l >= 0.8 and l <= 1.2 end },
+  { id = "B4", name = "cpu n=4e6, 2 shared threads (GIL)", unit = "speedup", key = "speedup",
+    loom = { "B4", "shared", "4e6" }, py = { "B4", "threads", "4e6" },
+    target = "0.8-1.2x (the GIL)", ok = function(l) return l >= 0.8 and l <= 1.2 end },
+  { id = "B4", name = "switching hook: loop while a shared thread runs", unit = "x instr",
+    key = "ratio", lower = true, loom = { "B4hook", "during" }, reps = 1,
+    target = "<= 2.2x", ok = at_most(2.2) },
+  { id = "B4", name = "switching hook: loop after shared threads ended", unit = "x instr",
+    key = "ratio", lower = true, loom = { "B4hook", "after" }, reps = 1,
+    target = "<= 1.02x", ok = at_most(1.02) },
   { id = "B5", name = "sleep fan-out 1000: wall-0.2s", unit = "ms", key = "overhead_ms",
     lower = true, loom = { "B5" }, py = { "B5" }, ref = "sleep_fanout",
     target = "<= 50 ms", ok = at_most(50) },
@@ -118,7 +130,7 @@ local WORKLOADS = {
   { "B1", "start + join 2000 threads one after another, each runs `function() return 1 end` (Python: threading.Thread)" },
   { "B2", "pool of 2 workers; 20000 x (submit `x -> x+1`, wait for its result) (ThreadPoolExecutor(2))" },
   { "B3", "pool of 2 workers; submit 100000 tasks `x -> x+1`, then gather all results (ThreadPoolExecutor(2))" },
-  { "B4", "`res = res + ((i*i)+2.0)*1.45` for i = 0..n-1, twice in sequence vs once in each of 2 threads / 2 forked processes; speedup = sequential / parallel wall time" },
+  { "B4", "`res = res + ((i*i)+2.0)*1.45` for i = 0..n-1, twice in sequence vs once in each of 2 threads / 2 forked processes / 2 shared-interpreter threads (Python: 2 threads under its GIL); speedup = sequential / parallel wall time, where the shared threads' sequential run makes both calls in one shared thread, so that the switching hook is on in both. The switching hook rows: instructions of a 5e6-iteration loop `s = s + i` on the main thread while a shared thread sleeps, and after the last shared thread ended, over the same loop in a process that never had one (valgrind --tool=callgrind, start-up subtracted; deterministic, so 1 repetition)" },
   { "B5", "1000 threads started at once, each sleeps 0.2 s; join all; wall - 0.2 s, and the process's peak RSS" },
   { "B6", "500 x (start a process whose function returns a small table, join, read the result) (multiprocessing.Process + Pipe)" },
   { "B7", "uncontended acquire + release of one lock, 1e6 times (threading.Lock)" },
@@ -197,17 +209,18 @@ end
 local runs = {}
 
 local function repeat_pair(row)
-  local lk, pk = command("loom", row.loom), command("python", row.py)
-  if runs[lk] and runs[pk] then return end
+  local lk, pk = command("loom", row.loom), row.py and command("python", row.py)
+  if runs[lk] and (not pk or runs[pk]) then return end
   local pending = {}
   if not runs[lk] then runs[lk] = {}; pending[#pending + 1] = lk end
-  if not runs[pk] then runs[pk] = {}; pending[#pending + 1] = pk end
-  io.stderr:write(string.format("  %-4s %-42s ", row.id, row.name))
+  if pk and not runs[pk] then runs[pk] = {}; pending[#pending + 1] = pk end
+  io.stderr:write(string.format("  %-4s %-48s ", row.id, row.name))
   local t0 = os.time()
-  for r = 1, reps do
+  local row_reps = math.min(row.reps or reps, reps)
+  for r = 1, row_reps do
     -- on a slow or loaded machine a row stops at 3 repetitions once its
     -- budget is spent, so the whole run stays within 10 minutes
-    if r > 3 and (os.time() - t0) / (r - 1) * reps > ROW_BUDGET then
+    if r > 3 and (os.time() - t0) / (r - 1) * row_reps > ROW_BUDGET then
       for _, cmd in ipairs(pending) do runs[cmd].cut = r - 1 end
       break
     end
@@ -327,7 +340,12 @@ local header = { "id", "workload", "unit", "loom", "Python", "loom vs Python",
 local lines = {}
 for _, row in ipairs(selected) do
   local l, lwhy = stats(command("loom", row.loom), row.key)
-  local p, pwhy = stats(command("python", row.py), row.key)
+  local p, pwhy
+  if row.py then
+    p, pwhy = stats(command("python", row.py), row.key)
+  else
+    pwhy = "–"
+  end
   local ref = row.ref and limits[row.ref]
   local ratio = "–"
   if l and p and l.med > 0 and p.med > 0 then

@@ -61,6 +61,7 @@ describe("experiments", function()
         assert.is_true(has(out, "two shared-interpreter threads: skipped (needs loom.shared_thread)"))
       else
         assert.is_true(has(out, "claim ok: two shared-interpreter threads: T1 = 6.041664854169139e+19"), out)
+        assert.is_true(has(out, "claim ok: in a row, in one shared thread: T1 = 6.041664854169139e+19"), out)
         assert.is_true(has(out, "claim ok: sequential"), out)
       end
     end)
