@@ -4,9 +4,9 @@
 --    after the other inside a shared thread (the switching hook on), and on
 --    two shared threads: the GIL lesson is threads ~1.0x sequential;
 -- 2. three shared threads sleeping 0.5 s;
--- 3. the switching hook's cost in instructions on a tight loop, counted by
---    valgrind --tool=callgrind (skipped when valgrind is missing): no
---    shared thread ever, while a shared thread exists, after it ended.
+-- The loop-* modes are the tight loops whose instructions the B4 rows of
+-- `make bench` count under callgrind (bench/loom_rows.lua, B4hook): no
+-- shared thread ever, while a shared thread exists, after it ended.
 package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
 package.cpath = "./?.so;" .. package.cpath
 
@@ -79,30 +79,3 @@ print(("  two shared threads            %7.3f  (%.2fx sequential, %.2fx sequenti
   two, two / seq, two / seq_hooked))
 print(("  two isolated threads          %7.3f  (%.2fx)"):format(iso, iso / seq))
 print(("three shared threads sleeping 0.5 s: %.3f s"):format(sleeps))
-
-local function instructions(m, n)
-  local cmd = ("valgrind --tool=callgrind --callgrind-out-file=/dev/null %s bench/gil_bench.lua %s %d 2>&1")
-    :format(arg[-1] or "lua5.4", m, n)
-  local p = io.popen(cmd)
-  local out = p:read("a")
-  p:close()
-  local c = out:match("Collected%s*:%s*(%d+)")
-  return c and tonumber(c)
-end
-
-if not os.execute("command -v valgrind >/dev/null 2>&1") then
-  print("valgrind not found: instruction counts skipped")
-  return
-end
-print(("tight loop of %d iterations, instructions (callgrind, start-up subtracted):"):format(LOOP))
-local base
-for _, m in ipairs({ "loop-base", "loop-during", "loop-after" }) do
-  local full, empty = instructions(m, LOOP), instructions(m, 0)
-  if not (full and empty) then
-    print("  " .. m .. ": no count")
-  else
-    local d = full - empty
-    base = base or d
-    print(("  %-12s %12d  %.2fx"):format(m, d, d / base))
-  end
-end
