@@ -96,7 +96,9 @@ typedef struct TaskQueue {
   int nidle;                 /* workers blocked on cv */
   int nspinning;             /* workers polling for a task */
   atomic_int shutdown;
-  atomic_int broken;         /* the initializer failed: no more tasks */
+  atomic_int broken;         /* no more tasks: see broken_errno */
+  int broken_errno;          /* 0: the initializer failed; else why no
+                                worker process could be forked */
   int nalive;                /* workers not yet gone */
   int id;
   LoomMsg *init;             /* (init, initargs...) or NULL */
@@ -643,6 +645,22 @@ static int proc_spawn (Supervisor *s, int i) {
   return 0;
 }
 
+/* A worker could not be forked.  While others live they serve the queue;
+** with none left the queued tasks would wait forever, so the pool breaks
+** and they fail with the reason. */
+static void proc_spawn_failed (Supervisor *s, int err) {
+  queue_worker_gone(s->q);
+  for (int i = 0; i < s->n; i++)
+    if (s->w[i].pid > 0)
+      return;
+  s->q->broken_errno = err;
+  lua_settop(s->L, 0);
+  lua_pushfstring(s->L, "cannot start a pool worker process: %s", strerror(err));
+  lua_pushnil(s->L);
+  queue_break(s->q, s->L);
+  lua_settop(s->L, 0);
+}
+
 /* Protected: encodes (message, nil) as a future's error. */
 static int encode_crash (lua_State *L) {
   LoomMsg **out = lua_touserdata(L, 1);
@@ -688,15 +706,17 @@ static void proc_reaped (Supervisor *s, int i, int status) {
   }
   int again = !atomic_load(&q->broken) &&
               (!atomic_load(&q->shutdown) || atomic_load(&q->nqueued) > 0);
-  if (!again || proc_spawn(s, i) != 0)
+  if (!again)
     queue_worker_gone(q);
+  else if (proc_spawn(s, i) != 0)
+    proc_spawn_failed(s, errno);
 }
 
 static void *supervisor_main (void *arg) {
   Supervisor *s = arg;
   for (int i = 0; i < s->n; i++)
     if (proc_spawn(s, i) != 0)
-      queue_worker_gone(s->q);
+      proc_spawn_failed(s, errno);
   struct pollfd *fds = malloc((size_t)s->n * sizeof *fds);
   for (;;) {
     int live = 0, nfds = 0;
@@ -1300,6 +1320,9 @@ static int pool_submit (lua_State *L) {
   int err = queue_push(q, f);
   if (err == EPIPE)
     return luaL_error(L, "cannot submit to a pool after shutdown");
+  if (err == EIO && q->broken_errno != 0)
+    return luaL_error(L, "cannot submit to a broken pool (cannot start a worker process: %s)",
+                      strerror(q->broken_errno));
   if (err == EIO)
     return luaL_error(L, "cannot submit to a broken pool (initializer failed)");
   return 1;

@@ -54,6 +54,64 @@ describe("fault injection", function()
     assert.are.equal("true\tcannot start thread: Resource temporarily unavailable\tinteger\nafter\n", out)
   end)
 
+  describe("fork failure", function()
+    local shim = os.tmpname() .. ".so"
+    setup(function()
+      assert(sh("cc -std=c11 -shared -fPIC -o " .. shim .. " spec/fault/failfork.c -ldl"))
+    end)
+    teardown(function() os.remove(shim) end)
+
+    -- Runs body with the fork() calls listed in `fails` failing.
+    local function run(fails, body)
+      local path = script(body)
+      finally(function() os.remove(path) end)
+      return sh(string.format("timeout 60 env LOOM_FAIL_FORKS=%s LD_PRELOAD=%s %s %s",
+                              fails, shim, helpers.lua, path))
+    end
+
+    it("makes start return fail, message, errno; the handle can start later", function()
+      local ok, out = run("1", [[
+        local loom = require "loom"
+        local p = loom.process(function() return 42 end)
+        print(p:start())
+        print(p:is_alive(), p.pid, p.exitcode)
+        assert(p:start() == p)
+        print(p:result(30), p.exitcode)
+      ]])
+      assert(ok, out)
+      assert.are.equal("nil\tcannot start process: Resource temporarily unavailable\t11\n" ..
+                       "false\tnil\tnil\n42\t0\n", out)
+    end)
+
+    it("breaks a process pool none of whose workers can be forked", function()
+      local ok, out = run("all", [[
+        local loom = require "loom"
+        local pool <close> = loom.pool{ workers = 2, kind = "process" }
+        local f = pool:submit(function() return 1 end)
+        print(pcall(f.result, f, 30))
+        print(pcall(pool.submit, pool, function() end))
+      ]])
+      assert(ok, out)
+      assert.are.equal("false\tcannot start a pool worker process: Resource temporarily unavailable\n" ..
+                       "false\tcannot submit to a broken pool (cannot start a worker process: " ..
+                       "Resource temporarily unavailable)\n", out)
+    end)
+
+    it("leaves a process pool working on the workers that could be forked", function()
+      local ok, out = run("2", [[
+        local loom = require "loom"
+        local pool <close> = loom.pool{ workers = 2, kind = "process" }
+        local sum = 0
+        for _, r in ipairs(pool:map(function(x) return x * 2 end, { 1, 2, 3, 4, 5 })) do
+          sum = sum + r
+        end
+        print(sum)
+      ]])
+      assert(ok, out)
+      assert.are.equal("30\n", out)
+    end)
+  end)
+
   it("reports an exhausted shared heap as a clear error", function()
     local path = script [[
       local loom = require "loom"
