@@ -2,7 +2,7 @@
 ** one task queue, and loom.Future, the outcome of one task; wait and
 ** as_completed over futures.
 ** Lua: loom.core.pool(n | {workers=, init=, initargs=, kind=}) -> Pool;
-**      Pool:submit(fn, ...) -> Future; Pool:shutdown([wait], [cancel]);
+**      Pool:submit(fn, ...) -> Future; Pool:shutdown([wait], [cancel], [timeout]);
 **      Future:result([t]), error(), done(), running(), cancel(), cancelled();
 **      wait(futures, [t], [mode]) -> done, not_done; as_completed(fs, [t]).
 ** Three parts: the Future and the TaskQueue (a FIFO of futures, each
@@ -1328,24 +1328,29 @@ static int pool_submit (lua_State *L) {
   return 1;
 }
 
-/* shutdown([wait=true], [cancel_pending=false]) */
+/* shutdown([wait=true], [cancel_pending=false], [timeout]) -> bool */
 static int pool_shutdown (lua_State *L) {
   Pool *p = checkpool(L, 1);
   int wait = lua_isnoneornil(L, 2) ? 1 : lua_toboolean(L, 2);
   int cancel = lua_toboolean(L, 3);
+  LoomDeadline dl;
+  loomi_opttimeout(L, 4, &dl);
   queue_shutdown(p->q, cancel);
   if (wait) {
     if (self_queue == p->q)
       return luaL_error(L, "cannot wait for a pool from one of its own workers");
-    LoomDeadline dl;
-    loomi_deadline_in(&dl, -1);
     loomi_block_begin(L);
     int rc = queue_join(p->q, &dl);
     loomi_block_end(L);
     if (rc == ECANCELED)
       return loomi_raise_cancelled(L);
+    if (rc != 0) {           /* the workers are still finishing */
+      lua_pushboolean(L, 0);
+      return 1;
+    }
   }
-  return 0;
+  lua_pushboolean(L, 1);
+  return 1;
 }
 
 /* __close: shutdown(true); the handle stays usable for queries. */

@@ -182,8 +182,27 @@ describe("loom.Pool", function()
 
     it("can be called twice", function()
       local pool = loom.pool(1)
-      pool:shutdown()
-      pool:shutdown()
+      assert.is_true(pool:shutdown())
+      assert.is_true(pool:shutdown())
+    end)
+
+    it("returns false when its timeout passes before the workers leave", function()
+      local pool = loom.pool(1)
+      local ev = loom.event()
+      local f = pool:submit(function(e) e:wait(30) return "late" end, ev)
+      assert.is_false(pool:shutdown(true, false, 0.05))
+      assert.is_false(f:done())
+      assert.has_error(function() pool:submit(inc, 1) end,
+        "cannot submit to a pool after shutdown")
+      ev:set()
+      assert.is_true(pool:shutdown(true, false, 30))
+      assert.equal("late", f:result(0))
+    end)
+
+    it("rejects a negative timeout", function()
+      local pool <close> = loom.pool(1)
+      assert.has_error(function() pool:shutdown(true, false, -1) end,
+        "bad argument #3 to 'shutdown' (timeout must be non-negative)")
     end)
 
     it("refuses to wait from one of its own workers", function()
