@@ -99,13 +99,19 @@ void loomi_newclass (lua_State *L, const char *tname,
                      const luaL_Reg *meta, const luaL_Reg *methods);
 int  loomi_proxy_gc (lua_State *L);          /* idempotent release */
 /* Fork support.  A child inherits its states' proxies but not the
-** references they stand for (the counts live in the shared heap).
-** proxy_forked (an atfork child handler) makes every proxy let go without
-** releasing; the child loom forks then adopts the forking state's proxies
-** (a reference each) and, before it leaves, releases them all. */
-void loomi_proxy_forked (void);
-void loomi_proxy_adopt (lua_State *L);
-void loomi_proxy_release_all (lua_State *L);
+** references they stand for (the counts live in the shared heap): a proxy
+** releases only in the process that made it.  Before loom forks, the parent
+** takes a reference on the object of every proxy of the forking state
+** (proxy_hold: a block in the shared heap, NULL when it is exhausted) and
+** gives them back with held_release once the child is gone.  A child
+** leaving releases what its own proxies hold (proxy_release_own). */
+typedef struct LoomHeld {
+  size_t n;
+  LoomObj *objs[];
+} LoomHeld;
+LoomHeld *loomi_proxy_hold (lua_State *L);
+void loomi_held_release (LoomHeld *h);       /* NULL is a no-op */
+void loomi_proxy_release_own (lua_State *L);
 
 /* Process-shared, robust, and (for conditions) CLOCK_MONOTONIC. */
 int  loomi_mutex_init (pthread_mutex_t *mu);       /* 0 | errno */

@@ -5,12 +5,18 @@
 
 #include <stdlib.h>
 
-/* Set in every forked child by an atfork handler (core.c): the proxies of
-** the child's states stand for references the parent took, so releasing
-** them would free objects the parent still uses.  loom's own fork adopts
-** the forking state's proxies and clears it; after any other fork the
-** child's proxies let go without releasing. */
-static atomic_int proxies_borrowed = 0;
+/* A proxy: the object and the process its reference belongs to.  A forked
+** child inherits its states' proxies but not the references they stand for
+** (the counts live in the shared heap, and the parent's proxies still hold
+** theirs), so a proxy only ever releases in the process that made it: in
+** any other it lets go without releasing.  loom's own fork takes, in the
+** parent, a reference for the child on every object the forking state
+** holds (loomi_proxy_hold), which the parent gives back once the child is
+** reaped; the child writes nothing on what it inherited. */
+typedef struct Proxy {
+  LoomObj *o;              /* first: code elsewhere reads a proxy as LoomObj** */
+  pid_t owner;
+} Proxy;
 
 LoomObj *loomi_obj_new (size_t size, const char *tname, LoomDestroy destroy) {
   LoomObj *o = loomi_heap_calloc(size);
@@ -58,23 +64,28 @@ static void proxy_track (lua_State *L) {
   lua_pop(L, 1);
 }
 
+static Proxy *proxy_alloc (lua_State *L) {
+  Proxy *p = lua_newuserdatauv(L, sizeof(Proxy), 1);
+  p->o = NULL;
+  p->owner = loomi_self_pid();
+  return p;
+}
+
 LoomObj **loomi_proxy_new (lua_State *L, const char *tname) {
-  LoomObj **slot = lua_newuserdatauv(L, sizeof(LoomObj *), 1);
-  *slot = NULL;
+  Proxy *p = proxy_alloc(L);
   luaL_setmetatable(L, tname);
   proxy_track(L);
-  return slot;
+  return &p->o;
 }
 
 void loomi_proxy_push (lua_State *L, LoomObj *o) {
-  LoomObj **slot = lua_newuserdatauv(L, sizeof(LoomObj *), 1);
-  *slot = NULL;
+  Proxy *p = proxy_alloc(L);
   proxy_track(L);
   if (luaL_getmetatable(L, o->tname) != LUA_TTABLE)
     luaL_error(L, "loom type %s is not registered in this state", o->tname);
   lua_setmetatable(L, -2);
   loomi_obj_retain(o);
-  *slot = o;
+  p->o = o;
 }
 
 LoomObj *loomi_checkobj (lua_State *L, int arg, const char *tname) {
@@ -98,51 +109,81 @@ LoomObj *loomi_toobj (lua_State *L, int idx) {
 }
 
 int loomi_proxy_gc (lua_State *L) {
-  LoomObj **slot = lua_touserdata(L, 1);
-  if (slot != NULL && *slot != NULL) {
-    LoomObj *o = *slot;
-    *slot = NULL;
-    if (!atomic_load_explicit(&proxies_borrowed, memory_order_relaxed))
+  Proxy *p = lua_touserdata(L, 1);
+  if (p != NULL && p->o != NULL) {
+    LoomObj *o = p->o;
+    p->o = NULL;
+    if (p->owner == loomi_self_pid())
       loomi_obj_release(o);
   }
   return 0;
 }
 
-void loomi_proxy_forked (void) {
-  atomic_store(&proxies_borrowed, 1);
-}
-
-/* Retains, or releases and clears, the object of every live proxy of L's
-** state.  Allocates nothing, so no collection runs meanwhile. */
-static void proxy_each (lua_State *L, int release) {
+/* Calls fn on every open proxy of L's state; allocates nothing, so no
+** collection runs meanwhile. */
+static void proxy_each (lua_State *L, void (*fn) (Proxy *p, void *ud),
+                        void *ud) {
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &PROXIES_KEY) != LUA_TTABLE) {
     lua_pop(L, 1);
     return;
   }
   lua_pushnil(L);
   while (lua_next(L, -2) != 0) {
-    LoomObj **slot = lua_touserdata(L, -2);
+    Proxy *p = lua_touserdata(L, -2);
     lua_pop(L, 1);
-    if (slot == NULL || *slot == NULL)
-      continue;
-    if (release) {
-      LoomObj *o = *slot;
-      *slot = NULL;
-      loomi_obj_release(o);
-    }
-    else
-      loomi_obj_retain(*slot);
+    if (p != NULL && p->o != NULL)
+      fn(p, ud);
   }
   lua_pop(L, 1);
 }
 
-void loomi_proxy_adopt (lua_State *L) {
-  proxy_each(L, 0);
-  atomic_store(&proxies_borrowed, 0);
+static void count_one (Proxy *p, void *ud) {
+  (void)p;
+  (*(size_t *)ud)++;
 }
 
-void loomi_proxy_release_all (lua_State *L) {
-  proxy_each(L, 1);
+typedef struct HoldFill { LoomHeld *h; size_t cap; } HoldFill;
+
+static void hold_one (Proxy *p, void *ud) {
+  HoldFill *f = ud;
+  if (f->h->n < f->cap) {    /* always: nothing ran between the two walks */
+    loomi_obj_retain(p->o);
+    f->h->objs[f->h->n++] = p->o;
+  }
+}
+
+LoomHeld *loomi_proxy_hold (lua_State *L) {
+  size_t n = 0;
+  proxy_each(L, count_one, &n);
+  LoomHeld *h = loomi_heap_alloc(sizeof(LoomHeld) + n * sizeof(LoomObj *));
+  if (h == NULL)
+    return NULL;
+  h->n = 0;
+  HoldFill f = { h, n };
+  proxy_each(L, hold_one, &f);
+  return h;
+}
+
+void loomi_held_release (LoomHeld *h) {
+  if (h == NULL)
+    return;
+  for (size_t i = 0; i < h->n; i++)
+    loomi_obj_release(h->objs[i]);
+  loomi_heap_free(h);
+}
+
+static void release_own (Proxy *p, void *ud) {
+  pid_t *self = ud;
+  if (p->owner == *self) {
+    LoomObj *o = p->o;
+    p->o = NULL;
+    loomi_obj_release(o);
+  }
+}
+
+void loomi_proxy_release_own (lua_State *L) {
+  pid_t self = loomi_self_pid();
+  proxy_each(L, release_own, &self);
 }
 
 static int proxy_tostring (lua_State *L) {

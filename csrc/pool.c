@@ -619,7 +619,6 @@ static void proc_worker_child (TaskQueue *q, int index, pid_t parent) {
   if (L == NULL)
     queue_break(q, NULL);
   else {
-    loomi_proxy_adopt(L);    /* a fresh state: its proxies are its own */
     queue_serve(q, L, index);
     lua_close(L);            /* the worker's own files and objects only */
   }

@@ -19,6 +19,10 @@
 
 enum { PR_NEW, PR_RUNNING, PR_DONE };
 
+/* A child ends with its references left to whoever reaps it, unless its
+** parent left first without waiting for it (os.exit without close). */
+enum { LEAVE_RUNNING, LEAVE_TO_REAPER, LEAVE_ORPHANED };
+
 typedef struct LoomProcess {
   LoomObj obj;
   pthread_mutex_t mu;        /* guards state, pid, pidfd, waiters, status */
@@ -36,6 +40,10 @@ typedef struct LoomProcess {
   int code;
   LoomMsg *results;
   LoomMsg *error;            /* (error value, traceback) */
+  /* the references the parent took for the child at fork (obj.c), given
+  ** back once it is reaped; or by the child itself when orphaned */
+  _Atomic(LoomHeld *) held;
+  atomic_int leaving;        /* LEAVE_*: who gives them back */
   char failmsg[1024];        /* the error as text, for reports */
   char name[64];
 } LoomProcess;
@@ -58,7 +66,14 @@ static void process_destroy (LoomObj *o) {
     close(p->pidfd);
   loomi_msg_free(p->results);
   loomi_msg_free(p->error);
+  loomi_held_release(atomic_exchange(&p->held, NULL));
   pthread_mutex_destroy(&p->mu);
+}
+
+/* Gives back the references taken for p's child, once: call it when the
+** child is gone, without p->mu (the last of them may destroy objects). */
+static void process_release_held (LoomProcess *p) {
+  loomi_held_release(atomic_exchange(&p->held, NULL));
 }
 
 static LoomProcess *process_create (void) {
@@ -172,7 +187,10 @@ static int process_wait_done (LoomProcess *p, const LoomDeadline *dl,
     close(p->pidfd);
     p->pidfd = -1;
   }
+  int done = p->state == PR_DONE;
   loomi_mutex_unlock(&p->mu);
+  if (done)
+    process_release_held(p);
   return rc;
 }
 
@@ -184,7 +202,10 @@ static int process_signal (LoomProcess *p, int sig) {
   process_reap(p);
   if (p->state == PR_RUNNING && p->pid > 0)
     sent = send_signal(p, sig) == 0;
+  int done = p->state == PR_DONE;
   loomi_mutex_unlock(&p->mu);
+  if (done)
+    process_release_held(p);
   return sent;
 }
 
@@ -193,6 +214,8 @@ static int process_done (LoomProcess *p) {
   process_reap(p);
   int done = p->state == PR_DONE;
   loomi_mutex_unlock(&p->mu);
+  if (done)
+    process_release_held(p);
   return done;
 }
 
@@ -258,6 +281,23 @@ static void proclist_shutdown (ProcList *pl) {
   pl->n = pl->cap = 0;
 }
 
+/* Leaving without waiting (os.exit without close): nobody will reap the
+** children still running, so each gives back the references taken for it
+** when it leaves; one already leaving left them to us. */
+static void proclist_orphan (ProcList *pl) {
+  if (pl->pid != getpid())
+    return;
+  for (size_t i = 0; i < pl->n; i++) {
+    LoomProcess *c = pl->list[i];
+    int running = LEAVE_RUNNING;
+    if (!atomic_compare_exchange_strong(&c->leaving, &running,
+                                        LEAVE_ORPHANED))
+      process_release_held(c);
+    else
+      process_done(c);       /* one that died unseen: given back now */
+  }
+}
+
 static int proclist_gc (lua_State *L) {
   proclist_shutdown(lua_touserdata(L, 1));
   return 0;
@@ -288,8 +328,9 @@ static ProcList *proclist_of (lua_State *L, int make) {
 /* ---- the child ---- */
 
 /* Leaves the child: the threads and processes it started are dealt with
-** as a closing state would (unless `quick`), the references its proxies
-** hold are returned, output is flushed, and _exit skips the cleanup that
+** as a closing state would (unless `quick`), the references its own
+** proxies hold are returned (the parent gives back those it took for the
+** inherited ones), output is flushed, and _exit skips the cleanup that
 ** belongs to the parent (atexit handlers, lua_close, stdio of inherited
 ** read streams). */
 static void child_leave (lua_State *L, int code, int quick) {
@@ -297,13 +338,21 @@ static void child_leave (lua_State *L, int code, int quick) {
     self_process->code = code;
     self_process->reported = 1;
   }
+  ProcList *pl = proclist_of(L, 0);
   if (!quick) {
     loomi_thread_shutdown(L);
-    ProcList *pl = proclist_of(L, 0);
     if (pl != NULL)
       proclist_shutdown(pl);
   }
-  loomi_proxy_release_all(L);
+  else if (pl != NULL)
+    proclist_orphan(pl);
+  loomi_proxy_release_own(L);
+  if (self_process != NULL) {
+    int running = LEAVE_RUNNING;
+    if (!atomic_compare_exchange_strong(&self_process->leaving, &running,
+                                        LEAVE_TO_REAPER))
+      process_release_held(self_process);   /* orphaned: nobody reaps us */
+  }
   fflush(NULL);
   _exit(code);
 }
@@ -402,9 +451,6 @@ static void child_fail (lua_State *L, LoomProcess *p) {
 
 /* The child's life, from fork to _exit; stack: proxy, {target, args}. */
 static void process_child (lua_State *L, LoomProcess *p) {
-  /* before anything allocates (and so may collect): the proxies this state
-  ** inherited get references of their own */
-  loomi_proxy_adopt(L);
   if (loomi_thread_forked(L)) {
     /* loom threads block every signal; a process must be reachable */
     sigset_t none;
@@ -494,9 +540,14 @@ static int process_start (lua_State *L) {
     pl->list = list;
     pl->cap = cap;
   }
+  LoomHeld *held = loomi_proxy_hold(L);
+  if (held == NULL)
+    return luaL_error(L, "cannot start process: shared heap exhausted");
   /* what is buffered now belongs to the parent: a child that flushed it
   ** again would print it twice */
   fflush(NULL);
+  atomic_store(&p->held, held);
+  atomic_store(&p->leaving, LEAVE_RUNNING);
   loomi_obj_retain(&p->obj);     /* the list's reference */
   loomi_mutex_lock(&p->mu);
   p->state = PR_RUNNING;
@@ -510,6 +561,7 @@ static int process_start (lua_State *L) {
     loomi_mutex_lock(&p->mu);
     p->state = PR_NEW;
     loomi_mutex_unlock(&p->mu);
+    process_release_held(p);
     loomi_obj_release(&p->obj);
     luaL_pushfail(L);
     lua_pushfstring(L, "cannot start process: %s", strerror(err));
@@ -681,8 +733,10 @@ static int process_index (lua_State *L) {
     int done = p->state == PR_DONE;
     int status = p->status;
     loomi_mutex_unlock(&p->mu);
-    if (done)
+    if (done) {
+      process_release_held(p);
       lua_pushinteger(L, exitcode_of(status));
+    }
     else
       lua_pushnil(L);
   }
