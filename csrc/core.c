@@ -65,7 +65,12 @@ static int open_state (lua_State *L) {
     lua_setfield(L, -2, "cpath");
   }
   lua_pop(L, 1);
-  luaL_requiref(L, "loom.core", luaopen_loom_core, 0);
+  /* opened on first require, or when a loom object first arrives
+  ** (loomi_proxy_push): half a state's making, which a thread that never
+  ** touches loom need not pay */
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  lua_pushcfunction(L, luaopen_loom_core);
+  lua_setfield(L, -2, "loom.core");
   lua_pop(L, 1);
   int rc = run_host_hook(L);
   if (rc != 0)

@@ -231,8 +231,9 @@ int  loomi_raise_remote (lua_State *L, int errbase, const char *where);
 /* ---- core.c ---- */
 /* Creates a state for a loom thread or worker, on the OS thread that will
 ** run it: standard libraries, the given package paths (either may be NULL),
-** loom.core preloaded, then the host's state hook.  Returns NULL with a
-** message in err on failure. */
+** loom.core in package.preload (opened by the first require, or when a loom
+** object arrives), then the host's state hook.  Returns NULL with a message
+** in err on failure. */
 lua_State *loomi_newstate (const char *path, const char *cpath,
                            char *err, size_t errlen);
 

@@ -81,8 +81,14 @@ LoomObj **loomi_proxy_new (lua_State *L, const char *tname) {
 void loomi_proxy_push (lua_State *L, LoomObj *o) {
   Proxy *p = proxy_alloc(L);
   proxy_track(L);
-  if (luaL_getmetatable(L, o->tname) != LUA_TTABLE)
-    luaL_error(L, "loom type %s is not registered in this state", o->tname);
+  if (luaL_getmetatable(L, o->tname) != LUA_TTABLE) {
+    /* a state loom made opens loom.core on demand (loomi_newstate) */
+    lua_pop(L, 1);
+    luaL_requiref(L, "loom.core", luaopen_loom_core, 0);
+    lua_pop(L, 1);
+    if (luaL_getmetatable(L, o->tname) != LUA_TTABLE)
+      luaL_error(L, "loom type %s is not registered in this state", o->tname);
+  }
   lua_setmetatable(L, -2);
   loomi_obj_retain(o);
   p->o = o;

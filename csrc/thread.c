@@ -668,8 +668,11 @@ static void snap_enqueue (lua_State *L, int idx, lua_Integer *qn) {
   lua_rawseti(L, 3, ++*qn);
 }
 
-/* Protected: records the snapshot of a new state in its registry. */
+/* Protected: records the snapshot of a new state in its registry.  A state
+** that is kept opens loom.core first (loomi_newstate leaves it to the first
+** require), so that threads requiring loom find it in the clean state. */
 static int snapshot_take (lua_State *L) {
+  luaL_requiref(L, "loom.core", luaopen_loom_core, 0);
   lua_settop(L, 0);
   lua_createtable(L, 4, 0);                   /* 1: snapshot */
   lua_createtable(L, 0, 32);                  /* 2: seen */
