@@ -886,6 +886,7 @@ static int idle_count = 0;
 /* Every worker, idle or not: in a forked child, the parent's workers stay
 ** listed (never run, never freed) so their memory is not leaked but kept. */
 static Worker *all_workers = NULL;
+static int live_workers = 0;   /* of this process: 0 in a fork */
 static int idle_max = 4;
 static pthread_once_t worker_once = PTHREAD_ONCE_INIT;
 
@@ -903,6 +904,7 @@ static void worker_atfork_child (void) {
   pthread_mutex_unlock(&idle_mu);
   idle_list = NULL;
   idle_count = 0;
+  live_workers = 0;
 }
 
 static void worker_init (void) {
@@ -924,6 +926,7 @@ static void worker_list (Worker *w) {
   if (all_workers != NULL)
     all_workers->prev_all = w;
   all_workers = w;
+  live_workers++;
   pthread_mutex_unlock(&idle_mu);
 }
 
@@ -935,7 +938,21 @@ static void worker_unlist (Worker *w) {
     all_workers = w->next_all;
   if (w->next_all != NULL)
     w->next_all->prev_all = w->prev_all;
+  live_workers--;
   pthread_mutex_unlock(&idle_mu);
+}
+
+/* Whether a new state is worth a snapshot, which costs about as much as
+** making the state: only a worker that stays idle afterwards runs another
+** thread in it, and no more than idle_max do.  In a burst of more threads
+** running at once than that, the surplus closes its state when done
+** (worker_clean finds no snapshot); one that does get another thread makes
+** it afresh. */
+static int worker_may_stay (void) {
+  pthread_mutex_lock(&idle_mu);
+  int stay = live_workers - idle_count <= idle_max;
+  pthread_mutex_unlock(&idle_mu);
+  return stay;
 }
 
 /* Takes an idle worker out of the list: one whose state was made with these
@@ -1036,8 +1053,9 @@ static lua_State *worker_state (Worker *w, LoomThread *t) {
     }
     else {
       lua_pushcfunction(L, snapshot_take);
-      if (lua_pcall(L, 0, 0, 0) != LUA_OK)
+      if (worker_may_stay() && lua_pcall(L, 0, 0, 0) != LUA_OK)
         lua_pop(L, 1);      /* no snapshot: the state is not kept */
+      lua_settop(L, 0);
       w->L = L;
       free(w->path);
       free(w->cpath);
