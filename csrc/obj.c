@@ -42,26 +42,40 @@ void loomi_obj_release (LoomObj *o) {
   }
 }
 
-/* Every proxy of a state is remembered in a weak-keyed table, so that a
-** forked child can take a reference for each one it inherited. */
+/* Every proxy of a state is remembered in a table, so that loom's fork can
+** take a reference for the child on each one's object.  A sequence with
+** weak values: appending costs less than a weak-keyed insert, and a
+** collected proxy leaves a hole that a later append refills (it goes at
+** a border, which is always a hole or the end). */
 static const char PROXIES_KEY = 'p';
 
-static void proxy_track (lua_State *L) {
-  /* stack: proxy */
+void loomi_proxy_table (lua_State *L) {
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &PROXIES_KEY) != LUA_TTABLE) {
     lua_pop(L, 1);
     lua_createtable(L, 0, 8);
     lua_createtable(L, 0, 1);
-    lua_pushliteral(L, "k");
+    lua_pushliteral(L, "v");
     lua_setfield(L, -2, "__mode");
     lua_setmetatable(L, -2);
     lua_pushvalue(L, -1);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &PROXIES_KEY);
   }
-  lua_pushvalue(L, -2);
-  lua_pushboolean(L, 1);
-  lua_rawset(L, -3);
-  lua_pop(L, 1);
+}
+
+/* Records the proxy on top of the stack in the table at tbl. */
+static void proxy_track_in (lua_State *L, int tbl) {
+  tbl = lua_absindex(L, tbl);
+  lua_Unsigned border = lua_rawlen(L, tbl);
+  lua_pushvalue(L, -1);
+  lua_rawseti(L, tbl, (lua_Integer)border + 1);
+}
+
+static void proxy_track (lua_State *L) {
+  /* stack: proxy */
+  loomi_proxy_table(L);
+  lua_insert(L, -2);                  /* table proxy */
+  proxy_track_in(L, -2);
+  lua_remove(L, -2);
 }
 
 static Proxy *proxy_alloc (lua_State *L) {
@@ -75,6 +89,14 @@ LoomObj **loomi_proxy_new (lua_State *L, const char *tname) {
   Proxy *p = proxy_alloc(L);
   luaL_setmetatable(L, tname);
   proxy_track(L);
+  return &p->o;
+}
+
+LoomObj **loomi_proxy_new_at (lua_State *L, int mt, int tbl) {
+  Proxy *p = proxy_alloc(L);
+  lua_pushvalue(L, mt);
+  lua_setmetatable(L, -2);
+  proxy_track_in(L, tbl);
   return &p->o;
 }
 
@@ -135,7 +157,7 @@ static void proxy_each (lua_State *L, void (*fn) (Proxy *p, void *ud),
   }
   lua_pushnil(L);
   while (lua_next(L, -2) != 0) {
-    Proxy *p = lua_touserdata(L, -2);
+    Proxy *p = lua_touserdata(L, -1);
     lua_pop(L, 1);
     if (p != NULL && p->o != NULL)
       fn(p, ud);
