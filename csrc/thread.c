@@ -130,6 +130,10 @@ int loomi_cancel_requested (void) {
   return t != NULL && atomic_load(&t->cancel);
 }
 
+int loomi_cancellable (void) {
+  return self_thread != NULL;
+}
+
 int loomi_raise_cancelled (lua_State *L) {
   lua_pushliteral(L, LOOM_CANCELLED);
   return lua_error(L);
@@ -1227,17 +1231,24 @@ static int thread_start (lua_State *L) {
   if (lua_pcall(L, 1, 0, 0) != LUA_OK)
     lua_pop(L, 1);   /* a reporter that cannot travel: the default one */
   Children *c = children_of(L);
-  children_prune(c);
+  /* Pruning locks every listed thread: only when the list is full, and
+  ** growing it when that leaves it more than half full, so that starting
+  ** many threads at once costs O(1) each and not O(running). */
   if (c->n == c->cap) {
-    size_t cap = c->cap ? c->cap * 2 : 8;
-    LoomThread **list = realloc(c->list, cap * sizeof *list);
-    if (list == NULL) {
-      loomi_msg_free(t->call);
-      t->call = NULL;
-      return luaL_error(L, "not enough memory");
+    children_prune(c);
+    if (c->n == c->cap || c->n > c->cap / 2) {
+      size_t cap = c->cap ? c->cap * 2 : 8;
+      LoomThread **list = realloc(c->list, cap * sizeof *list);
+      if (list == NULL && c->n == c->cap) {
+        loomi_msg_free(t->call);
+        t->call = NULL;
+        return luaL_error(L, "not enough memory");
+      }
+      if (list != NULL) {
+        c->list = list;
+        c->cap = cap;
+      }
     }
-    c->list = list;
-    c->cap = cap;
   }
   loomi_obj_retain(&t->obj);                  /* the running thread's ref */
   t->state = TH_RUNNING;
