@@ -150,6 +150,9 @@ int loomi_wait (pthread_cond_t *cv, pthread_mutex_t *mu, LoomObj *obj,
                 const LoomDeadline *dl);
 /* True when the calling OS thread is a loom thread that was cancelled. */
 int loomi_cancel_requested (void);
+/* True when the calling OS thread runs a loom thread, which cancel() can
+** reach; no other thread's wait ever needs to wake for one. */
+int loomi_cancellable (void);
 /* Raises the cancellation error (never returns). */
 int loomi_raise_cancelled (lua_State *L);
 /* Around any wait that may block, a binding calls block_begin before and

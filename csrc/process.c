@@ -101,6 +101,8 @@ static int open_pidfd (pid_t pid) {
 #endif
 }
 
+/* p->mu held and p not reaped, so p->pid is still our child's even when
+** there is no pidfd (one is opened only for polling waits). */
 static int send_signal (LoomProcess *p, int sig) {
 #ifdef SYS_pidfd_send_signal
   if (p->pidfd >= 0 && p->parent == getpid() &&
@@ -142,9 +144,12 @@ static int exitcode_of (int status) {
 }
 
 /* Waits until p has ended and is reaped: 0, ETIMEDOUT, or ECANCELED when
-** `cancellable` and the calling loom thread was cancelled.  Polls the
-** pidfd in short slices so a cancel is seen; without a pidfd, backs off
-** from 1 to 20 ms.  No signal handler is involved. */
+** `cancellable` and the calling loom thread was cancelled.  A wait with
+** neither a deadline nor a cancel to notice blocks in waitid until the
+** child ends, leaving it to be reaped here (WNOWAIT, so other waiters see
+** it too); others poll a pidfd, opened on first need, in short slices so a
+** cancel is seen; without a pidfd, they back off from 1 to 20 ms.  No
+** signal handler is involved. */
 static int process_wait_done (LoomProcess *p, const LoomDeadline *dl,
                               int cancellable) {
   int rc = 0;
@@ -166,10 +171,23 @@ static int process_wait_done (LoomProcess *p, const LoomDeadline *dl,
     long slice_us = 50000;
     if (left > 0 && left * 1e6 < slice_us)
       slice_us = (long)(left * 1e6) + 1;
+    int block = left < 0 && !(cancellable && loomi_cancellable());
+    if (!block && p->pidfd < 0)
+      p->pidfd = open_pidfd(p->pid);   /* not reaped yet: still our child */
     int fd = p->pidfd;
+    pid_t pid = p->pid;
     p->waiters++;
     loomi_mutex_unlock(&p->mu);
-    if (fd >= 0) {
+    if (block) {
+      siginfo_t si;
+      if (waitid(P_PID, (id_t)pid, &si, WEXITED | WNOWAIT) < 0 &&
+          errno != EINTR) {
+        /* not waitable (someone else reaped it): the reap above says so */
+        struct timespec ts = { 0, 1000000 };
+        nanosleep(&ts, NULL);
+      }
+    }
+    else if (fd >= 0) {
       struct pollfd pfd = { fd, POLLIN, 0 };
       poll(&pfd, 1, (int)((slice_us + 999) / 1000));
     }
@@ -568,10 +586,8 @@ static int process_start (lua_State *L) {
     lua_pushinteger(L, err);
     return 3;
   }
-  int fd = open_pidfd(pid);
   loomi_mutex_lock(&p->mu);
   p->pid = pid;
-  p->pidfd = fd;
   loomi_mutex_unlock(&p->mu);
   pl->list[pl->n++] = p;
   lua_pushnil(L);
