@@ -106,6 +106,7 @@ void loomi_proxy_push (lua_State *L, LoomObj *o) {
   if (luaL_getmetatable(L, o->tname) != LUA_TTABLE) {
     /* a state loom made opens loom.core on demand (loomi_newstate) */
     lua_pop(L, 1);
+    luaL_checkstack(L, 4, "cannot open loom.core");
     luaL_requiref(L, "loom.core", luaopen_loom_core, 0);
     lua_pop(L, 1);
     if (luaL_getmetatable(L, o->tname) != LUA_TTABLE)
