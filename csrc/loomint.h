@@ -87,9 +87,10 @@ void loomi_obj_release (LoomObj *o);         /* the last one destroys + frees */
 ** metatable `tname`; set *slot once the object exists. */
 LoomObj **loomi_proxy_new (lua_State *L, const char *tname);
 /* The same with the metatable at index mt and the state's table of proxies
-** (loomi_proxy_table pushes it) at tbl, both typically upvalues: for
-** constructors on a hot path, which then skip two registry lookups. */
-LoomObj **loomi_proxy_new_at (lua_State *L, int mt, int tbl);
+** (loomi_proxy_table pushes it) at tbl, both typically upvalues, and nuv
+** user values (proxy_new gives one): for constructors on a hot path, which
+** then skip two registry lookups. */
+LoomObj **loomi_proxy_new_at (lua_State *L, int mt, int tbl, int nuv);
 void loomi_proxy_table (lua_State *L);
 /* Pushes a new proxy for an existing object, taking a new reference. */
 void loomi_proxy_push (lua_State *L, LoomObj *o);

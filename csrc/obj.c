@@ -78,22 +78,22 @@ static void proxy_track (lua_State *L) {
   lua_remove(L, -2);
 }
 
-static Proxy *proxy_alloc (lua_State *L) {
-  Proxy *p = lua_newuserdatauv(L, sizeof(Proxy), 1);
+static Proxy *proxy_alloc (lua_State *L, int nuv) {
+  Proxy *p = lua_newuserdatauv(L, sizeof(Proxy), nuv);
   p->o = NULL;
   p->owner = loomi_self_pid();
   return p;
 }
 
 LoomObj **loomi_proxy_new (lua_State *L, const char *tname) {
-  Proxy *p = proxy_alloc(L);
+  Proxy *p = proxy_alloc(L, 1);
   luaL_setmetatable(L, tname);
   proxy_track(L);
   return &p->o;
 }
 
-LoomObj **loomi_proxy_new_at (lua_State *L, int mt, int tbl) {
-  Proxy *p = proxy_alloc(L);
+LoomObj **loomi_proxy_new_at (lua_State *L, int mt, int tbl, int nuv) {
+  Proxy *p = proxy_alloc(L, nuv);
   lua_pushvalue(L, mt);
   lua_setmetatable(L, -2);
   proxy_track_in(L, tbl);
@@ -101,7 +101,7 @@ LoomObj **loomi_proxy_new_at (lua_State *L, int mt, int tbl) {
 }
 
 void loomi_proxy_push (lua_State *L, LoomObj *o) {
-  Proxy *p = proxy_alloc(L);
+  Proxy *p = proxy_alloc(L, 1);
   proxy_track(L);
   if (luaL_getmetatable(L, o->tname) != LUA_TTABLE) {
     /* a state loom made opens loom.core on demand (loomi_newstate) */
@@ -264,31 +264,39 @@ void loomi_newclass (lua_State *L, const char *tname,
   lua_pop(L, 1);
 }
 
-int loomi_mutex_init (pthread_mutex_t *mu) {
-  pthread_mutexattr_t a;
-  int err = pthread_mutexattr_init(&a);
-  if (err != 0)
-    return err;
-  pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
-  pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+/* The attributes every loom mutex and condition is made with: built once
+** per process (a fork inherits them), never changed or destroyed after,
+** so that making a shared object (a pool's Future, for every task) does
+** not build and tear them down each time. */
+static pthread_mutexattr_t mutex_attr;
+static pthread_condattr_t cond_attr;
+static int attr_err;
+static pthread_once_t attr_once = PTHREAD_ONCE_INIT;
+
+static void attr_init (void) {
+  attr_err = pthread_mutexattr_init(&mutex_attr);
+  if (attr_err == 0) {
+    pthread_mutexattr_setpshared(&mutex_attr, PTHREAD_PROCESS_SHARED);
+    pthread_mutexattr_setrobust(&mutex_attr, PTHREAD_MUTEX_ROBUST);
 #ifdef LOOM_DEBUG
-  pthread_mutexattr_settype(&a, PTHREAD_MUTEX_ERRORCHECK);
+    pthread_mutexattr_settype(&mutex_attr, PTHREAD_MUTEX_ERRORCHECK);
 #endif
-  err = pthread_mutex_init(mu, &a);
-  pthread_mutexattr_destroy(&a);
-  return err;
+    attr_err = pthread_condattr_init(&cond_attr);
+  }
+  if (attr_err == 0) {
+    pthread_condattr_setpshared(&cond_attr, PTHREAD_PROCESS_SHARED);
+    pthread_condattr_setclock(&cond_attr, CLOCK_MONOTONIC);
+  }
+}
+
+int loomi_mutex_init (pthread_mutex_t *mu) {
+  pthread_once(&attr_once, attr_init);
+  return attr_err != 0 ? attr_err : pthread_mutex_init(mu, &mutex_attr);
 }
 
 int loomi_cond_init (pthread_cond_t *cv) {
-  pthread_condattr_t a;
-  int err = pthread_condattr_init(&a);
-  if (err != 0)
-    return err;
-  pthread_condattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
-  pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-  err = pthread_cond_init(cv, &a);
-  pthread_condattr_destroy(&a);
-  return err;
+  pthread_once(&attr_once, attr_init);
+  return attr_err != 0 ? attr_err : pthread_cond_init(cv, &cond_attr);
 }
 
 int loomi_mutex_lock (pthread_mutex_t *mu) {

@@ -1299,7 +1299,7 @@ static int pool_submit (lua_State *L) {
   TaskQueue *q = p->q;
   int top = lua_gettop(L);
   LoomObj **slot = loomi_proxy_new_at(L, lua_upvalueindex(2),
-                                      lua_upvalueindex(3));
+                                      lua_upvalueindex(3), 0);
   Future *f = future_create();
   if (f == NULL)
     return luaL_error(L, "cannot submit: shared heap exhausted");
