@@ -22,9 +22,7 @@ LOOM_API void loom_set_state_hook (loom_StateHook hook, void *ud) {
   pthread_mutex_unlock(&hook_mu);
 }
 
-/* Fork safety for what core.c owns: hook_mu is private to the process, and
-** the child of any fork must not release the references its proxies stand
-** for (obj.c). */
+/* Fork safety for what core.c owns: hook_mu is private to the process. */
 static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
 
 static void core_prefork (void) {
@@ -37,7 +35,6 @@ static void core_postfork_parent (void) {
 
 static void core_postfork_child (void) {
   pthread_mutex_unlock(&hook_mu);
-  loomi_proxy_forked();
 }
 
 static void core_register_fork (void) {
@@ -68,7 +65,12 @@ static int open_state (lua_State *L) {
     lua_setfield(L, -2, "cpath");
   }
   lua_pop(L, 1);
-  luaL_requiref(L, "loom.core", luaopen_loom_core, 0);
+  /* opened on first require, or when a loom object first arrives
+  ** (loomi_proxy_push): half a state's making, which a thread that never
+  ** touches loom need not pay */
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  lua_pushcfunction(L, luaopen_loom_core);
+  lua_setfield(L, -2, "loom.core");
   lua_pop(L, 1);
   int rc = run_host_hook(L);
   if (rc != 0)

@@ -86,6 +86,12 @@ void loomi_obj_release (LoomObj *o);         /* the last one destroys + frees */
 ** proxy with a NULL object (create it before acquiring OS resources) and the
 ** metatable `tname`; set *slot once the object exists. */
 LoomObj **loomi_proxy_new (lua_State *L, const char *tname);
+/* The same with the metatable at index mt and the state's table of proxies
+** (loomi_proxy_table pushes it) at tbl, both typically upvalues, and nuv
+** user values (proxy_new gives one): for constructors on a hot path, which
+** then skip two registry lookups. */
+LoomObj **loomi_proxy_new_at (lua_State *L, int mt, int tbl, int nuv);
+void loomi_proxy_table (lua_State *L);
 /* Pushes a new proxy for an existing object, taking a new reference. */
 void loomi_proxy_push (lua_State *L, LoomObj *o);
 /* Type check + closed check; raises "attempt to use a closed loom.X". */
@@ -99,13 +105,19 @@ void loomi_newclass (lua_State *L, const char *tname,
                      const luaL_Reg *meta, const luaL_Reg *methods);
 int  loomi_proxy_gc (lua_State *L);          /* idempotent release */
 /* Fork support.  A child inherits its states' proxies but not the
-** references they stand for (the counts live in the shared heap).
-** proxy_forked (an atfork child handler) makes every proxy let go without
-** releasing; the child loom forks then adopts the forking state's proxies
-** (a reference each) and, before it leaves, releases them all. */
-void loomi_proxy_forked (void);
-void loomi_proxy_adopt (lua_State *L);
-void loomi_proxy_release_all (lua_State *L);
+** references they stand for (the counts live in the shared heap): a proxy
+** releases only in the process that made it.  Before loom forks, the parent
+** takes a reference on the object of every proxy of the forking state
+** (proxy_hold: a block in the shared heap, NULL when it is exhausted) and
+** gives them back with held_release once the child is gone.  A child
+** leaving releases what its own proxies hold (proxy_release_own). */
+typedef struct LoomHeld {
+  size_t n;
+  LoomObj *objs[];
+} LoomHeld;
+LoomHeld *loomi_proxy_hold (lua_State *L);
+void loomi_held_release (LoomHeld *h);       /* NULL is a no-op */
+void loomi_proxy_release_own (lua_State *L);
 
 /* Process-shared, robust, and (for conditions) CLOCK_MONOTONIC. */
 int  loomi_mutex_init (pthread_mutex_t *mu);       /* 0 | errno */
@@ -139,6 +151,9 @@ int loomi_wait (pthread_cond_t *cv, pthread_mutex_t *mu, LoomObj *obj,
                 const LoomDeadline *dl);
 /* True when the calling OS thread is a loom thread that was cancelled. */
 int loomi_cancel_requested (void);
+/* True when the calling OS thread runs a loom thread, which cancel() can
+** reach; no other thread's wait ever needs to wake for one. */
+int loomi_cancellable (void);
 /* Raises the cancellation error (never returns). */
 int loomi_raise_cancelled (lua_State *L);
 /* Around any wait that may block, a binding calls block_begin before and
@@ -225,8 +240,9 @@ int  loomi_raise_remote (lua_State *L, int errbase, const char *where);
 /* ---- core.c ---- */
 /* Creates a state for a loom thread or worker, on the OS thread that will
 ** run it: standard libraries, the given package paths (either may be NULL),
-** loom.core preloaded, then the host's state hook.  Returns NULL with a
-** message in err on failure. */
+** loom.core in package.preload (opened by the first require, or when a loom
+** object arrives), then the host's state hook.  Returns NULL with a message
+** in err on failure. */
 lua_State *loomi_newstate (const char *path, const char *cpath,
                            char *err, size_t errlen);
 

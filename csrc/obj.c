@@ -5,12 +5,18 @@
 
 #include <stdlib.h>
 
-/* Set in every forked child by an atfork handler (core.c): the proxies of
-** the child's states stand for references the parent took, so releasing
-** them would free objects the parent still uses.  loom's own fork adopts
-** the forking state's proxies and clears it; after any other fork the
-** child's proxies let go without releasing. */
-static atomic_int proxies_borrowed = 0;
+/* A proxy: the object and the process its reference belongs to.  A forked
+** child inherits its states' proxies but not the references they stand for
+** (the counts live in the shared heap, and the parent's proxies still hold
+** theirs), so a proxy only ever releases in the process that made it: in
+** any other it lets go without releasing.  loom's own fork takes, in the
+** parent, a reference for the child on every object the forking state
+** holds (loomi_proxy_hold), which the parent gives back once the child is
+** reaped; the child writes nothing on what it inherited. */
+typedef struct Proxy {
+  LoomObj *o;              /* first: code elsewhere reads a proxy as LoomObj** */
+  pid_t owner;
+} Proxy;
 
 LoomObj *loomi_obj_new (size_t size, const char *tname, LoomDestroy destroy) {
   LoomObj *o = loomi_heap_calloc(size);
@@ -36,45 +42,79 @@ void loomi_obj_release (LoomObj *o) {
   }
 }
 
-/* Every proxy of a state is remembered in a weak-keyed table, so that a
-** forked child can take a reference for each one it inherited. */
+/* Every proxy of a state is remembered in a table, so that loom's fork can
+** take a reference for the child on each one's object.  A sequence with
+** weak values: appending costs less than a weak-keyed insert, and a
+** collected proxy leaves a hole that a later append refills (it goes at
+** a border, which is always a hole or the end). */
 static const char PROXIES_KEY = 'p';
 
-static void proxy_track (lua_State *L) {
-  /* stack: proxy */
+void loomi_proxy_table (lua_State *L) {
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &PROXIES_KEY) != LUA_TTABLE) {
     lua_pop(L, 1);
     lua_createtable(L, 0, 8);
     lua_createtable(L, 0, 1);
-    lua_pushliteral(L, "k");
+    lua_pushliteral(L, "v");
     lua_setfield(L, -2, "__mode");
     lua_setmetatable(L, -2);
     lua_pushvalue(L, -1);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &PROXIES_KEY);
   }
-  lua_pushvalue(L, -2);
-  lua_pushboolean(L, 1);
-  lua_rawset(L, -3);
-  lua_pop(L, 1);
+}
+
+/* Records the proxy on top of the stack in the table at tbl. */
+static void proxy_track_in (lua_State *L, int tbl) {
+  tbl = lua_absindex(L, tbl);
+  lua_Unsigned border = lua_rawlen(L, tbl);
+  lua_pushvalue(L, -1);
+  lua_rawseti(L, tbl, (lua_Integer)border + 1);
+}
+
+static void proxy_track (lua_State *L) {
+  /* stack: proxy */
+  loomi_proxy_table(L);
+  lua_insert(L, -2);                  /* table proxy */
+  proxy_track_in(L, -2);
+  lua_remove(L, -2);
+}
+
+static Proxy *proxy_alloc (lua_State *L, int nuv) {
+  Proxy *p = lua_newuserdatauv(L, sizeof(Proxy), nuv);
+  p->o = NULL;
+  p->owner = loomi_self_pid();
+  return p;
 }
 
 LoomObj **loomi_proxy_new (lua_State *L, const char *tname) {
-  LoomObj **slot = lua_newuserdatauv(L, sizeof(LoomObj *), 1);
-  *slot = NULL;
+  Proxy *p = proxy_alloc(L, 1);
   luaL_setmetatable(L, tname);
   proxy_track(L);
-  return slot;
+  return &p->o;
+}
+
+LoomObj **loomi_proxy_new_at (lua_State *L, int mt, int tbl, int nuv) {
+  Proxy *p = proxy_alloc(L, nuv);
+  lua_pushvalue(L, mt);
+  lua_setmetatable(L, -2);
+  proxy_track_in(L, tbl);
+  return &p->o;
 }
 
 void loomi_proxy_push (lua_State *L, LoomObj *o) {
-  LoomObj **slot = lua_newuserdatauv(L, sizeof(LoomObj *), 1);
-  *slot = NULL;
+  Proxy *p = proxy_alloc(L, 1);
   proxy_track(L);
-  if (luaL_getmetatable(L, o->tname) != LUA_TTABLE)
-    luaL_error(L, "loom type %s is not registered in this state", o->tname);
+  if (luaL_getmetatable(L, o->tname) != LUA_TTABLE) {
+    /* a state loom made opens loom.core on demand (loomi_newstate) */
+    lua_pop(L, 1);
+    luaL_checkstack(L, 4, "cannot open loom.core");
+    luaL_requiref(L, "loom.core", luaopen_loom_core, 0);
+    lua_pop(L, 1);
+    if (luaL_getmetatable(L, o->tname) != LUA_TTABLE)
+      luaL_error(L, "loom type %s is not registered in this state", o->tname);
+  }
   lua_setmetatable(L, -2);
   loomi_obj_retain(o);
-  *slot = o;
+  p->o = o;
 }
 
 LoomObj *loomi_checkobj (lua_State *L, int arg, const char *tname) {
@@ -98,51 +138,81 @@ LoomObj *loomi_toobj (lua_State *L, int idx) {
 }
 
 int loomi_proxy_gc (lua_State *L) {
-  LoomObj **slot = lua_touserdata(L, 1);
-  if (slot != NULL && *slot != NULL) {
-    LoomObj *o = *slot;
-    *slot = NULL;
-    if (!atomic_load_explicit(&proxies_borrowed, memory_order_relaxed))
+  Proxy *p = lua_touserdata(L, 1);
+  if (p != NULL && p->o != NULL) {
+    LoomObj *o = p->o;
+    p->o = NULL;
+    if (p->owner == loomi_self_pid())
       loomi_obj_release(o);
   }
   return 0;
 }
 
-void loomi_proxy_forked (void) {
-  atomic_store(&proxies_borrowed, 1);
-}
-
-/* Retains, or releases and clears, the object of every live proxy of L's
-** state.  Allocates nothing, so no collection runs meanwhile. */
-static void proxy_each (lua_State *L, int release) {
+/* Calls fn on every open proxy of L's state; allocates nothing, so no
+** collection runs meanwhile. */
+static void proxy_each (lua_State *L, void (*fn) (Proxy *p, void *ud),
+                        void *ud) {
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &PROXIES_KEY) != LUA_TTABLE) {
     lua_pop(L, 1);
     return;
   }
   lua_pushnil(L);
   while (lua_next(L, -2) != 0) {
-    LoomObj **slot = lua_touserdata(L, -2);
+    Proxy *p = lua_touserdata(L, -1);
     lua_pop(L, 1);
-    if (slot == NULL || *slot == NULL)
-      continue;
-    if (release) {
-      LoomObj *o = *slot;
-      *slot = NULL;
-      loomi_obj_release(o);
-    }
-    else
-      loomi_obj_retain(*slot);
+    if (p != NULL && p->o != NULL)
+      fn(p, ud);
   }
   lua_pop(L, 1);
 }
 
-void loomi_proxy_adopt (lua_State *L) {
-  proxy_each(L, 0);
-  atomic_store(&proxies_borrowed, 0);
+static void count_one (Proxy *p, void *ud) {
+  (void)p;
+  (*(size_t *)ud)++;
 }
 
-void loomi_proxy_release_all (lua_State *L) {
-  proxy_each(L, 1);
+typedef struct HoldFill { LoomHeld *h; size_t cap; } HoldFill;
+
+static void hold_one (Proxy *p, void *ud) {
+  HoldFill *f = ud;
+  if (f->h->n < f->cap) {    /* always: nothing ran between the two walks */
+    loomi_obj_retain(p->o);
+    f->h->objs[f->h->n++] = p->o;
+  }
+}
+
+LoomHeld *loomi_proxy_hold (lua_State *L) {
+  size_t n = 0;
+  proxy_each(L, count_one, &n);
+  LoomHeld *h = loomi_heap_alloc(sizeof(LoomHeld) + n * sizeof(LoomObj *));
+  if (h == NULL)
+    return NULL;
+  h->n = 0;
+  HoldFill f = { h, n };
+  proxy_each(L, hold_one, &f);
+  return h;
+}
+
+void loomi_held_release (LoomHeld *h) {
+  if (h == NULL)
+    return;
+  for (size_t i = 0; i < h->n; i++)
+    loomi_obj_release(h->objs[i]);
+  loomi_heap_free(h);
+}
+
+static void release_own (Proxy *p, void *ud) {
+  pid_t *self = ud;
+  if (p->owner == *self) {
+    LoomObj *o = p->o;
+    p->o = NULL;
+    loomi_obj_release(o);
+  }
+}
+
+void loomi_proxy_release_own (lua_State *L) {
+  pid_t self = loomi_self_pid();
+  proxy_each(L, release_own, &self);
 }
 
 static int proxy_tostring (lua_State *L) {
@@ -194,31 +264,39 @@ void loomi_newclass (lua_State *L, const char *tname,
   lua_pop(L, 1);
 }
 
-int loomi_mutex_init (pthread_mutex_t *mu) {
-  pthread_mutexattr_t a;
-  int err = pthread_mutexattr_init(&a);
-  if (err != 0)
-    return err;
-  pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
-  pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+/* The attributes every loom mutex and condition is made with: built once
+** per process (a fork inherits them), never changed or destroyed after,
+** so that making a shared object (a pool's Future, for every task) does
+** not build and tear them down each time. */
+static pthread_mutexattr_t mutex_attr;
+static pthread_condattr_t cond_attr;
+static int attr_err;
+static pthread_once_t attr_once = PTHREAD_ONCE_INIT;
+
+static void attr_init (void) {
+  attr_err = pthread_mutexattr_init(&mutex_attr);
+  if (attr_err == 0) {
+    pthread_mutexattr_setpshared(&mutex_attr, PTHREAD_PROCESS_SHARED);
+    pthread_mutexattr_setrobust(&mutex_attr, PTHREAD_MUTEX_ROBUST);
 #ifdef LOOM_DEBUG
-  pthread_mutexattr_settype(&a, PTHREAD_MUTEX_ERRORCHECK);
+    pthread_mutexattr_settype(&mutex_attr, PTHREAD_MUTEX_ERRORCHECK);
 #endif
-  err = pthread_mutex_init(mu, &a);
-  pthread_mutexattr_destroy(&a);
-  return err;
+    attr_err = pthread_condattr_init(&cond_attr);
+  }
+  if (attr_err == 0) {
+    pthread_condattr_setpshared(&cond_attr, PTHREAD_PROCESS_SHARED);
+    pthread_condattr_setclock(&cond_attr, CLOCK_MONOTONIC);
+  }
+}
+
+int loomi_mutex_init (pthread_mutex_t *mu) {
+  pthread_once(&attr_once, attr_init);
+  return attr_err != 0 ? attr_err : pthread_mutex_init(mu, &mutex_attr);
 }
 
 int loomi_cond_init (pthread_cond_t *cv) {
-  pthread_condattr_t a;
-  int err = pthread_condattr_init(&a);
-  if (err != 0)
-    return err;
-  pthread_condattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
-  pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-  err = pthread_cond_init(cv, &a);
-  pthread_condattr_destroy(&a);
-  return err;
+  pthread_once(&attr_once, attr_init);
+  return attr_err != 0 ? attr_err : pthread_cond_init(cv, &cond_attr);
 }
 
 int loomi_mutex_lock (pthread_mutex_t *mu) {

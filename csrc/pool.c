@@ -621,7 +621,6 @@ static void proc_worker_child (TaskQueue *q, int index, pid_t parent) {
   if (L == NULL)
     queue_break(q, NULL);
   else {
-    loomi_proxy_adopt(L);    /* a fresh state: its proxies are its own */
     queue_serve(q, L, index);
     lua_close(L);            /* the worker's own files and objects only */
   }
@@ -907,6 +906,13 @@ static Future *checkfuture (lua_State *L, int arg) {
   return (Future *)loomi_checkobj(L, arg, LOOM_FUTURE);
 }
 
+/* self of a Future method: upvalue 1 is the Future metatable
+** (loomi_fast_methods), which saves a registry lookup per call. */
+static Future *checkself (lua_State *L) {
+  LoomObj *o = loomi_fastself(L);
+  return o != NULL ? (Future *)o : checkfuture(L, 1);
+}
+
 /* Waits for f to finish; 0, ETIMEDOUT, or raises when the caller is
 ** cancelled. */
 static int future_await (lua_State *L, Future *f, const LoomDeadline *dl) {
@@ -946,7 +952,7 @@ static void push_error (lua_State *L, Future *f) {
 /* result([timeout]) -> the task's results; raises its error with the remote
 ** traceback; fail, "timeout" / fail, "cancelled". */
 static int future_result (lua_State *L) {
-  Future *f = checkfuture(L, 1);
+  Future *f = checkself(L);
   LoomDeadline dl;
   loomi_opttimeout(L, 2, &dl);
   if (future_await(L, f, &dl) == ETIMEDOUT) {
@@ -977,7 +983,7 @@ static int future_result (lua_State *L) {
 /* error() -> nil unless the future failed: then the error value and the
 ** remote traceback; "cancelled" for a cancelled future.  Never waits. */
 static int future_error (lua_State *L) {
-  Future *f = checkfuture(L, 1);
+  Future *f = checkself(L);
   lua_settop(L, 1);
   switch (atomic_load(&f->state)) {
     case F_FAILED:
@@ -993,25 +999,25 @@ static int future_error (lua_State *L) {
 }
 
 static int future_done (lua_State *L) {
-  Future *f = checkfuture(L, 1);
+  Future *f = checkself(L);
   lua_pushboolean(L, finished(atomic_load(&f->state)));
   return 1;
 }
 
 static int future_running (lua_State *L) {
-  Future *f = checkfuture(L, 1);
+  Future *f = checkself(L);
   lua_pushboolean(L, atomic_load(&f->state) == F_RUNNING);
   return 1;
 }
 
 static int future_cancelled (lua_State *L) {
-  Future *f = checkfuture(L, 1);
+  Future *f = checkself(L);
   lua_pushboolean(L, atomic_load(&f->state) == F_CANCELLED);
   return 1;
 }
 
 static int future_cancel_l (lua_State *L) {
-  Future *f = checkfuture(L, 1);
+  Future *f = checkself(L);
   lua_pushboolean(L, future_cancel(f));
   return 1;
 }
@@ -1304,13 +1310,16 @@ static int pool_new (lua_State *L) {
   return 1;
 }
 
-/* submit(fn, ...) -> Future */
+/* submit(fn, ...) -> Future.  Upvalues: the Pool and Future metatables,
+** the state's table of proxies (loomi_pool_open). */
 static int pool_submit (lua_State *L) {
-  Pool *p = checkpool(L, 1);
+  LoomObj *self = loomi_fastself(L);
+  Pool *p = self != NULL ? (Pool *)self : checkpool(L, 1);
   luaL_checktype(L, 2, LUA_TFUNCTION);
   TaskQueue *q = p->q;
   int top = lua_gettop(L);
-  LoomObj **slot = loomi_proxy_new(L, LOOM_FUTURE);
+  LoomObj **slot = loomi_proxy_new_at(L, lua_upvalueindex(2),
+                                      lua_upvalueindex(3), 0);
   Future *f = future_create();
   if (f == NULL)
     return luaL_error(L, "cannot submit: shared heap exhausted");
@@ -1432,10 +1441,14 @@ static const luaL_Reg pool_funcs[] = {
 
 void loomi_pool_open (lua_State *L) {
   loomi_newclass(L, LOOM_FUTURE, future_meta, future_methods);
+  loomi_fast_methods(L, LOOM_FUTURE, future_methods);
   loomi_newclass(L, LOOM_POOL, pool_meta, NULL);
   luaL_getmetatable(L, LOOM_POOL);
   lua_newtable(L);
-  luaL_setfuncs(L, pool_methods, 0);
+  lua_pushvalue(L, -2);                  /* upvalues: Pool mt, Future mt, */
+  luaL_getmetatable(L, LOOM_FUTURE);     /* the proxies */
+  loomi_proxy_table(L);
+  luaL_setfuncs(L, pool_methods, 3);
   lua_pushvalue(L, -1);
   lua_setfield(L, -3, "methods");
   lua_pushcclosure(L, pool_index, 1);

@@ -19,6 +19,10 @@
 
 enum { PR_NEW, PR_RUNNING, PR_DONE };
 
+/* A child ends with its references left to whoever reaps it, unless its
+** parent left first without waiting for it (os.exit without close). */
+enum { LEAVE_RUNNING, LEAVE_TO_REAPER, LEAVE_ORPHANED };
+
 typedef struct LoomProcess {
   LoomObj obj;
   pthread_mutex_t mu;        /* guards state, pid, pidfd, waiters, status */
@@ -36,6 +40,10 @@ typedef struct LoomProcess {
   int code;
   LoomMsg *results;
   LoomMsg *error;            /* (error value, traceback) */
+  /* the references the parent took for the child at fork (obj.c), given
+  ** back once it is reaped; or by the child itself when orphaned */
+  _Atomic(LoomHeld *) held;
+  atomic_int leaving;        /* LEAVE_*: who gives them back */
   char failmsg[1024];        /* the error as text, for reports */
   char name[64];
 } LoomProcess;
@@ -58,7 +66,14 @@ static void process_destroy (LoomObj *o) {
     close(p->pidfd);
   loomi_msg_free(p->results);
   loomi_msg_free(p->error);
+  loomi_held_release(atomic_exchange(&p->held, NULL));
   pthread_mutex_destroy(&p->mu);
+}
+
+/* Gives back the references taken for p's child, once: call it when the
+** child is gone, without p->mu (the last of them may destroy objects). */
+static void process_release_held (LoomProcess *p) {
+  loomi_held_release(atomic_exchange(&p->held, NULL));
 }
 
 static LoomProcess *process_create (void) {
@@ -86,6 +101,8 @@ static int open_pidfd (pid_t pid) {
 #endif
 }
 
+/* p->mu held and p not reaped, so p->pid is still our child's even when
+** there is no pidfd (one is opened only for polling waits). */
 static int send_signal (LoomProcess *p, int sig) {
 #ifdef SYS_pidfd_send_signal
   if (p->pidfd >= 0 && p->parent == getpid() &&
@@ -127,9 +144,12 @@ static int exitcode_of (int status) {
 }
 
 /* Waits until p has ended and is reaped: 0, ETIMEDOUT, or ECANCELED when
-** `cancellable` and the calling loom thread was cancelled.  Polls the
-** pidfd in short slices so a cancel is seen; without a pidfd, backs off
-** from 1 to 20 ms.  No signal handler is involved. */
+** `cancellable` and the calling loom thread was cancelled.  A wait with
+** neither a deadline nor a cancel to notice blocks in waitid until the
+** child ends, leaving it to be reaped here (WNOWAIT, so other waiters see
+** it too); others poll a pidfd, opened on first need, in short slices so a
+** cancel is seen; without a pidfd, they back off from 1 to 20 ms.  No
+** signal handler is involved. */
 static int process_wait_done (LoomProcess *p, const LoomDeadline *dl,
                               int cancellable) {
   int rc = 0;
@@ -151,10 +171,23 @@ static int process_wait_done (LoomProcess *p, const LoomDeadline *dl,
     long slice_us = 50000;
     if (left > 0 && left * 1e6 < slice_us)
       slice_us = (long)(left * 1e6) + 1;
+    int block = left < 0 && !(cancellable && loomi_cancellable());
+    if (!block && p->pidfd < 0)
+      p->pidfd = open_pidfd(p->pid);   /* not reaped yet: still our child */
     int fd = p->pidfd;
+    pid_t pid = p->pid;
     p->waiters++;
     loomi_mutex_unlock(&p->mu);
-    if (fd >= 0) {
+    if (block) {
+      siginfo_t si;
+      if (waitid(P_PID, (id_t)pid, &si, WEXITED | WNOWAIT) < 0 &&
+          errno != EINTR) {
+        /* not waitable (someone else reaped it): the reap above says so */
+        struct timespec ts = { 0, 1000000 };
+        nanosleep(&ts, NULL);
+      }
+    }
+    else if (fd >= 0) {
       struct pollfd pfd = { fd, POLLIN, 0 };
       poll(&pfd, 1, (int)((slice_us + 999) / 1000));
     }
@@ -172,7 +205,10 @@ static int process_wait_done (LoomProcess *p, const LoomDeadline *dl,
     close(p->pidfd);
     p->pidfd = -1;
   }
+  int done = p->state == PR_DONE;
   loomi_mutex_unlock(&p->mu);
+  if (done)
+    process_release_held(p);
   return rc;
 }
 
@@ -184,7 +220,10 @@ static int process_signal (LoomProcess *p, int sig) {
   process_reap(p);
   if (p->state == PR_RUNNING && p->pid > 0)
     sent = send_signal(p, sig) == 0;
+  int done = p->state == PR_DONE;
   loomi_mutex_unlock(&p->mu);
+  if (done)
+    process_release_held(p);
   return sent;
 }
 
@@ -193,6 +232,8 @@ static int process_done (LoomProcess *p) {
   process_reap(p);
   int done = p->state == PR_DONE;
   loomi_mutex_unlock(&p->mu);
+  if (done)
+    process_release_held(p);
   return done;
 }
 
@@ -258,6 +299,23 @@ static void proclist_shutdown (ProcList *pl) {
   pl->n = pl->cap = 0;
 }
 
+/* Leaving without waiting (os.exit without close): nobody will reap the
+** children still running, so each gives back the references taken for it
+** when it leaves; one already leaving left them to us. */
+static void proclist_orphan (ProcList *pl) {
+  if (pl->pid != getpid())
+    return;
+  for (size_t i = 0; i < pl->n; i++) {
+    LoomProcess *c = pl->list[i];
+    int running = LEAVE_RUNNING;
+    if (!atomic_compare_exchange_strong(&c->leaving, &running,
+                                        LEAVE_ORPHANED))
+      process_release_held(c);
+    else
+      process_done(c);       /* one that died unseen: given back now */
+  }
+}
+
 static int proclist_gc (lua_State *L) {
   proclist_shutdown(lua_touserdata(L, 1));
   return 0;
@@ -288,8 +346,9 @@ static ProcList *proclist_of (lua_State *L, int make) {
 /* ---- the child ---- */
 
 /* Leaves the child: the threads and processes it started are dealt with
-** as a closing state would (unless `quick`), the references its proxies
-** hold are returned, output is flushed, and _exit skips the cleanup that
+** as a closing state would (unless `quick`), the references its own
+** proxies hold are returned (the parent gives back those it took for the
+** inherited ones), output is flushed, and _exit skips the cleanup that
 ** belongs to the parent (atexit handlers, lua_close, stdio of inherited
 ** read streams). */
 static void child_leave (lua_State *L, int code, int quick) {
@@ -297,13 +356,21 @@ static void child_leave (lua_State *L, int code, int quick) {
     self_process->code = code;
     self_process->reported = 1;
   }
+  ProcList *pl = proclist_of(L, 0);
   if (!quick) {
     loomi_thread_shutdown(L);
-    ProcList *pl = proclist_of(L, 0);
     if (pl != NULL)
       proclist_shutdown(pl);
   }
-  loomi_proxy_release_all(L);
+  else if (pl != NULL)
+    proclist_orphan(pl);
+  loomi_proxy_release_own(L);
+  if (self_process != NULL) {
+    int running = LEAVE_RUNNING;
+    if (!atomic_compare_exchange_strong(&self_process->leaving, &running,
+                                        LEAVE_TO_REAPER))
+      process_release_held(self_process);   /* orphaned: nobody reaps us */
+  }
   fflush(NULL);
   _exit(code);
 }
@@ -402,9 +469,6 @@ static void child_fail (lua_State *L, LoomProcess *p) {
 
 /* The child's life, from fork to _exit; stack: proxy, {target, args}. */
 static void process_child (lua_State *L, LoomProcess *p) {
-  /* before anything allocates (and so may collect): the proxies this state
-  ** inherited get references of their own */
-  loomi_proxy_adopt(L);
   if (loomi_thread_forked(L)) {
     /* loom threads block every signal; a process must be reachable */
     sigset_t none;
@@ -494,9 +558,14 @@ static int process_start (lua_State *L) {
     pl->list = list;
     pl->cap = cap;
   }
+  LoomHeld *held = loomi_proxy_hold(L);
+  if (held == NULL)
+    return luaL_error(L, "cannot start process: shared heap exhausted");
   /* what is buffered now belongs to the parent: a child that flushed it
   ** again would print it twice */
   fflush(NULL);
+  atomic_store(&p->held, held);
+  atomic_store(&p->leaving, LEAVE_RUNNING);
   loomi_obj_retain(&p->obj);     /* the list's reference */
   loomi_mutex_lock(&p->mu);
   p->state = PR_RUNNING;
@@ -510,16 +579,15 @@ static int process_start (lua_State *L) {
     loomi_mutex_lock(&p->mu);
     p->state = PR_NEW;
     loomi_mutex_unlock(&p->mu);
+    process_release_held(p);
     loomi_obj_release(&p->obj);
     luaL_pushfail(L);
     lua_pushfstring(L, "cannot start process: %s", strerror(err));
     lua_pushinteger(L, err);
     return 3;
   }
-  int fd = open_pidfd(pid);
   loomi_mutex_lock(&p->mu);
   p->pid = pid;
-  p->pidfd = fd;
   loomi_mutex_unlock(&p->mu);
   pl->list[pl->n++] = p;
   lua_pushnil(L);
@@ -681,8 +749,10 @@ static int process_index (lua_State *L) {
     int done = p->state == PR_DONE;
     int status = p->status;
     loomi_mutex_unlock(&p->mu);
-    if (done)
+    if (done) {
+      process_release_held(p);
       lua_pushinteger(L, exitcode_of(status));
+    }
     else
       lua_pushnil(L);
   }

@@ -130,6 +130,10 @@ int loomi_cancel_requested (void) {
   return t != NULL && atomic_load(&t->cancel);
 }
 
+int loomi_cancellable (void) {
+  return self_thread != NULL;
+}
+
 int loomi_raise_cancelled (lua_State *L) {
   lua_pushliteral(L, LOOM_CANCELLED);
   return lua_error(L);
@@ -668,8 +672,11 @@ static void snap_enqueue (lua_State *L, int idx, lua_Integer *qn) {
   lua_rawseti(L, 3, ++*qn);
 }
 
-/* Protected: records the snapshot of a new state in its registry. */
+/* Protected: records the snapshot of a new state in its registry.  A state
+** that is kept opens loom.core first (loomi_newstate leaves it to the first
+** require), so that threads requiring loom find it in the clean state. */
 static int snapshot_take (lua_State *L) {
+  luaL_requiref(L, "loom.core", luaopen_loom_core, 0);
   lua_settop(L, 0);
   lua_createtable(L, 4, 0);                   /* 1: snapshot */
   lua_createtable(L, 0, 32);                  /* 2: seen */
@@ -883,6 +890,7 @@ static int idle_count = 0;
 /* Every worker, idle or not: in a forked child, the parent's workers stay
 ** listed (never run, never freed) so their memory is not leaked but kept. */
 static Worker *all_workers = NULL;
+static int live_workers = 0;   /* of this process: 0 in a fork */
 static int idle_max = 4;
 static pthread_once_t worker_once = PTHREAD_ONCE_INIT;
 
@@ -900,6 +908,7 @@ static void worker_atfork_child (void) {
   pthread_mutex_unlock(&idle_mu);
   idle_list = NULL;
   idle_count = 0;
+  live_workers = 0;
 }
 
 static void worker_init (void) {
@@ -921,6 +930,7 @@ static void worker_list (Worker *w) {
   if (all_workers != NULL)
     all_workers->prev_all = w;
   all_workers = w;
+  live_workers++;
   pthread_mutex_unlock(&idle_mu);
 }
 
@@ -932,7 +942,21 @@ static void worker_unlist (Worker *w) {
     all_workers = w->next_all;
   if (w->next_all != NULL)
     w->next_all->prev_all = w->prev_all;
+  live_workers--;
   pthread_mutex_unlock(&idle_mu);
+}
+
+/* Whether a new state is worth a snapshot, which costs about as much as
+** making the state: only a worker that stays idle afterwards runs another
+** thread in it, and no more than idle_max do.  In a burst of more threads
+** running at once than that, the surplus closes its state when done
+** (worker_clean finds no snapshot); one that does get another thread makes
+** it afresh. */
+static int worker_may_stay (void) {
+  pthread_mutex_lock(&idle_mu);
+  int stay = live_workers - idle_count <= idle_max;
+  pthread_mutex_unlock(&idle_mu);
+  return stay;
 }
 
 /* Takes an idle worker out of the list: one whose state was made with these
@@ -1033,8 +1057,9 @@ static lua_State *worker_state (Worker *w, LoomThread *t) {
     }
     else {
       lua_pushcfunction(L, snapshot_take);
-      if (lua_pcall(L, 0, 0, 0) != LUA_OK)
+      if (worker_may_stay() && lua_pcall(L, 0, 0, 0) != LUA_OK)
         lua_pop(L, 1);      /* no snapshot: the state is not kept */
+      lua_settop(L, 0);
       w->L = L;
       free(w->path);
       free(w->cpath);
@@ -1206,17 +1231,24 @@ static int thread_start (lua_State *L) {
   if (lua_pcall(L, 1, 0, 0) != LUA_OK)
     lua_pop(L, 1);   /* a reporter that cannot travel: the default one */
   Children *c = children_of(L);
-  children_prune(c);
+  /* Pruning locks every listed thread: only when the list is full, and
+  ** growing it when that leaves it more than half full, so that starting
+  ** many threads at once costs O(1) each and not O(running). */
   if (c->n == c->cap) {
-    size_t cap = c->cap ? c->cap * 2 : 8;
-    LoomThread **list = realloc(c->list, cap * sizeof *list);
-    if (list == NULL) {
-      loomi_msg_free(t->call);
-      t->call = NULL;
-      return luaL_error(L, "not enough memory");
+    children_prune(c);
+    if (c->n == c->cap || c->n > c->cap / 2) {
+      size_t cap = c->cap ? c->cap * 2 : 8;
+      LoomThread **list = realloc(c->list, cap * sizeof *list);
+      if (list == NULL && c->n == c->cap) {
+        loomi_msg_free(t->call);
+        t->call = NULL;
+        return luaL_error(L, "not enough memory");
+      }
+      if (list != NULL) {
+        c->list = list;
+        c->cap = cap;
+      }
     }
-    c->list = list;
-    c->cap = cap;
   }
   loomi_obj_retain(&t->obj);                  /* the running thread's ref */
   t->state = TH_RUNNING;

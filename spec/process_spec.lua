@@ -428,6 +428,57 @@ describe("loom.Process", function()
       assert.is_true(loom.heap_used() < before, "the thread object was freed")
     end)
 
+    it("gives back the references taken for a child that was killed", function()
+      local p = loom.process(function() end):start()   -- the first fork is warm-up
+      p:join(10)
+      local v, ready = loom.value("int64", 1), loom.event()
+      local q = loom.process(function()
+        ready:set()
+        require("loom").sleep(30)
+        return v.value
+      end):start()
+      assert.is_true(ready:wait(10))
+      q:kill()
+      assert.is_true(q:join(10))
+      assert.equal(-9, q.exitcode)
+      collectgarbage()
+      collectgarbage()
+      local before = loom.heap_used()
+      v = nil
+      collectgarbage()
+      collectgarbage()
+      assert.is_true(loom.heap_used() < before, "the value was freed")
+    end)
+
+    it("lets an orphaned child give back its references itself", function()
+      local p = loom.process(function() end):start()   -- the first fork is warm-up
+      p:join(10)
+      local go, gone = loom.event(), loom.value("int64", 0)
+      local v = loom.value("int64", 1)
+      local mid = loom.process(function()
+        local lm = require "loom"
+        lm.process(function()
+          go:wait(10)
+          gone:add(v.value)
+        end):start()
+        os.exit(0)     -- without close: the grandchild is not waited for
+      end):start()
+      assert.is_true(mid:join(10))
+      collectgarbage()
+      collectgarbage()
+      local before = loom.heap_used()
+      v = nil
+      collectgarbage()
+      collectgarbage()
+      go:set()
+      local deadline = loom.now() + 10
+      while loom.heap_used() >= before and loom.now() < deadline do
+        loom.sleep(0.01)
+      end
+      assert.equal(1, gone.value)
+      assert.is_true(loom.heap_used() < before, "the value was freed")
+    end)
+
     it("does not wait for the parent's threads", function()
       local t = loom.thread(function() require("loom").sleep(60) end):start()
       finally(function() t:cancel(); t:join(10) end)

@@ -324,6 +324,42 @@ describe("loom.Thread", function()
       end
     end)
 
+    it("gives clean interpreters after a burst of more threads than stay idle", function()
+      local dirty = function(i)
+        leaked = i
+        string.foo = i
+        require("loom").sleep(0.05)
+        return i
+      end
+      local burst = {}
+      for i = 1, 4 * loom.cpu_count() + 8 do
+        burst[i] = loom.thread(dirty, i)
+      end
+      for _, t in ipairs(burst) do t:start() end
+      for i, t in ipairs(burst) do assert.equal(i, t:result(20)) end
+      loom.sleep(0.05)
+      for _ = 1, 3 do
+        local t = loom.thread(function()
+          return leaked, string.foo, type(require("loom").sleep)
+        end):start()
+        assert.are.same({ n = 3, nil, nil, "function" }, table.pack(t:result(10)))
+      end
+    end)
+
+    it("opens loom in a burst thread's interpreter when a loom object arrives", function()
+      local v = loom.value("int64", 0)
+      local burst = {}
+      for i = 1, 4 * loom.cpu_count() + 8 do
+        burst[i] = loom.thread(function(counter)
+          counter:add(1)
+          return getmetatable(counter).__name
+        end, v)
+      end
+      for _, t in ipairs(burst) do t:start() end
+      for _, t in ipairs(burst) do assert.equal("loom.Value", t:result(20)) end
+      assert.equal(#burst, v.value)
+    end)
+
     it("does not leak changes to the standard libraries", function()
       local change = function()
         string.foo = 1
