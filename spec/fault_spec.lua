@@ -87,14 +87,18 @@ describe("fault injection", function()
       local ok, out = run("all", [[
         local loom = require "loom"
         local pool <close> = loom.pool{ workers = 2, kind = "process" }
-        local f = pool:submit(function() return 1 end)
-        print(pcall(f.result, f, 30))
+        -- the supervisor may have given up before this submit or after it
+        local queued, f = pcall(pool.submit, pool, function() return 1 end)
+        if queued then print(pcall(f.result, f, 30)) end
         print(pcall(pool.submit, pool, function() end))
       ]])
       assert(ok, out)
-      assert.are.equal("false\tcannot start a pool worker process: Resource temporarily unavailable\n" ..
-                       "false\tcannot submit to a broken pool (cannot start a worker process: " ..
-                       "Resource temporarily unavailable)\n", out)
+      local broken = "false\tcannot submit to a broken pool (cannot start a worker process: " ..
+                     "Resource temporarily unavailable)\n"
+      if out ~= broken then
+        assert.are.equal("false\tcannot start a pool worker process: Resource temporarily unavailable\n" ..
+                         broken, out)
+      end
     end)
 
     it("leaves a process pool working on the workers that could be forked", function()
