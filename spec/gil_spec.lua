@@ -366,7 +366,7 @@ describe("the GIL", function()
     end)
   end)
 
-  it("lets a shared thread wait for a process and a pool #fork", function()
+  it("lets a shared thread wait for a process and a pool #fork #fork_while_threads", function()
     local pool = loom.pool(1)
     finally(function() pool:shutdown() end)
     local t = shared(function()

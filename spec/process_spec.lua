@@ -504,7 +504,7 @@ describe("loom.Process", function()
       f:close()
     end)
 
-    it("survives 50 forks while two threads hammer a queue", function()
+    it("survives 50 forks while two threads hammer a queue #fork_while_threads", function()
       local q, stop = loom.queue(64), loom.event()
       local workers = {}
       for i = 1, 2 do
@@ -810,7 +810,7 @@ describe("loom.Process", function()
     end)
   end)
 
-  describe("loom.pool{kind = 'process'}", function()
+  describe("loom.pool{kind = 'process'} #fork_while_threads", function()
     local function mypid()
       local f = io.open("/proc/self/stat")
       local pid = tonumber(f:read("a"):match("^%d+"))

@@ -26,7 +26,11 @@ case $kind in
   tsan|asan)
     # specs that start a subprocess (helpers.run) run it on the same host
     export LUA="$PWD/$host"
-    run "$host" /usr/bin/busted --run=default $specs
+    # A fork while other threads of the parent allocate can leave the
+    # child deadlocked inside the sanitizer runtime, on an allocator or
+    # internal lock another thread held at the fork (seen with gcc 12's
+    # ASan and TSan): those specs run in `make test` only.
+    run "$host" /usr/bin/busted --run=default --exclude-tags=fork_while_threads $specs
     for s in $stress; do run "$host" "$s"; done
     ;;
   valgrind)
