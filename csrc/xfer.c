@@ -54,13 +54,17 @@ static const unsigned char *msg_cpayload (const LoomMsg *m) {
 ** loop, which compilers vectorize, so that a megabyte message costs a
 ** fraction of its copy; the sums are mixed at the end.  It guards against
 ** a corrupted message (a changed, lost or moved word), not against a
-** forger (messages never leave the process tree). */
-static uint64_t checksum (const unsigned char *p, size_t n) {
+** forger (messages never leave the process tree).  With dst, the bytes
+** are also copied there, in the same pass. */
+static inline uint64_t checksum_copy (unsigned char *dst,
+                                      const unsigned char *p, size_t n) {
   uint64_t a[4] = { 0, 0, 0, 0 }, b[4] = { 0, 0, 0, 0 };
   size_t i = 0;
   for (; i + 32 <= n; i += 32) {
     uint64_t w[4];
     memcpy(w, p + i, 32);
+    if (dst != NULL)
+      memcpy(dst + i, w, 32);
     for (int l = 0; l < 4; l++) {
       a[l] += w[l];
       b[l] += a[l];
@@ -71,9 +75,16 @@ static uint64_t checksum (const unsigned char *p, size_t n) {
     h = (h ^ a[l]) * 0xff51afd7ed558ccdULL;
     h = (h ^ b[l] ^ (h >> 29)) * 0xc4ceb9fe1a85ec53ULL;
   }
-  for (; i < n; i++)
+  for (; i < n; i++) {
+    if (dst != NULL)
+      dst[i] = p[i];
     h = (h ^ p[i]) * 0x100000001b3ULL;
+  }
   return h ^ (h >> 32);
+}
+
+static uint64_t checksum (const unsigned char *p, size_t n) {
+  return checksum_copy(NULL, p, n);
 }
 
 /* ---- the encoder's buffer: GC-owned, reused by the state ---- */
@@ -765,9 +776,7 @@ static LoomMsg *msg_build (lua_State *L, Buf *b, const char *root) {
     loomi_obj_retain(b->objs[i]);
     msg_objs(m)[i] = b->objs[i];
   }
-  if (b->len > 0)
-    memcpy(msg_payload(m), b->data, b->len);
-  m->check = checksum(msg_payload(m), b->len);
+  m->check = checksum_copy(msg_payload(m), b->data, b->len);
   return m;
 }
 
