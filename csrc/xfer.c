@@ -447,7 +447,25 @@ static void enc_table (Enc *e, int idx) {
     if (lua_type(L, k) == LUA_TNUMBER)   /* not a numeric string */
       ki = lua_tointegerx(L, k, &isint);
     int insec = isint && ki >= 1 && (lua_Unsigned)ki <= narr;
-    if (insec && next != 0 && (lua_Unsigned)ki >= next) {
+    if (insec && (lua_Unsigned)ki == next &&
+        lua_type(L, k + 1) == LUA_TNUMBER) {
+      /* the next element and a number: the bulk of a big table, written
+      ** here rather than through enc_element's calls */
+      unsigned char *q = enc_reserve(e, 9);
+      if (lua_isinteger(L, k + 1)) {
+        int64_t v = (int64_t)lua_tointeger(L, k + 1);
+        q[0] = T_INT;
+        memcpy(q + 1, &v, 8);
+      }
+      else {
+        double x = (double)lua_tonumber(L, k + 1);
+        q[0] = T_FLT;
+        memcpy(q + 1, &x, 8);
+      }
+      e->b->len += 9;
+      next++;
+    }
+    else if (insec && next != 0 && (lua_Unsigned)ki >= next) {
       for (; next < (lua_Unsigned)ki; next++)
         put_u8(e, T_NIL);
       enc_element(e, k + 1, ki);
