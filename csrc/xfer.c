@@ -946,9 +946,7 @@ static void dec_table (Dec *d) {
   /* each entry needs at least one byte: refuse sizes the data cannot hold */
   if (narr > (size_t)(d->end - d->p) || nhash > (size_t)(d->end - d->p))
     dec_corrupt(d);
-  if (!lua_checkstack(L, 8))
-    luaL_error(L, "cannot decode message: nesting too deep");
-  lua_createtable(L, (int)narr, (int)nhash);
+  lua_createtable(L, (int)narr, (int)nhash);   /* dec_value made room */
   dec_register(d);
   int t = lua_gettop(L);
   for (uint32_t i = 1; i <= narr; i++) {

@@ -43,6 +43,14 @@ describe("transfer codec", function()
     it("keeps the number of values, trailing nils included", function()
       assert.are.equal(3, select("#", roundtrip(1, nil, nil)))
     end)
+
+    it("carries thousands of values", function()
+      local t = {}
+      for i = 1, 5000 do t[i] = i % 3 == 0 and i * 0.5 or i end
+      local r = table.pack(roundtrip(table.unpack(t)))
+      assert.are.equal(5000, r.n)
+      for i = 1, 5000 do assert.are.equal(t[i], r[i]) end
+    end)
   end)
 
   describe("tables", function()
