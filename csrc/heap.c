@@ -19,6 +19,7 @@
 #define HEAP_DEFAULT    ((size_t)1 << 30)        /* reserved, not committed */
 #define HEAP_MINSIZE    ((size_t)1 << 20)
 #define HEAP_RELEASE    ((size_t)64 << 10)       /* give pages back above */
+#define HEAP_KEEP       ((size_t)8 << 20)        /* ...but one may stay up to */
 
 typedef struct BlockHeader {
   uint32_t magic;
@@ -33,6 +34,12 @@ typedef struct HeapHeader {
   atomic_size_t used;
   pthread_mutex_t mu[HEAP_NCLASS];
   BlockHeader *free[HEAP_NCLASS];   /* mu[i] held */
+  /* A free block of class i (large, up to HEAP_KEEP) whose pages were
+  ** kept, taken before free[i]; off the list; mu[i] held.  A message of a
+  ** given size tends to be followed by another of that size (a worker fed
+  ** the same table, a queue of like items): its block is then already
+  ** resident instead of faulted in page by page. */
+  BlockHeader *spare[HEAP_NCLASS];
 } HeapHeader;
 
 #define BLOCK_HDR  ((sizeof(BlockHeader) + 15) & ~(size_t)15)
@@ -96,6 +103,7 @@ static HeapHeader *heap_map (size_t size) {
       return NULL;
     }
     h->free[i] = NULL;
+    h->spare[i] = NULL;
   }
   return h;
 }
@@ -172,8 +180,10 @@ void *loomi_heap_alloc (size_t n) {
   atomic_store_explicit(&heap_touched, 1, memory_order_relaxed);
   BlockHeader *b;
   loomi_mutex_lock(&heap->mu[cls]);
-  b = heap->free[cls];
+  b = heap->spare[cls];
   if (b != NULL)
+    heap->spare[cls] = NULL;
+  else if ((b = heap->free[cls]) != NULL)
     heap->free[cls] = b->next;
   loomi_mutex_unlock(&heap->mu[cls]);
   if (b == NULL) {
@@ -213,17 +223,33 @@ void loomi_heap_free (void *p) {
   int cls = (int)b->cls;
   size_t bsize = class_size(cls);
   b->magic = 0;
-  if (bsize >= HEAP_RELEASE) {
-    /* Hand the body's pages back so a burst of large messages does not stay
-    ** resident; the header page keeps the free-list link. */
-    long page = sysconf(_SC_PAGESIZE);
-    char *from = (char *)b + page;
-    madvise(from, bsize - (size_t)page, MADV_REMOVE);
-  }
   atomic_fetch_sub_explicit(&heap->used, bsize, memory_order_relaxed);
+  if (bsize < HEAP_RELEASE) {
+    loomi_mutex_lock(&heap->mu[cls]);
+    b->next = heap->free[cls];
+    heap->free[cls] = b;
+    loomi_mutex_unlock(&heap->mu[cls]);
+    return;
+  }
+  /* Large blocks on the free list have handed their body's pages back (the
+  ** header page keeps the link), so that a burst of large messages does
+  ** not stay resident; only the last one freed of each class up to
+  ** HEAP_KEEP is kept whole, as the spare.  The pages go while the block
+  ** is owned here, off the list, where nobody can be writing to it. */
+  BlockHeader *drop = b;
+  if (bsize <= HEAP_KEEP) {
+    loomi_mutex_lock(&heap->mu[cls]);
+    drop = heap->spare[cls];
+    heap->spare[cls] = b;
+    loomi_mutex_unlock(&heap->mu[cls]);
+    if (drop == NULL)
+      return;
+  }
+  long page = sysconf(_SC_PAGESIZE);
+  madvise((char *)drop + page, bsize - (size_t)page, MADV_REMOVE);
   loomi_mutex_lock(&heap->mu[cls]);
-  b->next = heap->free[cls];
-  heap->free[cls] = b;
+  drop->next = heap->free[cls];
+  heap->free[cls] = drop;
   loomi_mutex_unlock(&heap->mu[cls]);
 }
 

@@ -348,6 +348,31 @@ describe("loom.Queue", function()
       end
     end)
 
+    it("carries large items both ways intact while their blocks are reused", function()
+      local down, up = loom.queue(1), loom.queue(1)
+      local p = loom.process(function()
+        for _ = 1, 40 do
+          local t = down:get(30)
+          for i = 1, #t do t[i] = -t[i] end
+          up:put(t)
+        end
+        return "ok"
+      end):start()
+      finally(function() down:close(); p:join(10) end)
+      for r = 1, 40 do
+        local n = (r % 3 == 0) and 70000 or 30000 + r   -- two block sizes
+        local t = {}
+        for i = 1, n do t[i] = r + i / 8 end
+        down:put(t)
+        local back = up:get(30)
+        assert.equal(n, #back)
+        for i = 1, n do
+          if back[i] ~= -(r + i / 8) then assert.equal(-(r + i / 8), back[i]) end
+        end
+      end
+      assert.equal("ok", p:result(10))
+    end)
+
     it("wakes a getter in a child when closed, and takes a child's queue", function()
       local q, back = loom.queue(), loom.queue()
       local p = loom.process(function()

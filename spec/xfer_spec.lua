@@ -43,6 +43,14 @@ describe("transfer codec", function()
     it("keeps the number of values, trailing nils included", function()
       assert.are.equal(3, select("#", roundtrip(1, nil, nil)))
     end)
+
+    it("carries thousands of values", function()
+      local t = {}
+      for i = 1, 5000 do t[i] = i % 3 == 0 and i * 0.5 or i end
+      local r = table.pack(roundtrip(table.unpack(t)))
+      assert.are.equal(5000, r.n)
+      for i = 1, 5000 do assert.are.equal(t[i], r[i]) end
+    end)
   end)
 
   describe("tables", function()
@@ -85,6 +93,102 @@ describe("transfer codec", function()
       assert.are.equal(1, r[1])
       assert.is_nil(r[2])
       assert.are.equal(3, r[3])
+    end)
+
+    it("keeps the length and every value of a sequence with holes", function()
+      local t = {}
+      for i = 1, 1000 do t[i] = i end
+      t[500] = nil
+      local r = roundtrip(t)
+      assert.are.equal(#t, #r)
+      for i = 1, 1000 do assert.are.equal(t[i], r[i]) end
+    end)
+
+    it("copies a sequence followed by hash keys", function()
+      local t = { 10, 20, 30, x = "x", [0] = "zero", [-1] = "neg", [5] = "five",
+                  [1.5] = "half", ["1"] = "string one" }
+      local r = roundtrip(t)
+      assert.are.same(t, r)
+      assert.are.equal(3, #r)
+      assert.are.equal("string one", r["1"])
+    end)
+
+    it("copies a sequence whose tail lives in the hash part", function()
+      -- t[5] goes to a free hash slot, the array part stays 4 long; the
+      -- traversal meets it before, between or after the string keys
+      for nkeys = 1, 7 do
+        local t = { 1, 2, 3, 4 }
+        for i = 1, nkeys do t["k" .. i] = i end
+        t[5] = 5
+        local r = roundtrip(t)
+        assert.are.same(t, r)
+        assert.are.equal(#t, #r)
+      end
+      local t = { 1, 2, 3, 4, a = 1, b = 2, c = 3 }
+      t[6] = 6
+      t[5] = 5
+      t[6] = nil
+      assert.are.same(t, (roundtrip(t)))
+    end)
+
+    it("keeps the subtype of each number in a sequence", function()
+      local t = { 1, 2.0, 3, 4.5, math.mininteger, math.maxinteger, -0.0, 0 / 0,
+                  math.huge, -math.huge, 5e-324, 0 }
+      local r = roundtrip(t)
+      assert.are.equal(#t, #r)
+      for i = 1, #t do
+        assert.are.equal(math.type(t[i]), math.type(r[i]))
+        assert.are.equal(string.pack("n", t[i]), string.pack("n", r[i]))
+      end
+    end)
+
+    it("copies a sequence of mixed values", function()
+      local inner = { "inner" }
+      local t = { true, false, "s", inner, 1, inner, 2.5 }
+      t[8] = t
+      local r = roundtrip(t)
+      assert.are.equal(8, #r)
+      assert.is_true(r[1])
+      assert.is_false(r[2])
+      assert.are.equal("s", r[3])
+      assert.are.equal("inner", r[4][1])
+      assert.are.equal(r[4], r[6])
+      assert.are.equal(r, r[8])
+      assert.are.equal(2.5, r[7])
+    end)
+
+    it("keeps a table referenced from the sequence and the hash part", function()
+      local shared = { 1 }
+      local r = roundtrip({ shared, shared, k = shared, [shared] = shared })
+      assert.are.equal(r[1], r[2])
+      assert.are.equal(r[1], r.k)
+      assert.are.equal(r[1], r[r[1]])
+    end)
+
+    it("copies very large sequences exactly", function()
+      local t = {}
+      for i = 1, 300000 do t[i] = (i - 1) * 0.5 end
+      t[300001] = 7
+      local r = roundtrip(t)
+      assert.are.equal(300001, #r)
+      for i = 1, 300000 do
+        if r[i] ~= t[i] then assert.are.equal(t[i], r[i]) end
+      end
+      assert.are.equal("integer", math.type(r[300001]))
+    end)
+
+    it("reads tables raw: no metamethod runs on either side", function()
+      local mt = {}
+      local function boom() error("metamethod called") end
+      mt.__index, mt.__newindex, mt.__len, mt.__pairs = boom, boom, boom, boom
+      local t = setmetatable({ 1, 2, 3, x = 4 }, mt)
+      local r = roundtrip(t)
+      assert.are.equal(3, rawlen(r))
+      assert.are.equal(4, rawget(r, "x"))
+      assert.are.equal(2, rawget(r, 2))
+      local ok, err = pcall(function() return r.missing end)
+      assert.is_false(ok)
+      assert.matches("metamethod called", err)
     end)
 
     it("sends module tables by name", function()
