@@ -269,7 +269,7 @@ function Context:check_faster(fast, slow, factor, why, parallel)
       return
     end
   end
-  self:check(a < factor * b, "%s", text)
+  self:check(a < factor * b, "%s%s", text, parallel and " [parallel]" or "")
 end
 
 -- Runs the experiment's Python equivalent once; "##row key seconds" lines
