@@ -30,7 +30,7 @@ case $kind in
     # child deadlocked inside the sanitizer runtime, on an allocator or
     # internal lock another thread held at the fork (seen with gcc 12's
     # ASan and TSan): those specs run in `make test` only.
-    run "$host" /usr/bin/busted --run=default --exclude-tags=fork_while_threads $specs
+    run "$host" /usr/bin/busted --run=default --exclude-tags=stress,fork_while_threads $specs
     for s in $stress; do run "$host" "$s"; done
     ;;
   valgrind)
