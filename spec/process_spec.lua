@@ -379,7 +379,7 @@ describe("loom.Process", function()
       assert.equal(0, p.exitcode)
     end)
 
-    it("reach a child forked from a loom thread", function()
+    it("reach a child forked from a loom thread #fork_while_threads", function()
       local t = loom.thread(function()
         local lm = require "loom"
         local p = lm.process(function() lm.sleep(30) end):start()
