@@ -76,7 +76,7 @@ typedef struct SharedThread {
   int collected;
   int nres;
   int daemon;
-  LoomObj *stub;             /* thread.c's object: cancel, current() */
+  LoomObj *borrowed;         /* thread.c's object: cancel, current() */
   int64_t ident;
   char name[64];
 } SharedThread;
@@ -453,7 +453,7 @@ static Gil *gil_make (lua_State *L) {
 
 static void shared_destroy (LoomObj *o) {
   SharedThread *s = (SharedThread *)o;
-  loomi_obj_release(s->stub);
+  loomi_obj_release(s->borrowed);
   pthread_mutex_destroy(&s->mu);
   pthread_cond_destroy(&s->cv);
 }
@@ -491,7 +491,7 @@ static void report (lua_State *L, SharedThread *s, lua_State *co) {
 static void *shared_main (void *arg) {
   SharedThread *s = arg;
   Gil *g = s->gil;
-  loomi_thread_enter(s->stub);
+  loomi_thread_enter(s->borrowed);
   gil_acquire(g);
   lua_State *co = s->co;
   /* co: box, handler, target, args... */
@@ -526,7 +526,7 @@ static void *shared_main (void *arg) {
   luaL_unref(co, LUA_REGISTRYINDEX, s->ref);
   atomic_fetch_sub(&g->nthreads, 1);
   gil_release(g);
-  loomi_thread_leave(s->stub);
+  loomi_thread_leave(s->borrowed);
   loomi_obj_release(&s->obj);
   return NULL;
 }
@@ -585,9 +585,9 @@ static int shared_start (lua_State *L) {
   lua_pop(L, 1);
   if (n < 0)
     n = 0;
-  if (s->stub == NULL) {
-    s->stub = loomi_thread_stub(s->name, s->daemon);
-    if (s->stub == NULL)
+  if (s->borrowed == NULL) {
+    s->borrowed = loomi_thread_borrowed(s->name, s->daemon);
+    if (s->borrowed == NULL)
       return luaL_error(L, "cannot create thread: shared heap exhausted");
   }
   Gil *g = gil_make(L);
@@ -653,7 +653,7 @@ static int shared_await (lua_State *L, SharedThread *s, int arg) {
   loomi_opttimeout(L, arg, &dl);
   if (s->state == SH_NEW)
     return luaL_error(L, "cannot join thread before it is started");
-  if (s->stub != NULL && loomi_thread_is_self(s->stub))
+  if (s->borrowed != NULL && loomi_thread_is_self(s->borrowed))
     return luaL_error(L, "cannot join current thread");
   int rc = 0;
   loomi_block_begin(L);
@@ -676,7 +676,7 @@ static int shared_join (lua_State *L) {
 }
 
 static int was_cancelled (SharedThread *s) {
-  return s->failed && s->stub != NULL && loomi_thread_cancelled(s->stub);
+  return s->failed && s->borrowed != NULL && loomi_thread_cancelled(s->borrowed);
 }
 
 /* Copies the first n values of the finished coroutine's stack onto L. */
@@ -745,14 +745,14 @@ static int shared_cancel (lua_State *L) {
     lua_pushboolean(L, 0);
     return 1;
   }
-  loomi_thread_cancel(s->stub);
+  loomi_thread_cancel(s->borrowed);
   lua_pushboolean(L, 1);
   return 1;
 }
 
 static int shared_cancelled (lua_State *L) {
   SharedThread *s = checkshared(L, 1);
-  lua_pushboolean(L, s->stub != NULL && loomi_thread_cancelled(s->stub));
+  lua_pushboolean(L, s->borrowed != NULL && loomi_thread_cancelled(s->borrowed));
   return 1;
 }
 

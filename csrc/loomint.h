@@ -173,7 +173,7 @@ void loomi_thread_shutdown (lua_State *L);
 /* A shared-interpreter thread (gil.c) borrows a thread object: made with
 ** one reference; entered on its OS thread (self, ids) and left when done;
 ** cancel() flags it and wakes its wait. */
-LoomObj *loomi_thread_stub (const char *name, int daemon);
+LoomObj *loomi_thread_borrowed (const char *name, int daemon);
 void loomi_thread_enter (LoomObj *o);
 void loomi_thread_leave (LoomObj *o);
 void loomi_thread_cancel (LoomObj *o);

@@ -1543,7 +1543,7 @@ static int thread_set_excepthook (lua_State *L) {
 /* ---- for gil.c: a shared thread borrows a thread object, so its waits
 ** are cancellable and current() names it ---- */
 
-LoomObj *loomi_thread_stub (const char *name, int daemon) {
+LoomObj *loomi_thread_borrowed (const char *name, int daemon) {
   LoomThread *t = thread_create();
   if (t == NULL)
     return NULL;
