@@ -67,7 +67,7 @@ enum { SH_NEW, SH_RUNNING, SH_DONE };
 typedef struct SharedThread {
   LoomObj obj;
   pthread_mutex_t mu;        /* guards state and the fields below it */
-  pthread_cond_t cv;         /* done */
+  LoomWaitq done_q;          /* done */
   Gil *gil;
   lua_State *co;             /* the coroutine; its stack ends with results */
   int ref;                   /* registry anchor while it runs */
@@ -455,7 +455,6 @@ static void shared_destroy (LoomObj *o) {
   SharedThread *s = (SharedThread *)o;
   loomi_obj_release(s->borrowed);
   pthread_mutex_destroy(&s->mu);
-  pthread_cond_destroy(&s->cv);
 }
 
 /* Message handler: the traceback goes to the box in upvalue 1. */
@@ -516,7 +515,7 @@ static void *shared_main (void *arg) {
                atomic_load(&s->obj.refs) == 1;
   if (orphan)
     s->collected = 1;
-  pthread_cond_broadcast(&s->cv);
+  loomi_wake_all(&s->done_q);
   pthread_mutex_unlock(&s->mu);
   if (orphan && lua_checkstack(co, 6)) {
     lua_State *L = lua_newthread(co);   /* co's stack stays as it is */
@@ -557,7 +556,7 @@ static int shared_new (lua_State *L) {
                                                   LOOM_SHARED, shared_destroy);
   if (s == NULL)
     return luaL_error(L, "cannot create thread: shared heap exhausted");
-  if (pthread_mutex_init(&s->mu, NULL) != 0 || loomi_cond_init(&s->cv) != 0) {
+  if (pthread_mutex_init(&s->mu, NULL) != 0) {
     s->obj.destroy = NULL;
     loomi_obj_release(&s->obj);
     return luaL_error(L, "cannot create thread: out of resources");
@@ -647,7 +646,7 @@ static int shared_start (lua_State *L) {
   return 1;
 }
 
-/* 0 when done, ETIMEDOUT; raises when cancelled or on misuse. */
+/* 0 when done, ETIMEDOUT, EINTR; raises when cancelled or on misuse. */
 static int shared_await (lua_State *L, SharedThread *s, int arg) {
   LoomDeadline dl;
   loomi_opttimeout(L, arg, &dl);
@@ -659,7 +658,7 @@ static int shared_await (lua_State *L, SharedThread *s, int arg) {
   loomi_block_begin(L);
   pthread_mutex_lock(&s->mu);
   while (s->state != SH_DONE && rc == 0)
-    rc = loomi_wait(&s->cv, &s->mu, &s->obj, &dl);
+    rc = loomi_wait(&s->done_q, &s->mu, &s->obj, &dl);
   if (s->state == SH_DONE)
     rc = 0;
   pthread_mutex_unlock(&s->mu);
@@ -671,7 +670,10 @@ static int shared_await (lua_State *L, SharedThread *s, int arg) {
 
 static int shared_join (lua_State *L) {
   SharedThread *s = checkshared(L, 1);
-  lua_pushboolean(L, shared_await(L, s, 2) == 0);
+  int rc = shared_await(L, s, 2);
+  if (rc == EINTR)
+    return loomi_push_interrupted(L);
+  lua_pushboolean(L, rc == 0);
   return 1;
 }
 
@@ -690,7 +692,10 @@ static void push_co (lua_State *L, SharedThread *s, int n) {
 
 static int shared_result (lua_State *L) {
   SharedThread *s = checkshared(L, 1);
-  if (shared_await(L, s, 2) == ETIMEDOUT) {
+  int rc = shared_await(L, s, 2);
+  if (rc == EINTR)
+    return loomi_push_interrupted(L);
+  if (rc == ETIMEDOUT) {
     luaL_pushfail(L);
     lua_pushliteral(L, LOOM_TIMEOUT);
     return 2;
