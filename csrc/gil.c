@@ -248,6 +248,27 @@ void loomi_gil_pin (LoomObj *o) {
 
 /* ---- the switching hook and the user's hooks beside it ---- */
 
+static void gil_hook (lua_State *L, lua_Debug *ar);
+
+/* For wait.c's Ctrl-C check: the hooks of an interpreter with shared
+** threads change under its GIL, so a thread that released the GIL for a
+** wait reads its state's hook only after taking the GIL back (briefly: the
+** holder hands it over within its switch interval).  Returns the hook, its
+** mask and count through the pointers; the switching hook reads as none. */
+void loomi_gil_peek_hook (lua_State *L, lua_Hook *hook, int *mask) {
+  Gil *g = released_gil;
+  if (g != NULL)
+    gil_acquire(g);
+  *hook = lua_gethook(L);
+  *mask = lua_gethookmask(L);
+  if (*hook == gil_hook) {
+    *hook = NULL;
+    *mask = 0;
+  }
+  if (g != NULL)
+    gil_release(g);
+}
+
 /* A hook that was on a coroutine before ours (debug.sethook's, or a host's)
 ** is kept here, per coroutine, and called for the events it asked for. */
 typedef struct HookLayer {

@@ -153,7 +153,8 @@ void   loomi_opttimeout (lua_State *L, int arg, LoomDeadline *dl);
 ** given to a waiter that died is late, never lost. */
 typedef struct LoomWaitq {
   atomic_uint seq;         /* the futex word */
-  atomic_uint waiters;
+  atomic_uint waiters;     /* between wait_prepare and wait_finish */
+  atomic_uint sleepers;    /* of those, the ones past spinning */
 } LoomWaitq;
 
 void loomi_waitq_init (LoomWaitq *q);        /* or zeroed memory */
@@ -239,6 +240,7 @@ int  loomi_thread_is_self (LoomObj *o);
 void loomi_gil_block_begin (lua_State *L);
 void loomi_gil_block_end (lua_State *L);
 void loomi_gil_pin (LoomObj *o);
+void loomi_gil_peek_hook (lua_State *L, lua_Hook *hook, int *mask);
 
 /* ---- xfer.c: the transfer codec ----
 ** A message is one block in the shared heap holding the encoded values and

@@ -172,10 +172,6 @@ static int process_wait_done (LoomProcess *p, const LoomDeadline *dl,
       rc = ETIMEDOUT;
       break;
     }
-    if (watched && loomi_interrupted()) {
-      rc = EINTR;
-      break;
-    }
     long slice_us = watched ? 20000 : 50000;
     if (left > 0 && left * 1e6 < slice_us)
       slice_us = (long)(left * 1e6) + 1;
@@ -207,8 +203,17 @@ static int process_wait_done (LoomProcess *p, const LoomDeadline *dl,
       if (backoff_us < 20000)
         backoff_us *= 2;
     }
+    /* without p->mu: the check may take back a GIL, whose holder may be
+    ** about to lock p->mu */
+    int intr = watched && loomi_interrupted();
     loomi_mutex_lock(&p->mu);
     p->waiters--;
+    if (intr) {
+      process_reap(p);
+      if (p->state != PR_DONE)
+        rc = EINTR;
+      break;
+    }
   }
   if (p->state == PR_DONE && p->waiters == 0 && p->pidfd >= 0) {
     close(p->pidfd);

@@ -41,20 +41,25 @@ static void futex_wake (atomic_uint *word, int n) {
 void loomi_waitq_init (LoomWaitq *q) {
   atomic_init(&q->seq, 0);
   atomic_init(&q->waiters, 0);
+  atomic_init(&q->sleepers, 0);
 }
 
 /* The waker changed the predicate before it reads waiters, and a waiter
 ** counts itself (wait_prepare) before it reads seq and then the predicate,
 ** all sequentially consistent: when the waker sees no waiter, a later one
 ** sees the change; when it sees one, that one either sees the change or
-** read seq before the bump, and then the futex call returns at once.  A
-** waiter that died leaves waiters too high, which costs a needless bump
-** and system call here and nothing else. */
+** read seq before the bump, and then the futex call returns at once.
+** The same pairing between the bump and `sleepers` (counted before the
+** futex call reads seq) spares the system call while every waiter is still
+** spinning: a spinner sees the bump by itself.  A waiter that died leaves
+** the counts too high, which costs a needless bump and system call here
+** and nothing else. */
 void loomi_wake (LoomWaitq *q, int n) {
   if (atomic_load(&q->waiters) == 0)
     return;
   atomic_fetch_add(&q->seq, 1);
-  futex_wake(&q->seq, n);
+  if (atomic_load(&q->sleepers) != 0)
+    futex_wake(&q->seq, n);
 }
 
 void loomi_wake_all (LoomWaitq *q) {
@@ -120,10 +125,10 @@ static LOOM_THREAD_LOCAL int intr_mask = 0;
 static LOOM_THREAD_LOCAL pid_t main_checked = 0;   /* pid main_is was for */
 static LOOM_THREAD_LOCAL int main_is = 0;
 
+/* Runs before block_begin releases any GIL. */
 void loomi_intr_begin (lua_State *L) {
   intr_L = L;
-  intr_hook = lua_gethook(L);
-  intr_mask = lua_gethookmask(L);
+  loomi_gil_peek_hook(L, &intr_hook, &intr_mask);
 }
 
 void loomi_intr_end (void) {
@@ -143,9 +148,17 @@ int loomi_intr_watched (void) {
   return main_is;
 }
 
+/* A hook appeared or changed on the waiting state: something (lua.c's
+** SIGINT handler) wants Lua to run.  A hook removed does not count, nor
+** the switching hook of shared threads, which comes and goes while they
+** start and end (gil.c reads it as none). */
 int loomi_interrupted (void) {
-  return intr_L != NULL && (lua_gethook(intr_L) != intr_hook ||
-                            lua_gethookmask(intr_L) != intr_mask);
+  if (intr_L == NULL)
+    return 0;
+  lua_Hook hook;
+  int mask;
+  loomi_gil_peek_hook(intr_L, &hook, &mask);
+  return hook != NULL && (hook != intr_hook || mask != intr_mask);
 }
 
 int loomi_push_interrupted (lua_State *L) {
@@ -175,6 +188,9 @@ static void ts_in (struct timespec *ts, double s) {
   *ts = d.at;
 }
 
+static int futex_sleep (LoomWaitq *q, unsigned seq, const LoomDeadline *dl,
+                        int watched, const struct timespec *slice_end);
+
 /* Sleeps while q->seq == seq: 0 (it moved, or a slice passed: re-check),
 ** ETIMEDOUT, EINTR (Ctrl-C on the main thread, when `interruptible`). */
 static int sleep_on (LoomWaitq *q, unsigned seq, const LoomDeadline *dl,
@@ -185,8 +201,17 @@ static int sleep_on (LoomWaitq *q, unsigned seq, const LoomDeadline *dl,
   int watched = interruptible && loomi_intr_watched();
   struct timespec slice_end;
   ts_in(&slice_end, WAIT_SLICE);
+  atomic_fetch_add(&q->sleepers, 1);
+  int rc = futex_sleep(q, seq, dl, watched, &slice_end);
+  atomic_fetch_sub(&q->sleepers, 1);
+  return rc;
+}
+
+/* sleep_on's futex loop, with sleepers counted. */
+static int futex_sleep (LoomWaitq *q, unsigned seq, const LoomDeadline *dl,
+                        int watched, const struct timespec *slice_end) {
   for (;;) {
-    struct timespec at = slice_end;
+    struct timespec at = *slice_end;
     if (dl != NULL && !dl->forever)
       ts_min(&at, &dl->at);
     if (watched) {
@@ -201,7 +226,7 @@ static int sleep_on (LoomWaitq *q, unsigned seq, const LoomDeadline *dl,
       return ETIMEDOUT;
     if (watched && loomi_interrupted())
       return EINTR;
-    if (r == ETIMEDOUT && ts_passed(&slice_end))
+    if (r == ETIMEDOUT && ts_passed(slice_end))
       return 0;   /* a whole slice: let the caller look again */
   }
 }

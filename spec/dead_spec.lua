@@ -2,7 +2,8 @@
 -- waits, holds a lock, produces or consumes must not hang the survivors,
 -- nor the script's end.  Each case runs in its own interpreter under
 -- timeout(1), so a hang fails the spec instead of hanging the suite.
--- These fork while no other thread runs, except where tagged.
+-- They fork while no other thread runs, except the process pools'
+-- supervisors (tagged #fork_while_threads, see spec/sanitize.sh).
 local H = require "helpers"
 
 -- Runs chunk in a fresh lua5.4 killed after H.t(limit) s; returns its
@@ -213,7 +214,7 @@ print("done")
 ]], 30)
   end)
 
-  it("case 5: a process pool replaces a killed busy and a killed idle worker",
+  it("case 5: a process pool replaces a killed busy and a killed idle worker #fork_while_threads",
      function()
     expect(PID .. [[
 local loom = require "loom"
@@ -238,7 +239,7 @@ print("done")
 ]], 40)
   end)
 
-  it("case 5b: pool futures watched by loom.wait survive the kill too",
+  it("case 5b: pool futures watched by loom.wait survive the kill too #fork_while_threads",
      function()
     expect(PID .. [[
 local loom = require "loom"

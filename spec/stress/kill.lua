@@ -173,7 +173,12 @@ local function round_pool()
   check(pool:shutdown(true, false, 30), "pool: shutdown did not return")
 end
 
+-- A process pool forks from its supervisor thread while this one runs:
+-- under a sanitizer (spec/sanitize.sh sets LOOM_SPEC_SLOWDOWN) such a child
+-- can deadlock inside the sanitizer's runtime, so the pool round is left
+-- to the native run there.
 local rounds = { round_lock, round_waiters, round_queue, round_pool }
+if os.getenv("LOOM_SPEC_SLOWDOWN") then rounds[4] = nil end
 local t0 = loom.now()
 for r = 1, ROUNDS do
   rounds[(r - 1) % #rounds + 1]()
