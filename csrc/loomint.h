@@ -145,10 +145,10 @@ void   loomi_opttimeout (lua_State *L, int arg, LoomDeadline *dl);
 
 /* ---- wait.c: the wait layer ----
 ** Every loom wait sleeps on a LoomWaitq: a futex word in the shared heap
-** that wakers bump, and a count of sleepers so that a waker with nobody to
-** wake makes no system call.  No state is kept per waiter, so a waiter
-** that dies (kill -9) leaves nothing a survivor must clean up: at worst
-** `waiters` stays too high, which costs needless wake-up calls.  Waits
+** that wakers bump, and counts of waiters and sleepers so that a waker
+** with nobody to wake makes no system call.  No state is kept per waiter,
+** so a waiter that dies (kill -9) leaves nothing a survivor must clean up:
+** at worst the counts stay too high, which costs needless wake-up calls.  Waits
 ** sleep in slices and every wait loops on its predicate, so a wake-up
 ** given to a waiter that died is late, never lost. */
 typedef struct LoomWaitq {
@@ -187,7 +187,7 @@ int  loomi_sleep_until (LoomWaitq *q, LoomObj *obj, const LoomDeadline *dl);
 ** machine where polling keeps failing; 1 when it became true. */
 int  loomi_spin (int (*ready) (const void *arg), const void *arg);
 /* Ctrl-C: block_begin records the hook of the state about to block and
-** block_end forgets it; interrupted is true once it changed.  A binding
+** block_end forgets it; interrupted is true once a new hook is on it.  A binding
 ** whose wait returned EINTR returns push_interrupted's fail, "interrupted"
 ** (lua.c's hook raises "interrupted!" before the caller sees it). */
 void loomi_intr_begin (lua_State *L);
