@@ -97,6 +97,21 @@ lua_State *loomi_newstate (const char *path, const char *cpath,
   return L;
 }
 
+int loomi_argcount (lua_State *L, int t) {
+  lua_Integer n;
+  int isint = 1;
+  if (lua_getfield(L, t, "n") == LUA_TNIL)
+    n = (lua_Integer)lua_rawlen(L, t);
+  else
+    n = lua_tointegerx(L, -1, &isint);
+  lua_pop(L, 1);
+  /* checked as a lua_Integer: 2^32 - 4 or 2^31 must not wrap to a small
+  ** or negative int */
+  if (!isint || n < 0 || n > LOOM_MAXARGS)
+    return luaL_error(L, "args.n must be an integer from 0 to %d", LOOM_MAXARGS);
+  return (int)n;
+}
+
 static int core_now (lua_State *L) {
   lua_pushnumber(L, loomi_now());
   return 1;

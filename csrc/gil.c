@@ -387,8 +387,10 @@ static Gil *gil_of (lua_State *L) {
 
 /* The sentinel's __gc runs inside lua_close: from then on nothing but the
 ** closing thread may run Lua, so the GIL freezes (GIL.md, condition 7). */
+#define LOOM_SENTINEL "loom.GilSentinel"
+
 static int sentinel_gc (lua_State *L) {
-  Gil **slot = lua_touserdata(L, 1);
+  Gil **slot = luaL_checkudata(L, 1, LOOM_SENTINEL);
   if (*slot != NULL)
     gil_freeze(*slot);
   *slot = NULL;
@@ -418,9 +420,10 @@ static Gil *gil_make (lua_State *L) {
   pthread_once(&atfork_once, gil_register_atfork);
   Gil **slot = lua_newuserdatauv(L, sizeof(Gil *), 0);
   *slot = NULL;
-  lua_createtable(L, 0, 1);
-  lua_pushcfunction(L, sentinel_gc);
-  lua_setfield(L, -2, "__gc");
+  if (luaL_newmetatable(L, LOOM_SENTINEL)) {
+    lua_pushcfunction(L, sentinel_gc);
+    lua_setfield(L, -2, "__gc");
+  }
   lua_setmetatable(L, -2);
   pthread_mutex_lock(&gils_mu);
   for (int i = 0; i < GIL_MAX && g == NULL; i++)
@@ -579,12 +582,9 @@ static int shared_start (lua_State *L) {
   if (s->state != SH_NEW || lua_getiuservalue(L, 1, 1) != LUA_TTABLE)
     return luaL_error(L, "threads can only be started once");
   lua_rawgeti(L, 2, 2);                     /* args */
-  lua_Integer n = 0;
-  if (lua_getfield(L, 3, "n") == LUA_TNUMBER)
-    n = lua_tointeger(L, -1);
-  lua_pop(L, 1);
-  if (n < 0)
-    n = 0;
+  if (!lua_istable(L, 3))
+    return luaL_error(L, "threads can only be started once");
+  int n = loomi_argcount(L, 3);
   if (s->borrowed == NULL) {
     s->borrowed = loomi_thread_borrowed(s->name, s->daemon);
     if (s->borrowed == NULL)
@@ -592,17 +592,17 @@ static int shared_start (lua_State *L) {
   }
   Gil *g = gil_make(L);
   lua_State *co = lua_newthread(L);         /* inherits L's hook */
-  if (!lua_checkstack(co, (int)n + 8))
+  if (!lua_checkstack(co, n + 8))
     return luaL_error(L, "too many arguments");
   lua_createtable(co, 0, 1);                /* the traceback box */
   lua_pushvalue(co, 1);
   lua_pushcclosure(co, shared_handler, 1);
   lua_rawgeti(L, 2, 1);                     /* target */
   lua_xmove(L, co, 1);
-  luaL_checkstack(L, (int)n + 4, "too many arguments");
-  for (lua_Integer i = 1; i <= n; i++)
+  luaL_checkstack(L, n + 4, "too many arguments");
+  for (int i = 1; i <= n; i++)
     lua_rawgeti(L, 3, i);
-  lua_xmove(L, co, (int)n);
+  lua_xmove(L, co, n);
   /* L: self, call, args, co */
   lua_pushvalue(L, 4);
   int ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -757,7 +757,7 @@ static int shared_cancelled (lua_State *L) {
 }
 
 static int shared_gc (lua_State *L) {
-  LoomObj **slot = lua_touserdata(L, 1);
+  LoomObj **slot = loomi_checkslot(L, 1, LOOM_SHARED);
   SharedThread *s = (SharedThread *)*slot;
   if (s == NULL)
     return 0;

@@ -326,7 +326,8 @@ static int rlock_new (lua_State *L) {
 ** is the pair a program calls most. */
 LoomObj *loomi_fastself (lua_State *L) {
   LoomObj **slot = lua_touserdata(L, 1);
-  if (slot != NULL && *slot != NULL && lua_getmetatable(L, 1)) {
+  if (slot != NULL && *slot != NULL && loomi_proxy_shaped(L, 1) &&
+      lua_getmetatable(L, 1)) {
     int same = lua_rawequal(L, -1, lua_upvalueindex(1));
     lua_pop(L, 1);
     if (same)
@@ -389,9 +390,13 @@ static int rlock_locked (lua_State *L) {
 }
 
 static int lock_tostring (lua_State *L) {
-  LoomObj **slot = lua_touserdata(L, 1);
-  const char *tname = luaL_testudata(L, 1, LOOM_LOCK) ? LOOM_LOCK : LOOM_RLOCK;
-  if (slot == NULL || *slot == NULL) {
+  const char *tname = LOOM_LOCK;
+  LoomObj **slot = loomi_testslot(L, 1, LOOM_LOCK);
+  if (slot == NULL) {
+    tname = LOOM_RLOCK;
+    slot = loomi_checkslot(L, 1, LOOM_RLOCK);
+  }
+  if (*slot == NULL) {
     lua_pushfstring(L, "%s (closed)", tname);
     return 1;
   }

@@ -82,7 +82,26 @@ LoomObj *loomi_obj_new (size_t size, const char *tname, LoomDestroy destroy);
 void loomi_obj_retain (LoomObj *o);
 void loomi_obj_release (LoomObj *o);         /* the last one destroys + frees */
 
-/* A proxy is a full userdata holding one reference.  proxy_new pushes a
+/* The owner-aware reference holder.  Every userdata that holds a
+** reference to a shared object holds it in a LoomRef, which remembers the
+** process that took it: a forked child inherits the holder's memory but not
+** the reference (the count lives in the shared heap and the parent's holder
+** still owns it), so only the owner process may ever release it.  ref_set
+** takes over a reference the calling process made (o may be NULL); ref_mine
+** is true while it holds one of this process; ref_take clears the holder
+** and returns the object when the reference is this process's to release,
+** else NULL; ref_drop releases it in the owner and only forgets it
+** elsewhere.  All are idempotent. */
+typedef struct LoomRef {
+  LoomObj *o;              /* first: a proxy is read as LoomObj** */
+  pid_t owner;
+} LoomRef;
+void     loomi_ref_set (LoomRef *r, LoomObj *o);
+int      loomi_ref_mine (const LoomRef *r);
+LoomObj *loomi_ref_take (LoomRef *r);
+void     loomi_ref_drop (LoomRef *r);
+
+/* A proxy is a full userdata holding one reference (in a LoomRef).  proxy_new pushes a
 ** proxy with a NULL object (create it before acquiring OS resources) and the
 ** metatable `tname`; set *slot once the object exists. */
 LoomObj **loomi_proxy_new (lua_State *L, const char *tname);
@@ -94,9 +113,20 @@ LoomObj **loomi_proxy_new_at (lua_State *L, int mt, int tbl, int nuv);
 void loomi_proxy_table (lua_State *L);
 /* Pushes a new proxy for an existing object, taking a new reference. */
 void loomi_proxy_push (lua_State *L, LoomObj *o);
+/* The slot of a proxy of class tname at arg, closed or not: recognised by
+** its metatable's identity and its shape, never by a field Lua can set.
+** test returns NULL for anything else, check raises "tname expected".
+** Every metamethod checks its self with these. */
+LoomObj **loomi_testslot (lua_State *L, int arg, const char *tname);
+int loomi_proxy_shaped (lua_State *L, int idx);  /* a proxy's size and mark */
+LoomObj **loomi_checkslot (lua_State *L, int arg, const char *tname);
+/* Pushes the private table whose keys are the metatables of every loom
+** class made in this state (a new empty table when there are none). */
+void loomi_class_table (lua_State *L);
 /* Type check + closed check; raises "attempt to use a closed loom.X". */
 LoomObj *loomi_checkobj (lua_State *L, int arg, const char *tname);
-/* The object behind a loom proxy of any type, or NULL. */
+/* The object behind a loom proxy of any type, or NULL (never a userdata
+** whose metatable merely looks like a loom one). */
 LoomObj *loomi_toobj (lua_State *L, int idx);
 /* Builds the metatable of a primitive: __name, the metamethods (a default
 ** __gc/__close/__tostring/__eq is added where `meta` has none) and
@@ -238,6 +268,11 @@ LoomMsg *loomi_error_encode (lua_State *L, int errbase);
 int  loomi_raise_remote (lua_State *L, int errbase, const char *where);
 
 /* ---- core.c ---- */
+/* The number of values of an argument table at t (the n field, else its
+** raw length), range-checked before any conversion to int; raises when it
+** is not an integer from 0 to LOOM_MAXARGS. */
+#define LOOM_MAXARGS 100000
+int loomi_argcount (lua_State *L, int t);
 /* Creates a state for a loom thread or worker, on the OS thread that will
 ** run it: standard libraries, the given package paths (either may be NULL),
 ** loom.core in package.preload (opened by the first require, or when a loom

@@ -1023,7 +1023,7 @@ static int future_cancel_l (lua_State *L) {
 }
 
 static int future_tostring (lua_State *L) {
-  LoomObj **slot = luaL_checkudata(L, 1, LOOM_FUTURE);
+  LoomObj **slot = loomi_checkslot(L, 1, LOOM_FUTURE);
   if (*slot == NULL) {
     lua_pushliteral(L, "loom.Future (closed)");
     return 1;
@@ -1050,7 +1050,7 @@ static Future **collect_futures (lua_State *L, int arg, uint32_t *n) {
   uint32_t count = 0;
   for (lua_Integer i = 1; i <= len; i++) {
     lua_geti(L, arg, i);
-    LoomObj **slot = luaL_testudata(L, -1, LOOM_FUTURE);
+    LoomObj **slot = loomi_testslot(L, -1, LOOM_FUTURE);
     if (slot == NULL || *slot == NULL)
       luaL_argerror(L, arg, lua_pushfstring(L,
                     "loom.Future expected at index %d, got %s", (int)i,
@@ -1126,7 +1126,7 @@ typedef struct AsCompleted {
 } AsCompleted;
 
 static int ascompleted_close (lua_State *L) {
-  AsCompleted *a = lua_touserdata(L, 1);
+  AsCompleted *a = luaL_checkudata(L, 1, LOOM_ASCOMPLETED);
   if (a->w != NULL) {
     waiter_unregister(a->w, a->fs);
     for (uint32_t i = 0; i < a->w->n; i++)
@@ -1364,7 +1364,7 @@ static int pool_shutdown (lua_State *L) {
 
 /* __close: shutdown(true); the handle stays usable for queries. */
 static int pool_close (lua_State *L) {
-  LoomObj **slot = luaL_checkudata(L, 1, LOOM_POOL);
+  LoomObj **slot = loomi_checkslot(L, 1, LOOM_POOL);
   if (*slot == NULL)
     return 0;
   lua_settop(L, 1);
@@ -1389,7 +1389,7 @@ static int pool_index (lua_State *L) {
 }
 
 static int pool_tostring (lua_State *L) {
-  LoomObj **slot = luaL_checkudata(L, 1, LOOM_POOL);
+  LoomObj **slot = loomi_checkslot(L, 1, LOOM_POOL);
   if (*slot == NULL) {
     lua_pushliteral(L, "loom.Pool (closed)");
     return 1;

@@ -502,8 +502,10 @@ static void children_shutdown (Children *c) {
   c->n = c->cap = 0;
 }
 
+#define LOOM_CHILDREN "loom.Children"
+
 static int children_gc (lua_State *L) {
-  children_shutdown(lua_touserdata(L, 1));
+  children_shutdown(luaL_checkudata(L, 1, LOOM_CHILDREN));
   return 0;
 }
 
@@ -517,9 +519,10 @@ static Children *children_of (lua_State *L) {
   Children *c = lua_newuserdatauv(L, sizeof(Children), 0);
   memset(c, 0, sizeof *c);
   c->pid = getpid();
-  lua_createtable(L, 0, 1);
-  lua_pushcfunction(L, children_gc);
-  lua_setfield(L, -2, "__gc");
+  if (luaL_newmetatable(L, LOOM_CHILDREN)) {
+    lua_pushcfunction(L, children_gc);
+    lua_setfield(L, -2, "__gc");
+  }
   lua_setmetatable(L, -2);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &CHILDREN_KEY);
   return c;
@@ -1215,15 +1218,14 @@ static int thread_start (lua_State *L) {
   lua_rawgeti(L, 2, 1);         /* target */
   lua_rawgeti(L, 2, 2);         /* args */
   lua_remove(L, 2);
-  lua_Integer n = 0;
-  if (lua_getfield(L, 3, "n") == LUA_TNUMBER)
-    n = lua_tointeger(L, -1);
-  lua_pop(L, 1);
-  luaL_checkstack(L, (int)(n > 0 ? n : 0) + 8, "too many arguments");
-  for (lua_Integer i = 1; i <= n; i++)
+  if (!lua_isfunction(L, 2) || !lua_istable(L, 3))
+    return luaL_error(L, "threads can only be started once");
+  int n = loomi_argcount(L, 3);
+  luaL_checkstack(L, n + 8, "too many arguments");
+  for (int i = 1; i <= n; i++)
     lua_rawgeti(L, 3, i);
   lua_remove(L, 3);
-  t->call = loomi_xfer_encode_call(L, 2, (int)n + 1);
+  t->call = loomi_xfer_encode_call(L, 2, n + 1);
   t->path = dup_field(L, "path");
   t->cpath = dup_field(L, "cpath");
   lua_pushcfunction(L, encode_reporter);
@@ -1401,7 +1403,7 @@ static int thread_cancelled (lua_State *L) {
 }
 
 static int thread_gc (lua_State *L) {
-  LoomObj **slot = lua_touserdata(L, 1);
+  LoomObj **slot = loomi_checkslot(L, 1, LOOM_THREAD);
   LoomThread *t = (LoomThread *)*slot;
   if (t == NULL)
     return 0;
