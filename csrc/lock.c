@@ -11,7 +11,6 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 /* Both kinds share one layout.  `owner` is the whole lock state: 0 when
@@ -33,12 +32,21 @@ typedef struct LoomLock {
 #define LOCK_SLICE  0.1
 #define LOCK_SPIN   64
 
-/* The calling process's pid and OS thread id, cached: getpid() and gettid()
-** are system calls, and the uncontended path must not make one.  The
-** atfork child handler refreshes both (the child's only thread is the one
-** that forked), so a fork never inherits its parent's identity. */
+/* The calling process's pid, cached (getpid() is a system call, and the
+** uncontended path must not make one), and the calling thread's owner
+** number: an RLock's owner is a loom thread, not the OS thread under it (a
+** worker runs one loom thread after another), so each loom thread, and
+** each other OS thread, draws a number of its own from a process-wide
+** counter on its first RLock.  The atfork child handler refreshes both
+** (the child's only thread is the one that forked), so a fork never
+** inherits its parent's identity. */
 static pid_t self_pid = 0;
 static LOOM_THREAD_LOCAL uint32_t self_tid = 0;
+static atomic_uint owner_counter = 0;
+
+void loomi_lock_new_owner (void) {
+  self_tid = 0;
+}
 static pthread_once_t ident_once = PTHREAD_ONCE_INIT;
 
 static void ident_atfork_child (void) {
@@ -58,8 +66,8 @@ pid_t loomi_self_pid (void) {
 static uint64_t lock_me (const LoomLock *k) {
   uint64_t me = (uint64_t)(uint32_t)self_pid << 32;
   if (k->recursive) {
-    if (self_tid == 0)
-      self_tid = (uint32_t)syscall(SYS_gettid);
+    while (self_tid == 0)      /* 0 is no owner: skipped when it wraps */
+      self_tid = atomic_fetch_add(&owner_counter, 1) + 1;
     me |= self_tid;
   }
   return me;

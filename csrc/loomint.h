@@ -296,6 +296,9 @@ int  loomi_lock_release_all (LoomObj *lk);
 int  loomi_lock_restore (LoomObj *lk, int count);
 /* acquire([blocking], [timeout]) and release() on lk with the Lua
 ** arguments from index 2 on: the methods of Lock and RLock, shared. */
+/* The calling OS thread starts a new loom thread: RLocks it takes from now
+** on are owned by that loom thread, not by the one it ran before. */
+void loomi_lock_new_owner (void);
 int  loomi_lock_lacquire (lua_State *L, LoomObj *lk);
 int  loomi_lock_lrelease (lua_State *L, LoomObj *lk);
 /* The hold([timeout]) method of anything with acquire/release: pushes a

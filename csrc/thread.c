@@ -401,6 +401,7 @@ static lua_State *worker_state (Worker *w, LoomThread *t);
 /* Runs thread t on worker w, up to marking it done. */
 static void worker_run (Worker *w, LoomThread *t) {
   self_thread = t;
+  loomi_lock_new_owner();
   loomi_mutex_lock(&t->mu);
   t->native_id = os_thread_id();
   t->ident = (int64_t)pthread_self();
@@ -532,8 +533,8 @@ static Children *children_of (lua_State *L) {
 ** A state made for a thread records once the contents of every table its
 ** globals reach (the globals, every library table, package.loaded and the
 ** tables those hold), their metatables, the metatables of the basic types
-** (the string one among them), the default input and output files and
-** loom's own registry entries.  Putting those back makes the state look
+** (the string one among them), the default input and output files,
+** loom's own registry entries and the metatables of loom's classes.  Putting those back makes the state look
 ** fresh to the next thread.  What C modules keep in the registry (their
 ** references and metatables), and the C libraries a thread loaded, stay. */
 
@@ -697,6 +698,15 @@ static int snapshot_take (lua_State *L) {
   lua_rawseti(L, 1, SNAP_TYPES);
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
   snap_enqueue(L, -1, &qn);
+  lua_pop(L, 1);
+  /* loom's own classes: their metatables and what those reach (methods)
+  ** are as much a part of a fresh state as the libraries */
+  loomi_class_table(L);
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    lua_pop(L, 1);
+    snap_enqueue(L, -1, &qn);
+  }
   lua_pop(L, 1);
   lua_createtable(L, (int)(4 * 32), 0);       /* 4: the quadruples */
   lua_Integer k = 0;
@@ -962,9 +972,13 @@ static int worker_may_stay (void) {
   return stay;
 }
 
-/* Takes an idle worker out of the list: one whose state was made with these
-** paths, else any (it makes a new state).  NULL when none is idle. */
-static Worker *worker_take (const char *path, const char *cpath) {
+/* Takes an idle worker out of the list and hands it t, in one critical
+** section: one whose state was made with t's paths, else any (it makes a
+** new state).  Once out of the list a worker whose idle wait times out
+** finds its job set, so it never frees itself under a start().  Sets *tid;
+** NULL when none is idle. */
+static Worker *worker_take (LoomThread *t, pthread_t *tid) {
+  const char *path = t->path, *cpath = t->cpath;
   pthread_mutex_lock(&idle_mu);
   Worker **best = NULL;
   for (Worker **p = &idle_list; *p != NULL; p = &(*p)->next) {
@@ -981,16 +995,12 @@ static Worker *worker_take (const char *path, const char *cpath) {
     *best = w->next;
     w->next = NULL;
     idle_count--;
+    *tid = w->tid;
+    w->job = t;
+    pthread_cond_signal(&w->cv);
   }
   pthread_mutex_unlock(&idle_mu);
   return w;
-}
-
-static void worker_give (Worker *w, LoomThread *t) {
-  pthread_mutex_lock(&idle_mu);
-  w->job = t;
-  pthread_cond_signal(&w->cv);
-  pthread_mutex_unlock(&idle_mu);
 }
 
 /* Puts w, its thread done, at the head of the idle list, where start()
@@ -1111,12 +1121,9 @@ static void *worker_main (void *arg) {
 /* Starts t on an idle worker or a new one: 0 with *tid set, or an errno. */
 static int worker_start (LoomThread *t, pthread_t *tid) {
   pthread_once(&worker_once, worker_init);
-  Worker *w = worker_take(t->path, t->cpath);
-  if (w != NULL) {
-    *tid = w->tid;
-    worker_give(w, t);
+  Worker *w = worker_take(t, tid);
+  if (w != NULL)
     return 0;
-  }
   w = calloc(1, sizeof *w);
   if (w == NULL)
     return ENOMEM;
