@@ -526,7 +526,13 @@ static void *shared_main (void *arg) {
     report(L, s, co);
     lua_pop(co, 1);
   }
-  luaL_unref(co, LUA_REGISTRYINDEX, s->ref);
+  /* the coroutine holds the results every handle reads: it stays anchored
+  ** while any handle may exist, which is sure only when this thread's is
+  ** the last reference (shared_gc lets go otherwise) */
+  if (atomic_load(&s->obj.refs) == 1) {
+    luaL_unref(co, LUA_REGISTRYINDEX, s->ref);
+    s->ref = LUA_NOREF;
+  }
   atomic_fetch_sub(&g->nthreads, 1);
   gil_release(g);
   loomi_thread_leave(s->borrowed);
@@ -767,6 +773,18 @@ static int shared_gc (lua_State *L) {
       s->gil != NULL && s->gil->key == main_of(L)) {
     s->collected = 1;
     report(L, s, s->co);
+  }
+  /* The last reference, held by this handle of the interpreter that ran
+  ** the thread (whose GIL the caller holds): nothing can reach the
+  ** coroutine after it, so its anchor goes.  A reference that ends
+  ** elsewhere (a message dropped, another interpreter) leaves the anchor
+  ** to the interpreter's end: a registry slot kept, never a read of a
+  ** collected coroutine. */
+  if (loomi_ref_mine((LoomRef *)slot) && s->ref != LUA_NOREF &&
+      s->state == SH_DONE && s->gil != NULL && s->gil->key == main_of(L) &&
+      atomic_load(&s->obj.refs) == 1) {
+    luaL_unref(L, LUA_REGISTRYINDEX, s->ref);
+    s->ref = LUA_NOREF;
   }
   return loomi_proxy_gc(L);
 }
