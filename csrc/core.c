@@ -5,6 +5,7 @@
 #include "loomint.h"
 
 #include <dlfcn.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -37,8 +38,18 @@ static void core_postfork_child (void) {
   pthread_mutex_unlock(&hook_mu);
 }
 
+/* The signal mask of the thread that first opened loom in this process
+** (the host's, before any loom thread, which blocks every signal, exists):
+** what every forked child starts with, whichever thread forks it. */
+static sigset_t original_mask;
+
 static void core_register_fork (void) {
+  pthread_sigmask(SIG_SETMASK, NULL, &original_mask);
   pthread_atfork(core_prefork, core_postfork_parent, core_postfork_child);
+}
+
+void loomi_child_sigmask (void) {
+  pthread_sigmask(SIG_SETMASK, &original_mask, NULL);
 }
 
 static int run_host_hook (lua_State *L) {

@@ -273,6 +273,10 @@ int  loomi_raise_remote (lua_State *L, int errbase, const char *where);
 ** is not an integer from 0 to LOOM_MAXARGS. */
 #define LOOM_MAXARGS 100000
 int loomi_argcount (lua_State *L, int t);
+/* In a forked child: restores the signal mask the process had when loom
+** was first opened, whatever thread (a loom thread or pool worker, which
+** block every signal) forked it. */
+void loomi_child_sigmask (void);
 /* Creates a state for a loom thread or worker, on the OS thread that will
 ** run it: standard libraries, the given package paths (either may be NULL),
 ** loom.core in package.preload (opened by the first require, or when a loom

@@ -112,6 +112,7 @@ typedef struct Pool {
   TaskQueue *q;
   int nworkers;
   int process;               /* kind = "process" */
+  pid_t owner;               /* its workers are this process's */
 } Pool;
 
 /* Pool ids count up across the process, for worker names. */
@@ -605,9 +606,7 @@ typedef struct Supervisor {
 } Supervisor;
 
 static void proc_worker_child (TaskQueue *q, int index, pid_t parent) {
-  sigset_t none;
-  sigemptyset(&none);
-  pthread_sigmask(SIG_SETMASK, &none, NULL);
+  loomi_child_sigmask();
   /* the supervisor thread outlives every worker: its end means the parent
   ** is gone */
   prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -1119,21 +1118,24 @@ static int pool_wait (lua_State *L) {
 ** references to, and the position reached.  Closed by the generic for's
 ** closing value (break, error, end) or by the collector. */
 typedef struct AsCompleted {
-  Waiter *w;
-  Future **fs;               /* w->n entries, each retained (malloc) */
+  LoomRef w;                 /* the Waiter; whose owner also owns fs's refs */
+  Future **fs;               /* the waiter's n entries, each retained (malloc) */
   uint32_t next;
   LoomDeadline dl;
 } AsCompleted;
 
+/* Only the process that made the loop unlinks its waiter and gives back
+** its references: a forked child that drops an inherited loop forgets
+** them, or it would release the parent's. */
 static int ascompleted_close (lua_State *L) {
   AsCompleted *a = luaL_checkudata(L, 1, LOOM_ASCOMPLETED);
-  if (a->w != NULL) {
-    waiter_unregister(a->w, a->fs);
-    for (uint32_t i = 0; i < a->w->n; i++)
+  if (loomi_ref_mine(&a->w)) {
+    Waiter *w = (Waiter *)a->w.o;
+    waiter_unregister(w, a->fs);
+    for (uint32_t i = 0; i < w->n; i++)
       loomi_obj_release(&a->fs[i]->obj);
-    loomi_obj_release(&a->w->obj);
-    a->w = NULL;
   }
+  loomi_ref_drop(&a->w);
   free(a->fs);
   a->fs = NULL;
   return 0;
@@ -1141,7 +1143,9 @@ static int ascompleted_close (lua_State *L) {
 
 static int ascompleted_next (lua_State *L) {
   AsCompleted *a = luaL_checkudata(L, 1, LOOM_ASCOMPLETED);
-  Waiter *w = a->w;
+  if (a->w.o != NULL && !loomi_ref_mine(&a->w))
+    return luaL_error(L, "as_completed loop used in another process");
+  Waiter *w = (Waiter *)a->w.o;
   if (w == NULL || a->next >= w->n)
     return 0;
   loomi_block_begin(L);
@@ -1173,6 +1177,7 @@ static int pool_as_completed (lua_State *L) {
   Future **fs = collect_futures(L, 1, &n);   /* 2: array, 3: proxies */
   AsCompleted *a = lua_newuserdatauv(L, sizeof(AsCompleted), 1);
   memset(a, 0, sizeof *a);
+  loomi_ref_set(&a->w, NULL);
   a->dl = dl;
   luaL_setmetatable(L, LOOM_ASCOMPLETED);
   lua_pushvalue(L, 3);
@@ -1188,7 +1193,7 @@ static int pool_as_completed (lua_State *L) {
     loomi_obj_retain(&fs[i]->obj);
   }
   waiter_register(w, a->fs);
-  a->w = w;
+  loomi_ref_set(&a->w, &w->obj);
   lua_pushcfunction(L, ascompleted_next);
   lua_pushvalue(L, 4);
   lua_pushnil(L);
@@ -1198,8 +1203,17 @@ static int pool_as_completed (lua_State *L) {
 
 /* ---- Lua bindings: pools ---- */
 
+/* A pool's workers are threads, or a supervisor thread, of the process
+** that made it: in any other (a fork) its methods would run tasks in, or
+** shut down, the parent's pool, so they refuse. */
+static Pool *ownpool (lua_State *L, Pool *p) {
+  if (p->owner != loomi_self_pid())
+    luaL_error(L, "loom.Pool used in a process other than the one that made it");
+  return p;
+}
+
 static Pool *checkpool (lua_State *L, int arg) {
-  return (Pool *)loomi_checkobj(L, arg, LOOM_POOL);
+  return ownpool(L, (Pool *)loomi_checkobj(L, arg, LOOM_POOL));
 }
 
 static char *heap_strdup_field (lua_State *L, const char *field) {
@@ -1289,6 +1303,7 @@ static int pool_new (lua_State *L) {
   if (p == NULL)
     return luaL_error(L, "cannot create pool: shared heap exhausted");
   *slot = &p->obj;
+  p->owner = loomi_self_pid();
   p->nworkers = (int)n;
   p->process = process;
   TaskQueue *q = queue_create();
@@ -1314,7 +1329,7 @@ static int pool_new (lua_State *L) {
 ** the state's table of proxies (loomi_pool_open). */
 static int pool_submit (lua_State *L) {
   LoomObj *self = loomi_fastself(L);
-  Pool *p = self != NULL ? (Pool *)self : checkpool(L, 1);
+  Pool *p = self != NULL ? ownpool(L, (Pool *)self) : checkpool(L, 1);
   luaL_checktype(L, 2, LUA_TFUNCTION);
   TaskQueue *q = p->q;
   int top = lua_gettop(L);
@@ -1365,10 +1380,37 @@ static int pool_shutdown (lua_State *L) {
 /* __close: shutdown(true); the handle stays usable for queries. */
 static int pool_close (lua_State *L) {
   LoomObj **slot = loomi_checkslot(L, 1, LOOM_POOL);
-  if (*slot == NULL)
-    return 0;
+  if (*slot == NULL || ((Pool *)*slot)->owner != loomi_self_pid())
+    return 0;                /* a fork leaving a scope: not its pool */
   lua_settop(L, 1);
   return pool_shutdown(L);
+}
+
+/* The methods written in Lua (lua/loom/pool.lua): the class installs
+** them itself, in whichever state first asks for one, so a pool has the
+** same methods in every interpreter whether or not it required loom. */
+static const char *const lua_methods[] = { "map", "imap", NULL };
+
+static void install_lua_methods (lua_State *L, int methods) {
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  if (lua_getfield(L, -1, "loom.pool") != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+    if (lua_getfield(L, -1, "require") != LUA_TFUNCTION)
+      luaL_error(L, "cannot load loom.pool: no require");
+    lua_remove(L, -2);
+    lua_pushliteral(L, "loom.pool");
+    lua_call(L, 1, 1);
+    if (!lua_istable(L, -1))
+      luaL_error(L, "cannot load loom.pool: not a module table");
+  }
+  for (int i = 0; lua_methods[i] != NULL; i++) {
+    if (lua_getfield(L, -1, lua_methods[i]) == LUA_TFUNCTION)
+      lua_setfield(L, methods, lua_methods[i]);
+    else
+      lua_pop(L, 1);
+  }
+  lua_pop(L, 2);
 }
 
 /* Methods first (upvalue 1: the methods table), then the fields. */
@@ -1377,8 +1419,15 @@ static int pool_index (lua_State *L) {
   lua_pushvalue(L, 2);
   if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL)
     return 1;
-  Pool *p = checkpool(L, 1);
+  Pool *p = (Pool *)loomi_checkobj(L, 1, LOOM_POOL);
   const char *key = lua_tostring(L, 2);
+  for (int i = 0; key != NULL && lua_methods[i] != NULL; i++)
+    if (lua_type(L, 2) == LUA_TSTRING && strcmp(key, lua_methods[i]) == 0) {
+      install_lua_methods(L, lua_upvalueindex(1));
+      lua_pushvalue(L, 2);
+      lua_rawget(L, lua_upvalueindex(1));
+      return 1;
+    }
   if (key != NULL && strcmp(key, "workers") == 0)
     lua_pushinteger(L, p->nworkers);
   else if (key != NULL && strcmp(key, "kind") == 0)

@@ -468,12 +468,8 @@ static void child_fail (lua_State *L, LoomProcess *p) {
 
 /* The child's life, from fork to _exit; stack: proxy, {target, args}. */
 static void process_child (lua_State *L, LoomProcess *p) {
-  if (loomi_thread_forked(L)) {
-    /* loom threads block every signal; a process must be reachable */
-    sigset_t none;
-    sigemptyset(&none);
-    pthread_sigmask(SIG_SETMASK, &none, NULL);
-  }
+  loomi_thread_forked(L);
+  loomi_child_sigmask();   /* whatever the forking thread blocked */
   ProcList *pl = proclist_of(L, 0);
   if (pl != NULL) {
     pl->n = 0;   /* the parent's children, and its references to them */
