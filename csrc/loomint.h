@@ -5,6 +5,50 @@
 #ifndef LOOMINT_H
 #define LOOMINT_H
 
+/* ---- Ownership and lifetimes ----
+** Shared objects.  Every primitive is a LoomObj in the shared heap with an
+** atomic count.  References are held by: a proxy (one each, in a LoomRef);
+** a transfer message (one per object it carries, given back by whoever
+** frees the message: its decoder, or the queue, pool or thread that drops
+** it undecoded); the object that contains another (an Array or Value its
+** lock, a Pool its task queue, a shared thread the thread object it
+** borrows); and whatever runs on an object's behalf (a running thread
+** holds its own object, a pool worker its queue, an as_completed loop its
+** waiter and futures).  The last release runs the destroy hook, in
+** whichever thread or process that is.
+** Processes.  A reference belongs to the process that took it.  Every
+** userdata that holds one holds it in a LoomRef (loomi_ref_*), which only
+** releases in that process: a forked child inherits the memory of its
+** parent's holders, never their references, and drops them by forgetting.
+** loom's own fork takes in the parent a reference for the child on every
+** object a proxy of the forking state holds (LoomHeld), given back when the
+** child is reaped (or by the child, orphaned).  Per-state lists (the
+** threads and processes a state started, the messages it is decoding)
+** record their process and are forgotten in a child.  What runs in threads
+** belongs to its process alone: a Pool refuses its methods elsewhere, a
+** child has no idle workers, and an inherited as_completed loop refuses.
+** Threads.  A lua_State is touched by one OS thread at a time: a loom
+** thread's state by its worker, an interpreter with shared threads by the
+** holder of its GIL.  An RLock is owned by a loom thread (pid and a number
+** each loom thread draws), never by the OS thread under it.
+** Lua values.  A proxy's Lua companions sit in its user values; a shared
+** thread's coroutine, which its results live in, is anchored in its
+** interpreter's registry until no handle can read it.  The library of
+** loom.core and of every C function that crosses states is pinned for the
+** process's life (dlopen RTLD_NODELETE), in every process that has it.
+** Lock order, for the whole library (a lock is never taken while holding
+** one listed after it):
+**   1. hook_mu (core.c), gils_mu (gil.c), idle_mu (thread.c): alone.
+**   2. One object's mutex: a Lock/RLock/Semaphore/Event/Barrier/Condition/
+**      Queue/Future/Process/thread's mu.  Two only as: a Future's mu then
+**      a waiter's (pool.c); a SharedThread's mu then its GIL's (gil.c).  A
+**      Condition never holds its own mu and its lock's together.
+**   3. A loom thread's reg_mu, taken under one of (2) by loomi_wait; a
+**      canceller takes reg_mu alone, then the object's mutex.
+**   4. The heap's locks (heap.c), last: anything may allocate or free
+**      under the locks above; the heap takes nothing else.
+** No Lua API call that can raise or allocate is made under any of them. */
+
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif

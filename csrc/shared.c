@@ -354,6 +354,10 @@ void loomi_fastclass (lua_State *L, const char *tname, const luaL_Reg *meta,
     lua_pushvalue(L, -2);
     lua_pushvalue(L, -4);                           /* mt methods mt methods mt */
     luaL_setfuncs(L, meta, 2);                      /* mt methods mt */
+    /* also a field, as other classes have it, so that a reused state's
+    ** snapshot reaches the methods (upvalues are not walked) */
+    lua_pushvalue(L, -2);
+    lua_setfield(L, -2, "methods");
   }
   lua_settop(L, top);
 }

@@ -298,4 +298,27 @@ describe("memory safety", function()
       ]])
     end)
   end)
+
+  describe("a start racing an idle worker's timeout #stress", function()
+    it("always runs the thread", function()
+      -- Idle workers leave 5 s after their last thread; starts made
+      -- back-to-back across that moment must each run (a worker taken from
+      -- the idle list while it timed out used to free itself under the
+      -- start).  The window is narrow: this only tries to hit it.
+      local n = 4
+      local b = loom.barrier(n)
+      local ts = {}
+      for i = 1, n do ts[i] = loom.thread(function(bar) bar:wait(60) end, b):start() end
+      for i = 1, n do H.join(ts[i], 30) end
+      local t0 = core.now()
+      loom.sleep(4.8)
+      local runs = 0
+      while core.now() - t0 < 5.6 do
+        local t = loom.thread(function() return 1 end):start()
+        assert.equal(1, H.result(t, 10))
+        runs = runs + 1
+      end
+      assert.is_true(runs > 0)
+    end)
+  end)
 end)
