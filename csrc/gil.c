@@ -769,7 +769,8 @@ static int shared_gc (lua_State *L) {
     return 0;
   /* the state is single-threaded here (finalizers never release the GIL),
   ** so a finished thread's stack can be read */
-  if (s->state == SH_DONE && s->failed && !s->collected && !was_cancelled(s) &&
+  if (loomi_ref_mine((LoomRef *)slot) &&
+      s->state == SH_DONE && s->failed && !s->collected && !was_cancelled(s) &&
       s->gil != NULL && s->gil->key == main_of(L)) {
     s->collected = 1;
     report(L, s, s->co);

@@ -427,6 +427,14 @@ static int lock_tostring (lua_State *L) {
 
 typedef struct Guard { int held; } Guard;
 
+/* Its size is checked too: a foreign userdata given the guard's
+** metatable through the debug library must not be written to. */
+static Guard *checkguard (lua_State *L, int arg) {
+  Guard *g = luaL_checkudata(L, arg, LOOM_GUARD);
+  luaL_argexpected(L, lua_rawlen(L, arg) == sizeof(Guard), arg, LOOM_GUARD);
+  return g;
+}
+
 int loomi_hold (lua_State *L) {
   luaL_checktype(L, 1, LUA_TUSERDATA);
   if (!lua_isnoneornil(L, 2)) {
@@ -458,7 +466,7 @@ int loomi_hold (lua_State *L) {
 ** in a cancelled thread every call is hooked to raise, and a guard must
 ** still release while the cancellation unwinds. */
 int loomi_guard_close (lua_State *L) {
-  Guard *g = luaL_checkudata(L, 1, LOOM_GUARD);
+  Guard *g = checkguard(L, 1);
   if (!g->held)
     return 0;
   g->held = 0;
@@ -474,7 +482,7 @@ int loomi_guard_close (lua_State *L) {
 }
 
 static int guard_tostring (lua_State *L) {
-  Guard *g = luaL_checkudata(L, 1, LOOM_GUARD);
+  Guard *g = checkguard(L, 1);
   lua_pushstring(L, g->held ? "loom.Guard (held)" : "loom.Guard (released)");
   return 1;
 }

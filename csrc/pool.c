@@ -1040,15 +1040,16 @@ static int future_tostring (lua_State *L) {
 ** above it).  Returns the array; *n receives the count. */
 static Future **collect_futures (lua_State *L, int arg, uint32_t *n) {
   luaL_checktype(L, arg, LUA_TTABLE);
-  lua_Integer len = luaL_len(L, arg);
+  /* raw: a __len could claim any count */
+  lua_Unsigned len = lua_rawlen(L, arg);
   luaL_argcheck(L, len < INT32_MAX, arg, "too many futures");
   Future **fs = lua_newuserdatauv(L, (size_t)(len > 0 ? len : 1) *
                                      sizeof(Future *), 0);
   lua_createtable(L, (int)len, 0);       /* proxies by position */
   lua_createtable(L, 0, (int)len);       /* seen: object -> true */
   uint32_t count = 0;
-  for (lua_Integer i = 1; i <= len; i++) {
-    lua_geti(L, arg, i);
+  for (lua_Integer i = 1; i <= (lua_Integer)len; i++) {
+    lua_rawgeti(L, arg, i);
     LoomObj **slot = loomi_testslot(L, -1, LOOM_FUTURE);
     if (slot == NULL || *slot == NULL)
       luaL_argerror(L, arg, lua_pushfstring(L,
@@ -1124,11 +1125,20 @@ typedef struct AsCompleted {
   LoomDeadline dl;
 } AsCompleted;
 
+/* The loop's state at arg; its size too is checked, so that a foreign
+** userdata given its metatable through the debug library is refused. */
+static AsCompleted *checkascompleted (lua_State *L, int arg) {
+  AsCompleted *a = luaL_checkudata(L, arg, LOOM_ASCOMPLETED);
+  luaL_argexpected(L, lua_rawlen(L, arg) == sizeof(AsCompleted), arg,
+                   LOOM_ASCOMPLETED);
+  return a;
+}
+
 /* Only the process that made the loop unlinks its waiter and gives back
 ** its references: a forked child that drops an inherited loop forgets
 ** them, or it would release the parent's. */
 static int ascompleted_close (lua_State *L) {
-  AsCompleted *a = luaL_checkudata(L, 1, LOOM_ASCOMPLETED);
+  AsCompleted *a = checkascompleted(L, 1);
   if (loomi_ref_mine(&a->w)) {
     Waiter *w = (Waiter *)a->w.o;
     waiter_unregister(w, a->fs);
@@ -1142,7 +1152,7 @@ static int ascompleted_close (lua_State *L) {
 }
 
 static int ascompleted_next (lua_State *L) {
-  AsCompleted *a = luaL_checkudata(L, 1, LOOM_ASCOMPLETED);
+  AsCompleted *a = checkascompleted(L, 1);
   if (a->w.o != NULL && !loomi_ref_mine(&a->w))
     return luaL_error(L, "as_completed loop used in another process");
   Waiter *w = (Waiter *)a->w.o;

@@ -1414,6 +1414,8 @@ static int thread_gc (lua_State *L) {
   LoomThread *t = (LoomThread *)*slot;
   if (t == NULL)
     return 0;
+  if (!loomi_ref_mine((LoomRef *)slot))   /* a fork's copy: the parent's */
+    return loomi_proxy_gc(L);
   loomi_mutex_lock(&t->mu);
   int report = t->state == TH_DONE && t->failed && !t->collected &&
                atomic_load(&t->obj.refs) == 1 + t->listed &&

@@ -52,6 +52,53 @@ describe("memory safety", function()
     end)
   end)
 
+  describe("lists of futures", function()
+    it("are read by their raw length, never their __len", function()
+      local pool <close> = loom.pool(1)
+      local f = pool:submit(function() return 1 end)
+      local huge = setmetatable({f}, {__len = function() return 2^31 - 2 end})
+      local done, not_done = loom.wait(huge, H.t(30))
+      assert.equal(1, #done)
+      assert.equal(0, #not_done)
+      local neg = setmetatable({f}, {__len = function() return -5 end})
+      local n = 0
+      for g in loom.as_completed(neg, H.t(30)) do
+        assert.equal(f, g)
+        n = n + 1
+      end
+      assert.equal(1, n)
+    end)
+  end)
+
+  describe("private userdata", function()
+    it("refuse a foreign userdata given their metatable by the debug library", function()
+      survives([[
+        local loom = require "loom"
+        local lock = loom.lock()
+        local g = lock:hold()
+        local gmt = debug.getmetatable(g)
+        local pool = loom.pool(1)
+        local f = pool:submit(function() return 1 end)
+        local iter, st = loom.as_completed({f})
+        local amt = debug.getmetatable(st)
+        for _, mt in ipairs{gmt, amt} do
+          local u = io.tmpfile()
+          debug.setmetatable(u, mt)
+          assert(not pcall(mt.__close, u))
+          if mt.__gc then assert(not pcall(mt.__gc, u)) end
+          debug.setmetatable(u, debug.getmetatable(io.stdout))
+          u:close()
+        end
+        assert(not pcall(iter, io.stdout))
+        gmt.__close(g)
+        assert(not lock:locked())
+        for _ in iter, st do end
+        pool:shutdown()
+        print("survived")
+      ]])
+    end)
+  end)
+
   describe("argument counts", function()
     local bad = {2^32 - 4, 2^31, 2^31 - 1 + 2^32, -1, math.mininteger, 1.5,
                  math.maxinteger}
