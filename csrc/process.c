@@ -329,6 +329,10 @@ static ProcList *proclist_of (lua_State *L, int make) {
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &PROCLIST_KEY) == LUA_TUSERDATA) {
     ProcList *pl = lua_touserdata(L, -1);
     lua_pop(L, 1);
+    if (pl->pid != getpid()) {   /* a fork loom did not make: the parent's */
+      pl->n = 0;
+      pl->pid = getpid();
+    }
     return pl;
   }
   lua_pop(L, 1);

@@ -514,6 +514,10 @@ static Children *children_of (lua_State *L) {
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &CHILDREN_KEY) == LUA_TUSERDATA) {
     Children *c = lua_touserdata(L, -1);
     lua_pop(L, 1);
+    if (c->pid != getpid()) {    /* a fork loom did not make: the parent's */
+      c->n = 0;
+      c->pid = getpid();
+    }
     return c;
   }
   lua_pop(L, 1);

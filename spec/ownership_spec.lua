@@ -72,6 +72,44 @@ describe("ownership", function()
     end)
   end)
 
+  describe("a child forked by another library", function()
+    local so = os.tmpname() .. ".so"
+    setup(function()
+      assert(os.execute("cc -std=c11 -shared -fPIC -I/usr/include/lua5.4 -o " .. so ..
+                        " spec/safety/rawfork.c"))
+    end)
+    teardown(function() os.remove(so) end)
+
+    it("never releases the threads its parent started", function()
+      survives(([[
+        local rawfork = assert(package.loadlib(%q, "luaopen_rawfork"))()
+        local loom = require "loom"
+        local H = require "helpers"
+        local t = loom.thread{target = function() return 1 end, name = "mine"}:start()
+        H.join(t, 30)
+        local pid = rawfork.fork()
+        if pid == 0 then
+          -- more starts than the list holds: it is pruned, and the parent's
+          -- finished thread must not be released from here
+          for _ = 1, 20 do
+            local u = loom.thread(function() end):start()
+            u:join(30)
+          end
+          rawfork.exit(0)
+        end
+        local _, code = rawfork.wait(pid)
+        assert(code == 0, code)
+        for _ = 1, 20 do H.join(loom.thread(function() end):start(), 30) end
+        collectgarbage()
+        local others = {}
+        for i = 1, 8 do others[i] = loom.thread{target = print, name = "intruder"} end
+        assert(t.name == "mine", t.name)
+        assert(H.result(t, 30) == 1)
+        print("survived")
+      ]]):format(so))
+    end)
+  end)
+
   describe("a pool in a forked child", function()
     it("refuses every method: its workers are the parent's", function()
       local pool <close> = loom.pool(1)
