@@ -35,6 +35,11 @@ typedef struct LoomThread {
   LoomMsg *reporter;         /* the starting state's reporter, if it has one */
   char *path, *cpath;        /* package paths for the new state (malloc) */
   char failmsg[160];         /* an error that happened before any state */
+  struct CoLink *running;    /* coroutines it resumed that still run */
+  /* a cancellation unwinding; touched by the thread itself only */
+  int unwinding;             /* "cancelled" was raised in it */
+  lua_State *closing_L;      /* the state running a __close handler of it */
+  int closing_depth;         /* the stack depth of that handler */
   int64_t ident;             /* the pthread_t, as Python's ident */
   int64_t native_id;         /* the kernel's thread id */
   char name[64];
@@ -44,6 +49,14 @@ typedef struct LoomThread {
   pthread_mutex_t *wait_mu;
   LoomObj *wait_obj;
 } LoomThread;
+
+/* A coroutine a loom thread resumed, while it runs: a node on the C stack
+** of the resume, linked from the thread (under its mu) so that cancel()
+** can put its hook on the coroutine actually running. */
+typedef struct CoLink {
+  lua_State *co;
+  struct CoLink *outer;
+} CoLink;
 
 /* The loom thread the calling OS thread runs, NULL for others. */
 static LOOM_THREAD_LOCAL LoomThread *self_thread = NULL;
@@ -86,19 +99,25 @@ static int64_t os_thread_id (void) {
   return (int64_t)syscall(SYS_gettid);
 }
 
+/* Whether t's cancellation is to be raised now: not while a __close
+** handler run by its unwinding is running (it may block like any code). */
+static int cancel_due (LoomThread *t) {
+  return atomic_load(&t->cancel) && t->closing_L == NULL;
+}
+
 int loomi_wait (pthread_cond_t *cv, pthread_mutex_t *mu, LoomObj *obj,
                 const LoomDeadline *dl) {
   LoomThread *t = self_thread;
   loomi_gil_pin(obj);
   if (t != NULL) {
-    if (atomic_load(&t->cancel))
+    if (cancel_due(t))
       return ECANCELED;
     pthread_mutex_lock(&t->reg_mu);
     t->wait_cv = cv;
     t->wait_mu = mu;
     t->wait_obj = obj;
     pthread_mutex_unlock(&t->reg_mu);
-    if (atomic_load(&t->cancel)) {
+    if (cancel_due(t)) {
       pthread_mutex_lock(&t->reg_mu);
       t->wait_cv = NULL;
       t->wait_mu = NULL;
@@ -119,7 +138,7 @@ int loomi_wait (pthread_cond_t *cv, pthread_mutex_t *mu, LoomObj *obj,
     t->wait_mu = NULL;
     t->wait_obj = NULL;
     pthread_mutex_unlock(&t->reg_mu);
-    if (atomic_load(&t->cancel))
+    if (cancel_due(t))
       return ECANCELED;
   }
   return rc == ETIMEDOUT ? ETIMEDOUT : 0;
@@ -127,7 +146,7 @@ int loomi_wait (pthread_cond_t *cv, pthread_mutex_t *mu, LoomObj *obj,
 
 int loomi_cancel_requested (void) {
   LoomThread *t = self_thread;
-  return t != NULL && atomic_load(&t->cancel);
+  return t != NULL && cancel_due(t);
 }
 
 int loomi_cancellable (void) {
@@ -135,6 +154,16 @@ int loomi_cancellable (void) {
 }
 
 int loomi_raise_cancelled (lua_State *L) {
+  if (self_thread != NULL) {
+    self_thread->unwinding = 1;
+    self_thread->closing_L = NULL;
+    /* the hook on L (ours, or the GIL's) must see the calls of the
+    ** __close handlers this error is about to run */
+    lua_Hook h = lua_gethook(L);
+    int mask = lua_gethookmask(L);
+    if (h != NULL && !(mask & LUA_MASKCALL))
+      lua_sethook(L, h, mask | LUA_MASKCALL, lua_gethookcount(L));
+  }
   lua_pushliteral(L, LOOM_CANCELLED);
   return lua_error(L);
 }
@@ -148,19 +177,71 @@ void loomi_block_end (lua_State *L) {
   loomi_gil_block_end(L);
 }
 
-/* Raises on every call and instruction of a cancelled thread, except on
-** the call of the __close handlers that release loom objects and hold()
-** guards, so that unwinding the cancellation still releases a lock. */
-static void cancel_hook (lua_State *L, lua_Debug *ar) {
-  if (!loomi_cancel_requested())
-    return;
-  if (ar->event == LUA_HOOKCALL && lua_getinfo(L, "f", ar)) {
-    lua_CFunction f = lua_tocfunction(L, -1);
-    lua_pop(L, 1);
-    if (f == loomi_guard_close || f == loomi_proxy_gc)
-      return;
+/* The number of active calls in L: an upper bound found by doubling, then
+** halved down (lua_getstack walks the call list, so a plain count would
+** be quadratic). */
+static int stack_depth (lua_State *L) {
+  lua_Debug ar;
+  int lo = 0, hi = 1;          /* level lo - 1 exists, level hi may not */
+  while (lua_getstack(L, hi - 1, &ar)) {
+    lo = hi;
+    hi *= 2;
   }
-  loomi_raise_cancelled(L);
+  while (hi - lo > 1) {
+    int mid = lo + (hi - lo) / 2;
+    if (lua_getstack(L, mid - 1, &ar))
+      lo = mid;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
+/* Whether the function being called (level 0) was called from C or from
+** the bottom of the stack, as the __close handlers that an error's
+** unwinding runs are. */
+static int called_from_c (lua_State *L) {
+  lua_Debug ar;
+  if (!lua_getstack(L, 1, &ar))
+    return 1;
+  return lua_getinfo(L, "S", &ar) && ar.what[0] == 'C';
+}
+
+/* Whether the hook of a cancelled thread is to raise "cancelled" now.  It
+** raises on every call and instruction of a cancelled thread,
+** so that a pcall that catches it gets it again at once.  But once it was
+** raised, a function that C calls (the unwinding calling a __close
+** handler: it has no Lua caller) runs to its end untouched, with
+** everything it calls, as under any other error; loom's own guards are
+** let through in every case, so that unwinding still releases a lock. */
+int loomi_cancel_hook_due (lua_State *L, lua_Debug *ar) {
+  LoomThread *t = self_thread;
+  if (t == NULL || !atomic_load(&t->cancel))
+    return 0;
+  if (t->closing_L != NULL) {
+    if (t->closing_L == L && stack_depth(L) >= t->closing_depth)
+      return 0;
+    t->closing_L = NULL;       /* that handler has returned */
+  }
+  if (ar->event == LUA_HOOKCALL || ar->event == LUA_HOOKTAILCALL) {
+    if (lua_getinfo(L, "f", ar)) {
+      lua_CFunction f = lua_tocfunction(L, -1);
+      lua_pop(L, 1);
+      if (f == loomi_guard_close || f == loomi_proxy_gc || f == loomi_msgh)
+        return 0;
+    }
+    if (t->unwinding && ar->event == LUA_HOOKCALL && called_from_c(L)) {
+      t->closing_L = L;
+      t->closing_depth = stack_depth(L);
+      return 0;
+    }
+  }
+  return 1;
+}
+
+static void cancel_hook (lua_State *L, lua_Debug *ar) {
+  if (loomi_cancel_hook_due(L, ar))
+    loomi_raise_cancelled(L);
 }
 
 /* Flags t, reaches a pure-Lua loop through a hook on its state, and wakes
@@ -170,6 +251,8 @@ static void thread_request_cancel (LoomThread *t) {
   pthread_mutex_lock(&t->mu);
   if (t->L != NULL)
     lua_sethook(t->L, cancel_hook, LUA_MASKCOUNT | LUA_MASKCALL, 1);
+  for (CoLink *c = t->running; c != NULL; c = c->outer)
+    lua_sethook(c->co, cancel_hook, LUA_MASKCOUNT | LUA_MASKCALL, 1);
   pthread_mutex_unlock(&t->mu);
   pthread_mutex_lock(&t->reg_mu);
   pthread_cond_t *cv = t->wait_cv;
@@ -397,6 +480,7 @@ static void report_orphan (LoomThread *t, lua_State *L) {
 
 typedef struct Worker Worker;
 static lua_State *worker_state (Worker *w, LoomThread *t);
+static int co_install (lua_State *L);
 
 /* Runs thread t on worker w, up to marking it done. */
 static void worker_run (Worker *w, LoomThread *t) {
@@ -1056,6 +1140,9 @@ static lua_State *worker_state (Worker *w, LoomThread *t) {
       loomi_mutex_unlock(&t->mu);
     }
     else {
+      lua_pushcfunction(L, co_install);
+      if (lua_pcall(L, 0, 0, 0) != LUA_OK)
+        lua_pop(L, 1);      /* the standard ones stay: cancel misses loops in them */
       lua_pushcfunction(L, snapshot_take);
       if (worker_may_stay() && lua_pcall(L, 0, 0, 0) != LUA_OK)
         lua_pop(L, 1);      /* no snapshot: the state is not kept */
@@ -1501,6 +1588,115 @@ static int thread_current (lua_State *L) {
   lua_pushvalue(L, -1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &MAIN_KEY);
   return 1;
+}
+
+/* ---- coroutines in a loom thread's state: resume and wrap register the
+** coroutine they run, so that cancel() reaches a loop inside one ---- */
+
+/* Resumes co with the narg values on top of L.  Pushes its results onto L
+** and returns how many, or pushes the error and returns -1.  Never raises
+** while co is registered. */
+static int co_resume (lua_State *L, lua_State *co, int narg) {
+  LoomThread *t = self_thread;
+  if (!lua_checkstack(co, narg)) {
+    lua_pop(L, narg);
+    lua_pushliteral(L, "too many arguments to resume");
+    return -1;
+  }
+  lua_xmove(L, co, narg);
+  CoLink link = { co, NULL };
+  if (t != NULL) {
+    loomi_mutex_lock(&t->mu);
+    link.outer = t->running;
+    t->running = &link;
+    if (atomic_load(&t->cancel))   /* made before cancel(): no hook yet */
+      lua_sethook(co, cancel_hook, LUA_MASKCOUNT | LUA_MASKCALL, 1);
+    loomi_mutex_unlock(&t->mu);
+  }
+  int nres = 0;
+  int status = lua_resume(co, L, narg, &nres);
+  if (t != NULL) {
+    loomi_mutex_lock(&t->mu);
+    t->running = link.outer;
+    loomi_mutex_unlock(&t->mu);
+  }
+  if (status == LUA_OK || status == LUA_YIELD) {
+    if (!lua_checkstack(L, nres + 1)) {
+      lua_pop(co, nres);
+      lua_pushliteral(L, "too many results to resume");
+      return -1;
+    }
+    lua_xmove(co, L, nres);
+    return nres;
+  }
+  lua_xmove(co, L, 1);
+  return -1;
+}
+
+/* coroutine.resume(co, ...) */
+static int thread_co_resume (lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTHREAD);
+  lua_State *co = lua_tothread(L, 1);
+  int n = co_resume(L, co, lua_gettop(L) - 1);
+  if (n < 0) {
+    lua_pushboolean(L, 0);
+    lua_insert(L, -2);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  lua_insert(L, -(n + 1));
+  return n + 1;
+}
+
+/* The function coroutine.wrap returns: upvalue 1 is the coroutine.  A
+** coroutine that fails is closed (its pending <close> variables run) and
+** its error raised on, a string one with the caller's position, as the
+** standard wrap does. */
+static int thread_co_wrapped (lua_State *L) {
+  lua_State *co = lua_tothread(L, lua_upvalueindex(1));
+  int n = co_resume(L, co, lua_gettop(L));
+  if (n >= 0)
+    return n;
+  int status = lua_status(co);
+  if (status != LUA_OK && status != LUA_YIELD) {
+    lua_pushvalue(L, -1);   /* the error, where closing co looks for it */
+    lua_xmove(L, co, 1);
+#if LUA_VERSION_RELEASE_NUM >= 50406
+    status = lua_closethread(co, L);
+#else
+    status = lua_resetthread(co);
+#endif
+    lua_pop(L, 1);
+    lua_xmove(co, L, 1);    /* the error, or the one a handler raised */
+  }
+  if (status != LUA_ERRMEM && lua_type(L, -1) == LUA_TSTRING) {
+    luaL_where(L, 1);
+    lua_insert(L, -2);
+    lua_concat(L, 2);
+  }
+  return lua_error(L);
+}
+
+/* coroutine.wrap(f) */
+static int thread_co_wrap (lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_State *co = lua_newthread(L);
+  lua_pushvalue(L, 1);
+  lua_xmove(L, co, 1);
+  lua_pushcclosure(L, thread_co_wrapped, 1);
+  return 1;
+}
+
+/* Protected: puts resume and wrap into the state's coroutine library. */
+static int co_install (lua_State *L) {
+  lua_getglobal(L, "coroutine");
+  if (lua_istable(L, -1)) {
+    lua_pushcfunction(L, thread_co_resume);
+    lua_setfield(L, -2, "resume");
+    lua_pushcfunction(L, thread_co_wrap);
+    lua_setfield(L, -2, "wrap");
+  }
+  return 0;
 }
 
 /* sleep(seconds): cancellable in a loom thread. */
