@@ -177,6 +177,9 @@ LoomObj *loomi_thread_borrowed (const char *name, int daemon);
 void loomi_thread_enter (LoomObj *o);
 void loomi_thread_leave (LoomObj *o);
 void loomi_thread_cancel (LoomObj *o);
+/* Names the calling OS thread for current() when loom did not start it as
+** a loom thread: a pool worker (thread.c). */
+void loomi_thread_name_os (const char *name);
 int  loomi_thread_cancelled (LoomObj *o);
 int  loomi_thread_is_self (LoomObj *o);
 

@@ -61,6 +61,10 @@ typedef struct CoLink {
 /* The loom thread the calling OS thread runs, NULL for others. */
 static LOOM_THREAD_LOCAL LoomThread *self_thread = NULL;
 
+/* The name current() gives an OS thread loom did not start as a loom
+** thread (a pool worker, the child of a fork), empty for the default. */
+static LOOM_THREAD_LOCAL char os_thread_name[64];
+
 /* Default thread names count up across the process, like Python's. */
 static atomic_long thread_counter = 0;
 
@@ -328,6 +332,13 @@ static void push_error (lua_State *L, LoomThread *t);
 ** reporter in the registry (set by loom.excepthook), or to stderr. */
 static const char REPORTER_KEY = 'r';
 
+/* Message handler for the reporter: its error as text, with a traceback. */
+static int hook_msgh (lua_State *L) {
+  const char *msg = luaL_tolstring(L, 1, NULL);
+  luaL_traceback(L, L, msg, 1);
+  return 1;
+}
+
 static int report_error (lua_State *L) {
   LoomThread *t = lua_touserdata(L, 1);
   lua_settop(L, 0);
@@ -340,11 +351,20 @@ static int report_error (lua_State *L) {
   lua_setfield(L, 1, "traceback");
   lua_setfield(L, 1, "error");
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &REPORTER_KEY) == LUA_TFUNCTION) {
-    lua_insert(L, 1);
-    lua_call(L, 1, 0);
-    return 0;
+    /* a reporter that fails loses neither error: its own is reported,
+    ** then the thread's by the default reporter (Python's "Exception in
+    ** threading.excepthook") */
+    lua_pushcfunction(L, hook_msgh);
+    lua_insert(L, -2);
+    lua_pushvalue(L, 1);
+    if (lua_pcall(L, 1, 0, -3) == LUA_OK)
+      return 0;
+    fprintf(stderr, "loom: exception in loom.excepthook:\n%s\n",
+            lua_tostring(L, -1));
+    lua_settop(L, 1);
   }
-  lua_pop(L, 1);
+  else
+    lua_pop(L, 1);
   lua_getfield(L, 1, "error");
   const char *msg = luaL_tolstring(L, -1, NULL);
   lua_getfield(L, 1, "traceback");
@@ -488,6 +508,7 @@ static void worker_run (Worker *w, LoomThread *t) {
   loomi_mutex_lock(&t->mu);
   t->native_id = os_thread_id();
   t->ident = (int64_t)pthread_self();
+  pthread_cond_broadcast(&t->cv);   /* a reader of native_id may wait */
   loomi_mutex_unlock(&t->mu);
   lua_State *L = worker_state(w, t);
   if (L != NULL) {
@@ -1516,6 +1537,12 @@ static int thread_index (lua_State *L) {
     lua_pushstring(L, t->name);
   else if (strcmp(key, "ident") == 0 || strcmp(key, "native_id") == 0) {
     loomi_mutex_lock(&t->mu);
+    /* start() returns before the OS thread has run: the kernel's id comes
+    ** from the thread itself, within microseconds, so it is waited for */
+    int rc = 0;
+    while (key[0] == 'n' && t->native_id == 0 && t->state == TH_RUNNING &&
+           rc == 0)
+      rc = loomi_wait(&t->cv, &t->mu, &t->obj, NULL);
     int64_t id = key[0] == 'i' ? t->ident : t->native_id;
     loomi_mutex_unlock(&t->mu);
     if (id != 0)
@@ -1584,7 +1611,8 @@ static int thread_current (lua_State *L) {
   t->ident = (int64_t)pthread_self();
   t->native_id = os_thread_id();
   snprintf(t->name, sizeof t->name, "%s",
-           getpid() == t->native_id ? "MainThread" : "Thread");
+           os_thread_name[0] != '\0' ? os_thread_name
+           : getpid() == t->native_id ? "MainThread" : "Thread");
   lua_pushvalue(L, -1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &MAIN_KEY);
   return 1;
@@ -1779,8 +1807,23 @@ int loomi_thread_is_self (LoomObj *o) {
   return self_thread != NULL && o == &self_thread->obj;
 }
 
+void loomi_thread_name_os (const char *name) {
+  snprintf(os_thread_name, sizeof os_thread_name, "%s", name);
+}
+
 int loomi_thread_forked (lua_State *L) {
   int was = self_thread != NULL;
+  /* the child's only thread is the one that forked, and keeps its name
+  ** (as Python's threading does after os.fork) */
+  if (self_thread != NULL)
+    loomi_thread_name_os(self_thread->name);
+  else if (lua_rawgetp(L, LUA_REGISTRYINDEX, &MAIN_KEY) == LUA_TUSERDATA) {
+    LoomObj **slot = lua_touserdata(L, -1);
+    if (*slot != NULL)
+      loomi_thread_name_os(((LoomThread *)*slot)->name);
+  }
+  if (!was)
+    lua_pop(L, 1);
   self_thread = NULL;
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &CHILDREN_KEY) == LUA_TUSERDATA) {
     Children *c = lua_touserdata(L, -1);
