@@ -350,25 +350,38 @@ static void forward (lua_State *L, lua_Debug *ar) {
     h->fn(L, ar);
 }
 
+/* Raises "cancelled" in a cancelled shared thread, but not in a __close
+** handler its unwinding runs.  Calls are hooked too from then on: they
+** tell such a handler from the code that must stop. */
+static void cancel_check (lua_State *L, lua_Debug *ar) {
+  if (!loomi_cancel_requested())
+    return;
+  int mask = lua_gethookmask(L);
+  if (!(mask & LUA_MASKCALL))
+    lua_sethook(L, gil_hook, mask | LUA_MASKCALL, lua_gethookcount(L));
+  if (loomi_cancel_hook_due(L, ar))
+    loomi_raise_cancelled(L);
+}
+
 static void gil_hook (lua_State *L, lua_Debug *ar) {
   Gil *g = held_gil;
   if (lua_gethookmask(L) != LUA_MASKCOUNT ||
       lua_gethookcount(L) != GIL_COUNT ||
       (g != NULL && atomic_load(&g->layered)))
     forward(L, ar);
-  if (ar->event != LUA_HOOKCOUNT || g == NULL)
+  if (g == NULL)
+    return;
+  cancel_check(L, ar);
+  if (ar->event != LUA_HOOKCOUNT)
     return;
   if (atomic_load(&g->nthreads) == 0) {   /* the last shared thread ended */
     uninstall_on(L, L);
     return;
   }
-  if (loomi_cancel_requested())
-    loomi_raise_cancelled(L);
   if (atomic_load(&g->waiting) > 0 &&
       now_ns() - atomic_load(&g->since) >= atomic_load(&switch_ns)) {
     gil_yield(g);
-    if (loomi_cancel_requested())
-      loomi_raise_cancelled(L);
+    cancel_check(L, ar);
   }
 }
 
@@ -515,7 +528,7 @@ static void *shared_main (void *arg) {
   s->state = SH_DONE;
   s->failed = rc != LUA_OK;
   s->nres = lua_gettop(co);
-  int orphan = s->failed && !loomi_cancel_requested() &&
+  int orphan = s->failed && !loomi_thread_cancelled(s->borrowed) &&
                atomic_load(&s->obj.refs) == 1;
   if (orphan)
     s->collected = 1;

@@ -251,6 +251,9 @@ LoomObj *loomi_thread_borrowed (const char *name, int daemon);
 void loomi_thread_enter (LoomObj *o);
 void loomi_thread_leave (LoomObj *o);
 void loomi_thread_cancel (LoomObj *o);
+/* Names the calling OS thread for current() when loom did not start it as
+** a loom thread: a pool worker (thread.c). */
+void loomi_thread_name_os (const char *name);
 int  loomi_thread_cancelled (LoomObj *o);
 int  loomi_thread_is_self (LoomObj *o);
 
@@ -361,6 +364,10 @@ void loomi_fast_methods (lua_State *L, const char *tname,
 LoomObj *loomi_fastself (lua_State *L);
 /* The guard's __close; a cancelled thread's hook lets it run. */
 int  loomi_guard_close (lua_State *L);
+/* For a hook on a loom thread's state (thread.c): whether a cancellation is
+** to be raised at this event; 0 while a __close handler of its unwinding
+** runs. */
+int  loomi_cancel_hook_due (lua_State *L, lua_Debug *ar);
 /* This process's pid, cached and refreshed in forks. */
 pid_t loomi_self_pid (void);
 /* True when process pid no longer exists; with zombies, also when it is

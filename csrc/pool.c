@@ -476,6 +476,9 @@ static int task_init (lua_State *L) {
 ** calls queue_worker_gone. */
 static void queue_serve (TaskQueue *q, lua_State *L, int worker) {
   self_queue = q;
+  char name[64];             /* as the remote tracebacks name it */
+  snprintf(name, sizeof name, "Pool-%d-worker-%d", q->id, worker);
+  loomi_thread_name_os(name);
   lua_settop(L, 0);
   lua_pushcfunction(L, loomi_msgh);
   if (q->init != NULL) {
