@@ -25,7 +25,8 @@ typedef struct LoomLock {
   LoomWaitq q;              /* waiters sleep here, without a mutex */
 } LoomLock;
 
-/* How long a holder may be a zombie before a waiter takes the lock. */
+/* A sleeping waiter wakes this often to see whether the holder's process
+** still exists; a holder that stays a zombie this long counts as dead. */
 #define LOCK_SLICE  0.1
 
 /* The calling process's pid, cached (getpid() is a system call, and the
@@ -142,10 +143,10 @@ static int lock_grab (const void *arg) {
 /* The slow path: 0 taken, 1 taken from a dead holder, ETIMEDOUT when dl
 ** passes (NULL: forever), ECANCELED, EINTR (only when `cancellable`).  No
 ** mutex: the waiter counts itself and reads the sequence before it tries
-** (loomi_wait_prepare), pairing with lock_wake.  The wait layer's slices
-** make it look again now and then, so that a holder that died is noticed
-** even when nobody will ever release; after a whole LOCK_SLICE without a
-** release, a zombie holder counts as dead too. */
+** (loomi_wait_prepare), pairing with lock_wake.  It sleeps in slices of
+** LOCK_SLICE, so that a holder that died is noticed even when nobody will
+** ever release; after a whole slice without a release, a zombie holder
+** counts as dead too. */
 static int lock_take (LoomLock *k, uint64_t me, const LoomDeadline *dl,
                       int cancellable) {
   Grab g = { k, me };
@@ -167,8 +168,17 @@ static int lock_take (LoomLock *k, uint64_t me, const LoomDeadline *dl,
       rc = ETIMEDOUT;
       break;
     }
-    rc = cancellable ? loomi_wait_seq(&k->q, seq, NULL, &k->obj, dl)
-                     : loomi_wait_plain(&k->q, seq, dl);
+    /* a holder that died is looked for every LOCK_SLICE */
+    LoomDeadline slice;
+    loomi_deadline_in(&slice, LOCK_SLICE);
+    if (dl != NULL && !dl->forever &&
+        (dl->at.tv_sec < slice.at.tv_sec ||
+         (dl->at.tv_sec == slice.at.tv_sec && dl->at.tv_nsec < slice.at.tv_nsec)))
+      slice = *dl;
+    rc = cancellable ? loomi_wait_seq(&k->q, seq, NULL, &k->obj, &slice)
+                     : loomi_wait_plain(&k->q, seq, &slice);
+    if (rc == ETIMEDOUT)
+      rc = 0;   /* the slice, or dl: the loop looks at dl */
     loomi_wait_finish(&k->q);
     if (rc == ECANCELED || rc == EINTR) {
       if (atomic_load(&k->owner) == 0)

@@ -643,6 +643,11 @@ static void proc_reaped (Supervisor *s, int i, int status) {
   queue_lock(q);
   Future *f = q->claimed[i];
   q->claimed[i] = NULL;
+  /* killed inside queue_pop before f left the list: f is still queued,
+  ** with the queue's reference, for another worker */
+  for (Future *g = q->head; g != NULL && f != NULL; g = g->next)
+    if (g == f)
+      f = NULL;
   loomi_mutex_unlock(&q->mu);
   if (f != NULL) {
     LoomMsg *call = NULL;
