@@ -100,7 +100,8 @@ static Barrier *checkbarrier (lua_State *L, int arg) {
 
 static int barrier_new (lua_State *L) {
   lua_Integer n = luaL_checkinteger(L, 1);
-  luaL_argcheck(L, n >= 1 && n <= (1 << 30), 1, "parties must be positive");
+  luaL_argcheck(L, n >= 1, 1, "parties must be positive");
+  luaL_argcheck(L, n <= (1 << 30), 1, "too many parties (at most 2^30)");
   double timeout = -1;
   if (!lua_isnoneornil(L, 2)) {
     lua_Number t = luaL_checknumber(L, 2);

@@ -513,7 +513,8 @@ static LoomProcess *checkprocess (lua_State *L, int arg) {
 static int process_new (lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   luaL_checktype(L, 2, LUA_TTABLE);
-  const char *name = luaL_optstring(L, 3, NULL);
+  const char *name = lua_isnoneornil(L, 3) ? NULL
+                     : loomi_checkname(L, 3, sizeof ((LoomProcess *)0)->name);
   int daemon = lua_toboolean(L, 4);
   LoomObj **slot = loomi_proxy_new(L, LOOM_PROCESS);
   lua_createtable(L, 2, 0);      /* the call, run by the child */
@@ -770,7 +771,7 @@ static int process_newindex (lua_State *L) {
   LoomProcess *p = checkprocess(L, 1);
   const char *key = luaL_checkstring(L, 2);
   if (strcmp(key, "name") == 0) {
-    snprintf(p->name, sizeof p->name, "%s", luaL_checkstring(L, 3));
+    snprintf(p->name, sizeof p->name, "%s", loomi_checkname(L, 3, sizeof p->name));
     return 0;
   }
   if (strcmp(key, "daemon") == 0) {

@@ -432,8 +432,14 @@ static int queue_index (lua_State *L) {
   return 1;
 }
 
+static int queue_newindex (lua_State *L) {
+  checkqueue(L, 1);
+  return loomi_field_error(L, 2, LOOM_QUEUE);
+}
+
 static const luaL_Reg queue_meta[] = {
   {"__index", queue_index},
+  {"__newindex", queue_newindex},
   {"__len", queue_size},
   {NULL, NULL}
 };

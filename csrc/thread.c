@@ -428,14 +428,16 @@ LoomMsg *loomi_error_encode (lua_State *L, int errbase) {
   lua_pushlightuserdata(L, &m);
   if (lua_pcall(L, 3, 0, 0) == LUA_OK)
     return m;
-  lua_pop(L, 1);
+  /* it cannot travel as it is: its text, or what it was and why not */
+  const char *why = lua_tostring(L, -1);
   lua_pushcfunction(L, store_error);
   const char *msg = lua_tostring(L, errbase);
   if (msg != NULL)
     lua_pushstring(L, msg);
   else
-    lua_pushfstring(L, "(error object is a %s value)",
-                    luaL_typename(L, errbase));
+    lua_pushfstring(L, "(error object is a %s value that cannot be sent: %s)",
+                    luaL_typename(L, errbase), why ? why : "?");
+  lua_remove(L, -3);            /* why, now copied */
   lua_pushvalue(L, errbase + 1);
   lua_pushlightuserdata(L, &m);
   if (lua_pcall(L, 3, 0, 0) != LUA_OK) {
@@ -1287,7 +1289,8 @@ static int encode_reporter (lua_State *L) {
 static int thread_new (lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   luaL_checktype(L, 2, LUA_TTABLE);
-  const char *name = luaL_optstring(L, 3, NULL);
+  const char *name = lua_isnoneornil(L, 3) ? NULL
+                     : loomi_checkname(L, 3, sizeof ((LoomThread *)0)->name);
   int daemon = lua_toboolean(L, 4);
   LoomObj **slot = loomi_proxy_new(L, LOOM_THREAD);
   lua_createtable(L, 2, 0);      /* the call, kept until start() */
@@ -1564,7 +1567,7 @@ static int thread_newindex (lua_State *L) {
   LoomThread *t = checkthread(L, 1);
   const char *key = luaL_checkstring(L, 2);
   if (strcmp(key, "name") == 0) {
-    snprintf(t->name, sizeof t->name, "%s", luaL_checkstring(L, 3));
+    snprintf(t->name, sizeof t->name, "%s", loomi_checkname(L, 3, sizeof t->name));
     return 0;
   }
   if (strcmp(key, "daemon") == 0) {
