@@ -53,16 +53,19 @@ static void barrier_break (Barrier *b) {
 
 /* One wait(): the index (>= 0), -1 when the barrier is or gets broken (a
 ** timeout breaks it), or -ECANCELED (a cancel breaks it too, so the other
-** parties do not wait for a thread that is gone). */
+** parties do not wait for a thread that is gone).  A caller that comes
+** while the last generation is still leaving waits for that without its
+** deadline, as Python's does: the tripped generation has passed, and no
+** timeout or cancel of a caller that is not part of it may break it (a
+** cancelled one fails alone). */
 static int barrier_pass (Barrier *b, const LoomDeadline *dl) {
   int rc = 0, index = -1;
   loomi_mutex_lock(&b->mu);
   while ((b->state == B_DRAINING || b->state == B_RESETTING) && rc == 0)
-    rc = loomi_wait(&b->cv, &b->mu, &b->obj, dl);
+    rc = loomi_wait(&b->cv, &b->mu, &b->obj, NULL);
   if (rc != 0) {
-    barrier_break(b);
     loomi_mutex_unlock(&b->mu);
-    return rc == ECANCELED ? -ECANCELED : -1;
+    return -ECANCELED;
   }
   if (b->state != B_FILLING) {
     loomi_mutex_unlock(&b->mu);

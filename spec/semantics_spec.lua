@@ -3,9 +3,6 @@
 local loom = require "loom"
 local H = require "helpers"
 
-local function scaled(s)
-  return s * H.slowdown
-end
 
 describe("pool:map", function()
   -- A future that times out in result() and is done by the time map looks
@@ -47,7 +44,7 @@ describe("pool:map", function()
   it("keeps a nil result that a task really returned", function()
     local pool <close> = loom.pool{ workers = 2 }
     local r = pool:map(function(x) if x % 2 == 0 then return x end end,
-                       { 1, 2, 3, 4 }, { timeout = scaled(30) })
+                       { 1, 2, 3, 4 }, { timeout = H.t(30) })
     assert.same({ nil, 2, nil, 4, n = 4 }, r)
   end)
 
@@ -66,7 +63,7 @@ end)
 
 describe("cancel()", function()
   local function joined(t)
-    assert(t:join(scaled(10)), "the cancelled thread did not end")
+    assert(t:join(H.t(10)), "the cancelled thread did not end")
   end
 
   local function closer(flag)
@@ -227,7 +224,7 @@ describe("cancel()", function()
       return r
     end
     local t = loom.thread(body):start()
-    local r = t:result(scaled(10))
+    local r = t:result(H.t(10))
     -- the same as the standard library gives, but for the error of a
     -- resume of no coroutine, which loom.gil's resume (installed here once
     -- a shared thread was made) raises from its own position
@@ -273,7 +270,7 @@ describe("thread handles", function()
       t:start()
       assert.is_number(t.ident)
       assert.is_number(t.native_id)
-      assert(t:join(scaled(10)), "thread did not end")
+      assert(t:join(H.t(10)), "thread did not end")
     end
   end)
 
@@ -297,10 +294,10 @@ end)
 describe("loom.current().name", function()
   it("names a thread pool's worker as its tracebacks do", function()
     local pool <close> = loom.pool(1)
-    local name = pool:submit(function() return require("loom").current().name end):result(scaled(10))
+    local name = pool:submit(function() return require("loom").current().name end):result(H.t(10))
     assert.matches("^Pool%-%d+%-worker%-1$", name)
     local ok, err = pcall(function()
-      pool:submit(function() error("x") end):result(scaled(10))
+      pool:submit(function() error("x") end):result(H.t(10))
     end)
     assert.is_false(ok)
     assert.matches("%[thread " .. name:gsub("%-", "%%-") .. "%]", err)
@@ -308,10 +305,10 @@ describe("loom.current().name", function()
 
   it("names a process pool's worker as its tracebacks do", function()
     local pool <close> = loom.pool{ kind = "process", workers = 1 }
-    local name = pool:submit(function() return require("loom").current().name end):result(scaled(10))
+    local name = pool:submit(function() return require("loom").current().name end):result(H.t(10))
     assert.matches("^Pool%-%d+%-worker%-1$", name)
     local ok, err = pcall(function()
-      pool:submit(function() error("x") end):result(scaled(10))
+      pool:submit(function() error("x") end):result(H.t(10))
     end)
     assert.is_false(ok)
     assert.matches("%[process " .. name:gsub("%-", "%%-") .. "%]", err)
@@ -322,8 +319,54 @@ describe("loom.current().name", function()
       local l = require "loom"
       return l.process(function() return l.current().name end):start():result(30)
     end }:start()
-    assert.equal("forker", t:result(scaled(30)))
+    assert.equal("forker", t:result(H.t(30)))
     assert.equal("MainThread",
-      loom.process(function() return loom.current().name end):start():result(scaled(30)))
+      loom.process(function() return loom.current().name end):start():result(H.t(30)))
+  end)
+end)
+
+describe("loom.Barrier", function()
+  -- n - 1 threads wait; the last party trips the barrier and comes straight
+  -- back (late) while they are still leaving.  Returns how many of the
+  -- parties that passed saw the barrier broken anyway.
+  local function trip_and_return(late)
+    local N, broke = 6, 0
+    for _ = 1, 60 do
+      local b = loom.barrier(N)
+      local ts = {}
+      for k = 1, N - 1 do
+        ts[k] = loom.thread(function(bb) return pcall(bb.wait, bb) end, b):start()
+      end
+      local deadline = loom.now() + H.t(10)
+      while b.n_waiting < N - 1 do
+        assert(loom.now() < deadline, "the parties did not arrive")
+        loom.sleep(0.0005)
+      end
+      late(b)
+      for k = 1, N - 1 do
+        local ok = ts[k]:result(H.t(10))
+        if not ok then broke = broke + 1 end
+      end
+    end
+    return broke
+  end
+
+  it("never breaks a generation that tripped for a late caller's timeout", function()
+    assert.equal(0, trip_and_return(function(b)
+      b:wait()
+      assert.is_false(pcall(b.wait, b, 0))   -- times out in the next generation
+    end))
+  end)
+
+  it("lets a cancelled late caller fail alone", function()
+    assert.equal(0, trip_and_return(function(b)
+      local c = loom.thread(function(bb)
+        bb:wait()
+        require("loom").current():cancel()
+        bb:wait()
+      end, b):start()
+      assert(c:join(H.t(10)), "the cancelled caller did not end")
+      assert.equal("cancelled", c:error())
+    end))
   end)
 end)
