@@ -370,3 +370,35 @@ describe("loom.Barrier", function()
     end))
   end)
 end)
+
+describe("loom.Queue:get()", function()
+  it("says an item it cannot decode was removed, and frees it", function()
+    local q = loom.queue()
+    package.preload["semantics_only_here"] = function() return { x = 1 } end
+    local m = require "semantics_only_here"
+    finally(function()
+      package.loaded["semantics_only_here"] = nil
+      package.preload["semantics_only_here"] = nil
+    end)
+    for _ = 1, 50 do q:put({ m, ("x"):rep(1000) }) end
+    q:put("next")
+    local t = loom.thread(function(qq)
+      local l = require "loom"
+      local before = l.heap_used()
+      local results = {}
+      for i = 1, 50 do
+        local ok, err = pcall(qq.get, qq, 30)
+        results[i] = ok and "ok" or err
+      end
+      return results, before - l.heap_used(), qq:get(30), #qq
+    end, q):start()
+    local results, freed, nxt, left = t:result(H.t(30))
+    for i = 1, 50 do
+      assert.matches("^queue item removed: it cannot be decoded here %(module 'semantics_only_here' not found", results[i])
+    end
+    assert.equal("next", nxt)
+    assert.equal(0, left)
+    -- fifty items of 1 KB each: their messages are freed as they fail
+    assert.is_true(freed >= 50 * 1000, ("only %d bytes freed"):format(freed))
+  end)
+end)
