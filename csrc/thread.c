@@ -328,6 +328,16 @@ static int thread_wait_done (LoomThread *t, const LoomDeadline *dl) {
 
 static void push_error (lua_State *L, LoomThread *t);
 
+/* No handle is left to collect what t returned or raised: the starter's
+** list of threads (pruned only when full) must not keep it in the heap
+** meanwhile.  t->mu held. */
+static void drop_outcome (LoomThread *t) {
+  loomi_msg_free(t->results);
+  t->results = NULL;
+  loomi_msg_free(t->error);
+  t->error = NULL;
+}
+
 /* Uncollected errors are reported when a handle dies, through the
 ** reporter in the registry (set by loom.excepthook), or to stderr. */
 static const char REPORTER_KEY = 'r';
@@ -554,6 +564,8 @@ static void worker_run (Worker *w, LoomThread *t) {
             t->failmsg);
     fflush(stderr);
   }
+  if (!last && refs - 1 == t->listed)
+    drop_outcome(t);
   pthread_cond_broadcast(&t->cv);
   loomi_mutex_unlock(&t->mu);
   self_thread = NULL;
@@ -1530,6 +1542,10 @@ static int thread_gc (lua_State *L) {
     if (lua_pcall(L, 1, 0, 0) != LUA_OK)
       lua_pop(L, 1);
   }
+  loomi_mutex_lock(&t->mu);
+  if (t->state == TH_DONE && atomic_load(&t->obj.refs) == 1 + t->listed)
+    drop_outcome(t);   /* this was the last handle */
+  loomi_mutex_unlock(&t->mu);
   return loomi_proxy_gc(L);
 }
 

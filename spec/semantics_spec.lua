@@ -402,3 +402,36 @@ describe("loom.Queue:get()", function()
     assert.is_true(freed >= 50 * 1000, ("only %d bytes freed"):format(freed))
   end)
 end)
+
+describe("finished threads", function()
+  it("leave no results in the shared heap once their handles are gone", function()
+    local out, ok = H.run([[
+      local loom = require "loom"
+      assert(loom.configure{ heap_size = 128 * 2^20 })
+      -- handles dropped after join, and handles never kept at all
+      for _ = 1, 10 do
+        local t = loom.thread(function() return ("x"):rep(30 * 2^20) end)
+        assert(t:start())
+        assert(t:join(60))
+        t = nil
+        collectgarbage(); collectgarbage()
+      end
+      local seen = loom.value("int32", 0)
+      for i = 1, 10 do
+        assert(loom.thread(function(s)
+          local r = ("y"):rep(30 * 2^20)
+          s:add(1)
+          return r
+        end, seen):start())
+        collectgarbage(); collectgarbage()   -- the handle is gone while it runs
+        local deadline = loom.now() + 60
+        while seen.value < i and loom.now() < deadline do loom.sleep(0.01) end
+      end
+      local deadline = loom.now() + 60
+      while loom.heap_used() > 2^20 and loom.now() < deadline do loom.sleep(0.01) end
+      print("used", loom.heap_used() < 2^20, seen.value)
+    ]])
+    assert(ok, out)
+    assert.equal("used\ttrue\t10\n", out)
+  end)
+end)
