@@ -181,6 +181,12 @@ LoomObj *loomi_thread_borrowed (const char *name, int daemon);
 void loomi_thread_enter (LoomObj *o);
 void loomi_thread_leave (LoomObj *o);
 void loomi_thread_cancel (LoomObj *o);
+/* SIGCHLD ignored (SIG_IGN or SA_NOCLDWAIT): children are reaped by the
+** kernel and their statuses lost, so loom forks none (process.c). */
+int  loomi_sigchld_ignored (void);
+#define LOOM_SIGCHLD_IGNORED "cannot start process: SIGCHLD is ignored " \
+  "(SIG_IGN), so the child's exit status would be lost; restore its " \
+  "default action (SIG_DFL) first"
 /* Names the calling OS thread for current() when loom did not start it as
 ** a loom thread: a pool worker (thread.c). */
 void loomi_thread_name_os (const char *name);

@@ -1336,6 +1336,13 @@ static int pool_new (lua_State *L) {
     q->init = loomi_xfer_encode_call(L, base, ninit);
   q->path = heap_strdup_field(L, "path");
   q->cpath = heap_strdup_field(L, "cpath");
+  if (process && loomi_sigchld_ignored()) {
+    queue_shutdown(q, 1);
+    luaL_pushfail(L);
+    lua_pushliteral(L, LOOM_SIGCHLD_IGNORED);
+    lua_pushinteger(L, ECHILD);
+    return 3;
+  }
   int err = process ? start_processes(q, (int)n) : start_threads(q, (int)n);
   if (err != 0) {
     queue_shutdown(q, 1);

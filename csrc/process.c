@@ -538,6 +538,13 @@ static int process_new (lua_State *L) {
   return 1;
 }
 
+int loomi_sigchld_ignored (void) {
+  struct sigaction sa;
+  if (sigaction(SIGCHLD, NULL, &sa) != 0)
+    return 0;
+  return sa.sa_handler == SIG_IGN || (sa.sa_flags & SA_NOCLDWAIT) != 0;
+}
+
 static int process_start (lua_State *L) {
   LoomProcess *p = checkprocess(L, 1);
   lua_settop(L, 1);
@@ -549,6 +556,13 @@ static int process_start (lua_State *L) {
     return luaL_error(L, "daemonic processes are not allowed to have children");
   if (lua_getiuservalue(L, 1, 1) != LUA_TTABLE)
     return luaL_error(L, "cannot start a process twice");
+  if (loomi_sigchld_ignored()) {
+    /* the kernel would reap the child itself: its status would be lost */
+    luaL_pushfail(L);
+    lua_pushliteral(L, LOOM_SIGCHLD_IGNORED);
+    lua_pushinteger(L, ECHILD);
+    return 3;
+  }
   ProcList *pl = proclist_of(L, 1);
   proclist_prune(pl);
   if (pl->n == pl->cap) {

@@ -435,3 +435,26 @@ describe("finished threads", function()
     assert.equal("used\ttrue\t10\n", out)
   end)
 end)
+
+describe("children under an inherited SIGCHLD = SIG_IGN", function()
+  it("are refused at start with the reason, rather than report a wrong status", function()
+    local path = os.tmpname()
+    finally(function() os.remove(path) end)
+    local f = assert(io.open(path, "w"))
+    f:write(H.prelude, [[
+      local loom = require "loom"
+      print(loom.process(function() os.exit(7) end):start())
+      print(loom.pool{ kind = "process", workers = 1 })
+      local p = loom.pool(1)
+      print(p:submit(function() return 5 end):result(30))
+    ]])
+    f:close()
+    -- bash: dash's trap '' CHLD does not ignore the signal for what it execs
+    local pipe = assert(io.popen("bash -c \"trap '' CHLD; exec " .. H.lua .. " " .. path .. "\" 2>&1"))
+    local out = pipe:read("a")
+    pipe:close()
+    local msg = "cannot start process: SIGCHLD is ignored (SIG_IGN), so the child's exit " ..
+                "status would be lost; restore its default action (SIG_DFL) first"
+    assert.equal("nil\t" .. msg .. "\t10\nnil\t" .. msg .. "\t10\n5\n", out)
+  end)
+end)
