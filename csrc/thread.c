@@ -517,6 +517,7 @@ static int co_install (lua_State *L);
 /* Runs thread t on worker w, up to marking it done. */
 static void worker_run (Worker *w, LoomThread *t) {
   self_thread = t;
+  loomi_lock_new_owner();
   loomi_mutex_lock(&t->mu);
   t->native_id = os_thread_id();
   t->ident = (int64_t)pthread_self();
@@ -621,8 +622,10 @@ static void children_shutdown (Children *c) {
   c->n = c->cap = 0;
 }
 
+#define LOOM_CHILDREN "loom.Children"
+
 static int children_gc (lua_State *L) {
-  children_shutdown(lua_touserdata(L, 1));
+  children_shutdown(luaL_checkudata(L, 1, LOOM_CHILDREN));
   return 0;
 }
 
@@ -630,15 +633,20 @@ static Children *children_of (lua_State *L) {
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &CHILDREN_KEY) == LUA_TUSERDATA) {
     Children *c = lua_touserdata(L, -1);
     lua_pop(L, 1);
+    if (c->pid != getpid()) {    /* a fork loom did not make: the parent's */
+      c->n = 0;
+      c->pid = getpid();
+    }
     return c;
   }
   lua_pop(L, 1);
   Children *c = lua_newuserdatauv(L, sizeof(Children), 0);
   memset(c, 0, sizeof *c);
   c->pid = getpid();
-  lua_createtable(L, 0, 1);
-  lua_pushcfunction(L, children_gc);
-  lua_setfield(L, -2, "__gc");
+  if (luaL_newmetatable(L, LOOM_CHILDREN)) {
+    lua_pushcfunction(L, children_gc);
+    lua_setfield(L, -2, "__gc");
+  }
   lua_setmetatable(L, -2);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &CHILDREN_KEY);
   return c;
@@ -648,8 +656,8 @@ static Children *children_of (lua_State *L) {
 ** A state made for a thread records once the contents of every table its
 ** globals reach (the globals, every library table, package.loaded and the
 ** tables those hold), their metatables, the metatables of the basic types
-** (the string one among them), the default input and output files and
-** loom's own registry entries.  Putting those back makes the state look
+** (the string one among them), the default input and output files,
+** loom's own registry entries and the metatables of loom's classes.  Putting those back makes the state look
 ** fresh to the next thread.  What C modules keep in the registry (their
 ** references and metatables), and the C libraries a thread loaded, stay. */
 
@@ -813,6 +821,15 @@ static int snapshot_take (lua_State *L) {
   lua_rawseti(L, 1, SNAP_TYPES);
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
   snap_enqueue(L, -1, &qn);
+  lua_pop(L, 1);
+  /* loom's own classes: their metatables and what those reach (methods)
+  ** are as much a part of a fresh state as the libraries */
+  loomi_class_table(L);
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    lua_pop(L, 1);
+    snap_enqueue(L, -1, &qn);
+  }
   lua_pop(L, 1);
   lua_createtable(L, (int)(4 * 32), 0);       /* 4: the quadruples */
   lua_Integer k = 0;
@@ -1078,9 +1095,13 @@ static int worker_may_stay (void) {
   return stay;
 }
 
-/* Takes an idle worker out of the list: one whose state was made with these
-** paths, else any (it makes a new state).  NULL when none is idle. */
-static Worker *worker_take (const char *path, const char *cpath) {
+/* Takes an idle worker out of the list and hands it t, in one critical
+** section: one whose state was made with t's paths, else any (it makes a
+** new state).  Once out of the list a worker whose idle wait times out
+** finds its job set, so it never frees itself under a start().  Sets *tid;
+** NULL when none is idle. */
+static Worker *worker_take (LoomThread *t, pthread_t *tid) {
+  const char *path = t->path, *cpath = t->cpath;
   pthread_mutex_lock(&idle_mu);
   Worker **best = NULL;
   for (Worker **p = &idle_list; *p != NULL; p = &(*p)->next) {
@@ -1097,16 +1118,12 @@ static Worker *worker_take (const char *path, const char *cpath) {
     *best = w->next;
     w->next = NULL;
     idle_count--;
+    *tid = w->tid;
+    w->job = t;
+    pthread_cond_signal(&w->cv);
   }
   pthread_mutex_unlock(&idle_mu);
   return w;
-}
-
-static void worker_give (Worker *w, LoomThread *t) {
-  pthread_mutex_lock(&idle_mu);
-  w->job = t;
-  pthread_cond_signal(&w->cv);
-  pthread_mutex_unlock(&idle_mu);
 }
 
 /* Puts w, its thread done, at the head of the idle list, where start()
@@ -1230,12 +1247,9 @@ static void *worker_main (void *arg) {
 /* Starts t on an idle worker or a new one: 0 with *tid set, or an errno. */
 static int worker_start (LoomThread *t, pthread_t *tid) {
   pthread_once(&worker_once, worker_init);
-  Worker *w = worker_take(t->path, t->cpath);
-  if (w != NULL) {
-    *tid = w->tid;
-    worker_give(w, t);
+  Worker *w = worker_take(t, tid);
+  if (w != NULL)
     return 0;
-  }
   w = calloc(1, sizeof *w);
   if (w == NULL)
     return ENOMEM;
@@ -1338,15 +1352,14 @@ static int thread_start (lua_State *L) {
   lua_rawgeti(L, 2, 1);         /* target */
   lua_rawgeti(L, 2, 2);         /* args */
   lua_remove(L, 2);
-  lua_Integer n = 0;
-  if (lua_getfield(L, 3, "n") == LUA_TNUMBER)
-    n = lua_tointeger(L, -1);
-  lua_pop(L, 1);
-  luaL_checkstack(L, (int)(n > 0 ? n : 0) + 8, "too many arguments");
-  for (lua_Integer i = 1; i <= n; i++)
+  if (!lua_isfunction(L, 2) || !lua_istable(L, 3))
+    return luaL_error(L, "threads can only be started once");
+  int n = loomi_argcount(L, 3);
+  luaL_checkstack(L, n + 8, "too many arguments");
+  for (int i = 1; i <= n; i++)
     lua_rawgeti(L, 3, i);
   lua_remove(L, 3);
-  t->call = loomi_xfer_encode_call(L, 2, (int)n + 1);
+  t->call = loomi_xfer_encode_call(L, 2, n + 1);
   t->path = dup_field(L, "path");
   t->cpath = dup_field(L, "cpath");
   lua_pushcfunction(L, encode_reporter);
@@ -1524,10 +1537,12 @@ static int thread_cancelled (lua_State *L) {
 }
 
 static int thread_gc (lua_State *L) {
-  LoomObj **slot = lua_touserdata(L, 1);
+  LoomObj **slot = loomi_checkslot(L, 1, LOOM_THREAD);
   LoomThread *t = (LoomThread *)*slot;
   if (t == NULL)
     return 0;
+  if (!loomi_ref_mine((LoomRef *)slot))   /* a fork's copy: the parent's */
+    return loomi_proxy_gc(L);
   loomi_mutex_lock(&t->mu);
   int report = t->state == TH_DONE && t->failed && !t->collected &&
                atomic_load(&t->obj.refs) == 1 + t->listed &&
