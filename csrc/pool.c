@@ -1295,7 +1295,8 @@ static int pool_new (lua_State *L) {
     if (lua_getfield(L, 1, "kind") != LUA_TNIL) {
       int ok = 0;
       for (int i = 0; pool_kinds[i] != NULL; i++)
-        if (lua_type(L, -1) == LUA_TSTRING &&
+        if (lua_type(L, -1) == LUA_TSTRING &&   /* "thread\0x" is not one */
+            lua_rawlen(L, -1) == strlen(pool_kinds[i]) &&
             strcmp(lua_tostring(L, -1), pool_kinds[i]) == 0) {
           ok = 1;
           process = i == 1;
