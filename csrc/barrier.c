@@ -53,16 +53,19 @@ static void barrier_break (Barrier *b) {
 /* One wait(): the index (>= 0), -1 when the barrier is or gets broken (a
 ** timeout breaks it), or -ECANCELED (a cancel breaks it too, so the other
 ** parties do not wait for a thread that is gone), or -EINTR (Ctrl-C on
-** the main thread, which breaks it too). */
+** the main thread, which breaks it too).  A caller that comes
+** while the last generation is still leaving waits for that without its
+** deadline, as Python's does: the tripped generation has passed, and no
+** timeout or cancel of a caller that is not part of it may break it (a
+** cancelled or interrupted one fails alone). */
 static int barrier_pass (Barrier *b, const LoomDeadline *dl) {
   int rc = 0, index = -1;
   loomi_mutex_lock(&b->mu);
   while ((b->state == B_DRAINING || b->state == B_RESETTING) && rc == 0)
-    rc = loomi_wait(&b->q, &b->mu, &b->obj, dl);
+    rc = loomi_wait(&b->q, &b->mu, &b->obj, NULL);
   if (rc != 0) {
-    barrier_break(b);
     loomi_mutex_unlock(&b->mu);
-    return rc == ECANCELED || rc == EINTR ? -rc : -1;
+    return -rc;   /* ECANCELED or EINTR: nothing else ends that wait */
   }
   if (b->state != B_FILLING) {
     loomi_mutex_unlock(&b->mu);
@@ -100,7 +103,8 @@ static Barrier *checkbarrier (lua_State *L, int arg) {
 
 static int barrier_new (lua_State *L) {
   lua_Integer n = luaL_checkinteger(L, 1);
-  luaL_argcheck(L, n >= 1 && n <= (1 << 30), 1, "parties must be positive");
+  luaL_argcheck(L, n >= 1, 1, "parties must be positive");
+  luaL_argcheck(L, n <= (1 << 30), 1, "too many parties (at most 2^30)");
   double timeout = -1;
   if (!lua_isnoneornil(L, 2)) {
     lua_Number t = luaL_checknumber(L, 2);

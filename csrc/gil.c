@@ -586,7 +586,8 @@ static SharedThread *checkshared (lua_State *L, int arg) {
 static int shared_new (lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   luaL_checktype(L, 2, LUA_TTABLE);
-  const char *name = luaL_optstring(L, 3, NULL);
+  const char *name = lua_isnoneornil(L, 3) ? NULL
+                     : loomi_checkname(L, 3, sizeof ((SharedThread *)0)->name);
   int daemon = lua_toboolean(L, 4);
   LoomObj **slot = loomi_proxy_new(L, LOOM_SHARED);
   lua_createtable(L, 2, 0);
@@ -859,7 +860,7 @@ static int shared_newindex (lua_State *L) {
   SharedThread *s = checkshared(L, 1);
   const char *key = luaL_checkstring(L, 2);
   if (strcmp(key, "name") == 0) {
-    snprintf(s->name, sizeof s->name, "%s", luaL_checkstring(L, 3));
+    snprintf(s->name, sizeof s->name, "%s", loomi_checkname(L, 3, sizeof s->name));
     return 0;
   }
   if (strcmp(key, "daemon") == 0) {
@@ -881,9 +882,12 @@ static int shared_tostring (lua_State *L) {
 
 static int gil_setswitchinterval (lua_State *L) {
   lua_Number s = luaL_checknumber(L, 1);
-  luaL_argcheck(L, s > 0 && s < 1e6, 1, "switch interval must be positive");
-  long long ns = (long long)(s * 1e9);
-  atomic_store(&switch_ns, ns > 0 ? ns : 1);
+  luaL_argcheck(L, s > 0, 1, "switch interval must be positive");
+  /* kept in whole nanoseconds: a smaller one would silently become 1 ns */
+  luaL_argcheck(L, s >= 1e-9, 1, "switch interval too small (at least 1e-9 s)");
+  luaL_argcheck(L, s < 1e6, 1, "switch interval too large (under 1e6 s)");
+  long long ns = (long long)(s * 1e9 + 0.5);
+  atomic_store(&switch_ns, ns);
   return 0;
 }
 

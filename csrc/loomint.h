@@ -107,7 +107,9 @@ int    loomi_heap_init (void);               /* 0 | errno; idempotent */
 void  *loomi_heap_alloc (size_t n);          /* NULL when exhausted */
 void  *loomi_heap_calloc (size_t n);         /* zeroed; NULL when exhausted */
 void   loomi_heap_free (void *p);            /* NULL is a no-op */
-int    loomi_heap_configure (size_t size);   /* 0 | EBUSY once used */
+int    loomi_heap_configure (size_t size);   /* 0 | EBUSY once used | EINVAL */
+/* LOOM_HEAP_SIZE: 1 and *size when set and valid, 0 unset, -1 malformed */
+int    loomi_heap_env (size_t *size);
 size_t loomi_heap_size (void);
 size_t loomi_heap_used (void);               /* bytes handed out, for specs */
 
@@ -181,6 +183,8 @@ LoomObj *loomi_toobj (lua_State *L, int idx);
 void loomi_newclass (lua_State *L, const char *tname,
                      const luaL_Reg *meta, const luaL_Reg *methods);
 int  loomi_proxy_gc (lua_State *L);          /* idempotent release */
+const char *loomi_checkname (lua_State *L, int idx, size_t cap);
+int  loomi_field_error (lua_State *L, int key, const char *tname);
 /* Fork support.  A child inherits its states' proxies but not the
 ** references they stand for (the counts live in the shared heap): a proxy
 ** releases only in the process that made it.  Before loom forks, the parent
@@ -304,6 +308,12 @@ LoomObj *loomi_thread_borrowed (const char *name, int daemon);
 void loomi_thread_enter (LoomObj *o);
 void loomi_thread_leave (LoomObj *o);
 void loomi_thread_cancel (LoomObj *o);
+/* SIGCHLD ignored (SIG_IGN or SA_NOCLDWAIT): children are reaped by the
+** kernel and their statuses lost, so loom forks none (process.c). */
+int  loomi_sigchld_ignored (void);
+#define LOOM_SIGCHLD_IGNORED "cannot start process: SIGCHLD is ignored " \
+  "(SIG_IGN), so the child's exit status would be lost; restore its " \
+  "default action (SIG_DFL) first"
 /* Names the calling OS thread for current() when loom did not start it as
 ** a loom thread: a pool worker (thread.c). */
 void loomi_thread_name_os (const char *name);

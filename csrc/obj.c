@@ -4,6 +4,7 @@
 #include "loomint.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 /* A proxy: the object and the process its reference belongs to.  A forked
 ** child inherits its states' proxies but not the references they stand for
@@ -377,4 +378,27 @@ int loomi_mutex_lock (pthread_mutex_t *mu) {
 void loomi_mutex_unlock (pthread_mutex_t *mu) {
   if (pthread_mutex_unlock(mu) != 0)
     abort();
+}
+
+/* The name string at idx for a buffer of cap bytes: raises rather than
+** cut it short at a NUL byte or at the buffer's end. */
+const char *loomi_checkname (lua_State *L, int idx, size_t cap) {
+  size_t len;
+  const char *s = luaL_checklstring(L, idx, &len);
+  if (strlen(s) != len)
+    luaL_error(L, "name must not contain a NUL byte");
+  if (len >= cap)
+    luaL_error(L, "name too long (at most %d bytes)", (int)cap - 1);
+  return s;
+}
+
+/* Raises "cannot set field 'k' of a <tname>", naming a key that is not a
+** string by its value and type rather than by its type alone. */
+int loomi_field_error (lua_State *L, int key, const char *tname) {
+  if (lua_type(L, key) == LUA_TSTRING)
+    return luaL_error(L, "cannot set field '%s' of a %s", lua_tostring(L, key),
+                      tname);
+  const char *k = luaL_tolstring(L, key, NULL);
+  return luaL_error(L, "cannot set key %s (a %s) of a %s", k,
+                    luaL_typename(L, key), tname);
 }

@@ -91,6 +91,7 @@ typedef struct TaskQueue {
   atomic_int broken;         /* no more tasks: see broken_errno */
   int broken_errno;          /* 0: the initializer failed; else why no
                                 worker process could be forked */
+  char broken_why[160];      /* else why no worker could start, if known */
   int nalive;                /* workers not yet gone */
   int id;
   LoomMsg *init;             /* (init, initargs...) or NULL */
@@ -423,6 +424,35 @@ static void queue_break (TaskQueue *q, lua_State *L) {
   }
 }
 
+/* Protected: no state could be made for a worker; the queued tasks fail
+** with why (in L, a bare state made for this). */
+static int break_with (lua_State *L) {
+  TaskQueue *q = lua_touserdata(L, 1);
+  const char *why = lua_touserdata(L, 2);
+  lua_pushfstring(L, "pool worker could not start: %s", why);
+  lua_pushnil(L);
+  queue_break(q, L);
+  return 0;
+}
+
+static void queue_break_why (TaskQueue *q, const char *why) {
+  loomi_mutex_lock(&q->mu);
+  if (q->broken_why[0] == '\0')
+    snprintf(q->broken_why, sizeof q->broken_why, "%s", why);
+  loomi_mutex_unlock(&q->mu);
+  lua_State *L = luaL_newstate();
+  if (L != NULL) {
+    lua_pushcfunction(L, break_with);
+    lua_pushlightuserdata(L, q);
+    lua_pushlightuserdata(L, (void *)(uintptr_t)why);
+    int ok = lua_pcall(L, 2, 0, 0) == LUA_OK;
+    lua_close(L);
+    if (ok)
+      return;
+  }
+  queue_break(q, NULL);
+}
+
 /* Protected: runs the initializer. */
 static int task_init (lua_State *L) {
   const LoomMsg *init = lua_touserdata(L, 1);
@@ -501,7 +531,7 @@ static void *worker_main (void *arg) {
   char err[160];
   lua_State *L = loomi_newstate(q->path, q->cpath, err, sizeof err);
   if (L == NULL)
-    queue_break(q, NULL);
+    queue_break_why(q, err);
   else {
     queue_serve(q, L, index);
     lua_close(L);
@@ -581,7 +611,7 @@ static void proc_worker_child (TaskQueue *q, int index, pid_t parent) {
   char err[160];
   lua_State *L = loomi_newstate(q->path, q->cpath, err, sizeof err);
   if (L == NULL)
-    queue_break(q, NULL);
+    queue_break_why(q, err);
   else {
     queue_serve(q, L, index);
     lua_close(L);            /* the worker's own files and objects only */
@@ -1250,7 +1280,8 @@ static int pool_new (lua_State *L) {
     if (lua_getfield(L, 1, "kind") != LUA_TNIL) {
       int ok = 0;
       for (int i = 0; pool_kinds[i] != NULL; i++)
-        if (lua_type(L, -1) == LUA_TSTRING &&
+        if (lua_type(L, -1) == LUA_TSTRING &&   /* "thread\0x" is not one */
+            lua_rawlen(L, -1) == strlen(pool_kinds[i]) &&
             strcmp(lua_tostring(L, -1), pool_kinds[i]) == 0) {
           ok = 1;
           process = i == 1;
@@ -1271,13 +1302,17 @@ static int pool_new (lua_State *L) {
     if (lua_isfunction(L, 2)) {
       lua_Integer k = 0;
       if (t == LUA_TTABLE) {
-        if (lua_getfield(L, 3, "n") == LUA_TNUMBER)
-          k = lua_tointeger(L, -1);
+        int nt = lua_getfield(L, 3, "n"), isint = 1;
+        if (nt != LUA_TNIL) {
+          k = lua_tointegerx(L, -1, &isint);
+          luaL_argcheck(L, nt == LUA_TNUMBER && isint && k >= 0, 1,
+                        "initargs.n must be a non-negative integer");
+        }
         else
           k = (lua_Integer)lua_rawlen(L, 3);
         lua_pop(L, 1);
       }
-      luaL_argcheck(L, k >= 0 && k < 250, 1, "too many initargs");
+      luaL_argcheck(L, k < 250, 1, "too many initargs (at most 249)");
       luaL_checkstack(L, (int)k + 8, "too many initargs");
       lua_pushvalue(L, 2);
       for (lua_Integer i = 1; i <= k; i++)
@@ -1312,6 +1347,13 @@ static int pool_new (lua_State *L) {
     q->init = loomi_xfer_encode_call(L, base, ninit);
   q->path = heap_strdup_field(L, "path");
   q->cpath = heap_strdup_field(L, "cpath");
+  if (process && loomi_sigchld_ignored()) {
+    queue_shutdown(q, 1);
+    luaL_pushfail(L);
+    lua_pushliteral(L, LOOM_SIGCHLD_IGNORED);
+    lua_pushinteger(L, ECHILD);
+    return 3;
+  }
   int err = process ? start_processes(q, (int)n) : start_threads(q, (int)n);
   if (err != 0) {
     queue_shutdown(q, 1);
@@ -1345,6 +1387,9 @@ static int pool_submit (lua_State *L) {
   if (err == EIO && q->broken_errno != 0)
     return luaL_error(L, "cannot submit to a broken pool (cannot start a worker process: %s)",
                       strerror(q->broken_errno));
+  if (err == EIO && q->broken_why[0] != '\0')
+    return luaL_error(L, "cannot submit to a broken pool (worker could not start: %s)",
+                      q->broken_why);
   if (err == EIO)
     return luaL_error(L, "cannot submit to a broken pool (initializer failed)");
   return 1;

@@ -526,7 +526,8 @@ static LoomProcess *checkprocess (lua_State *L, int arg) {
 static int process_new (lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   luaL_checktype(L, 2, LUA_TTABLE);
-  const char *name = luaL_optstring(L, 3, NULL);
+  const char *name = lua_isnoneornil(L, 3) ? NULL
+                     : loomi_checkname(L, 3, sizeof ((LoomProcess *)0)->name);
   int daemon = lua_toboolean(L, 4);
   LoomObj **slot = loomi_proxy_new(L, LOOM_PROCESS);
   lua_createtable(L, 2, 0);      /* the call, run by the child */
@@ -550,6 +551,13 @@ static int process_new (lua_State *L) {
   return 1;
 }
 
+int loomi_sigchld_ignored (void) {
+  struct sigaction sa;
+  if (sigaction(SIGCHLD, NULL, &sa) != 0)
+    return 0;
+  return sa.sa_handler == SIG_IGN || (sa.sa_flags & SA_NOCLDWAIT) != 0;
+}
+
 static int process_start (lua_State *L) {
   LoomProcess *p = checkprocess(L, 1);
   lua_settop(L, 1);
@@ -565,6 +573,13 @@ static int process_start (lua_State *L) {
   if (lua_istable(L, 3))
     loomi_argcount(L, 3);        /* in the parent, which can be told */
   lua_settop(L, 2);
+  if (loomi_sigchld_ignored()) {
+    /* the kernel would reap the child itself: its status would be lost */
+    luaL_pushfail(L);
+    lua_pushliteral(L, LOOM_SIGCHLD_IGNORED);
+    lua_pushinteger(L, ECHILD);
+    return 3;
+  }
   ProcList *pl = proclist_of(L, 1);
   proclist_prune(pl);
   if (pl->n == pl->cap) {
@@ -793,7 +808,7 @@ static int process_newindex (lua_State *L) {
   LoomProcess *p = checkprocess(L, 1);
   const char *key = luaL_checkstring(L, 2);
   if (strcmp(key, "name") == 0) {
-    snprintf(p->name, sizeof p->name, "%s", luaL_checkstring(L, 3));
+    snprintf(p->name, sizeof p->name, "%s", loomi_checkname(L, 3, sizeof p->name));
     return 0;
   }
   if (strcmp(key, "daemon") == 0) {

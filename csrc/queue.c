@@ -300,56 +300,32 @@ static int queue_try_put (lua_State *L) {
   return 1;
 }
 
-/* Messages being decoded by this state.  A decode that raises leaves its
-** message here; the enclosing get, or the state's end, frees it. */
-typedef struct Pending {
-  LoomMsg **list;
-  size_t n, cap;
-  pid_t owner;               /* a forked child frees none of its parent's */
-} Pending;
-
-static const char PENDING_KEY = 'p';
-#define LOOM_PENDING "loom.Pending"
-
-static int pending_gc (lua_State *L) {
-  Pending *p = luaL_checkudata(L, 1, LOOM_PENDING);
-  for (size_t i = 0; i < p->n && p->owner == loomi_self_pid(); i++)
-    loomi_msg_free(p->list[i]);
-  free(p->list);
-  p->list = NULL;
-  p->n = p->cap = 0;
-  return 0;
-}
-
-/* Pushes the item and frees its message, even when decoding raises. */
-static int decode_item (lua_State *L, const Slot *it) {
+/* Protected: pushes the item at the slot pointer. */
+static int decode_slot (lua_State *L) {
+  const Slot *it = lua_touserdata(L, 1);
+  lua_settop(L, 0);
   if (it->msg == NULL)
     return loomi_xfer_decode_inline(L, it->data, it->len, it->pid);
-  LoomMsg *m = it->msg;
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &PENDING_KEY);
-  Pending *p = lua_touserdata(L, -1);
-  lua_pop(L, 1);   /* the registry keeps it */
-  if (p->owner != loomi_self_pid()) {   /* inherited: the parent's list */
-    p->list = NULL;
-    p->n = p->cap = 0;
-    p->owner = loomi_self_pid();
+  return loomi_xfer_decode(L, it->msg);
+}
+
+/* Pushes the item taken from the queue, and frees its message.  An item
+** this state cannot rebuild (a module or a C function only the putter
+** had) is gone from the queue by then: the error says so, and why. */
+static int decode_item (lua_State *L, const Slot *it) {
+  int top = lua_gettop(L);
+  lua_pushcfunction(L, decode_slot);
+  lua_pushlightuserdata(L, (void *)(uintptr_t)it);
+  int rc = lua_pcall(L, 1, LUA_MULTRET, 0);
+  loomi_msg_free(it->msg);
+  if (rc != LUA_OK) {
+    const char *why = lua_tostring(L, -1);
+    if (why != NULL && strcmp(why, LOOM_CANCELLED) == 0)
+      return lua_error(L);   /* the getter was cancelled meanwhile */
+    return luaL_error(L, "queue item removed: it cannot be decoded here (%s)",
+                      why != NULL ? why : luaL_typename(L, -1));
   }
-  if (p->n == p->cap) {
-    size_t cap = p->cap ? p->cap * 2 : 4;
-    LoomMsg **list = realloc(p->list, cap * sizeof *list);
-    if (list == NULL) {
-      loomi_msg_free(m);
-      return luaL_error(L, "not enough memory");
-    }
-    p->list = list;
-    p->cap = cap;
-  }
-  size_t mark = p->n;
-  p->list[p->n++] = m;
-  int n = loomi_xfer_decode(L, m);
-  while (p->n > mark)
-    loomi_msg_free(p->list[--p->n]);
-  return n;
+  return lua_gettop(L) - top;
 }
 
 static int pop_failed (lua_State *L, int rc) {
@@ -455,8 +431,14 @@ static int queue_index (lua_State *L) {
   return 1;
 }
 
+static int queue_newindex (lua_State *L) {
+  checkqueue(L, 1);
+  return loomi_field_error(L, 2, LOOM_QUEUE);
+}
+
 static const luaL_Reg queue_meta[] = {
   {"__index", queue_index},
+  {"__newindex", queue_newindex},
   {"__len", queue_size},
   {NULL, NULL}
 };
@@ -481,17 +463,5 @@ static const luaL_Reg queue_funcs[] = {
 
 void loomi_queue_open (lua_State *L) {
   loomi_fastclass(L, LOOM_QUEUE, queue_meta, queue_methods);
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &PENDING_KEY) == LUA_TNIL) {
-    Pending *p = lua_newuserdatauv(L, sizeof(Pending), 0);
-    memset(p, 0, sizeof *p);
-    p->owner = loomi_self_pid();
-    if (luaL_newmetatable(L, LOOM_PENDING)) {
-      lua_pushcfunction(L, pending_gc);
-      lua_setfield(L, -2, "__gc");
-    }
-    lua_setmetatable(L, -2);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &PENDING_KEY);
-  }
-  lua_pop(L, 1);
   luaL_setfuncs(L, queue_funcs, 0);
 }

@@ -169,8 +169,8 @@ static int sem_tostring (lua_State *L) {
     lua_pushfstring(L, "%s (closed)", tname);
   else {
     Sem *s = (Sem *)*slot;
-    lua_pushfstring(L, "%s (%p, value %d)", tname, (void *)s,
-                    (int)atomic_load(&s->value));
+    lua_pushfstring(L, "%s (%p, value %I)", tname, (void *)s,
+                    (lua_Integer)atomic_load(&s->value));
   }
   return 1;
 }

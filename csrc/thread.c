@@ -277,6 +277,16 @@ static int thread_wait_done (LoomThread *t, const LoomDeadline *dl) {
 
 static void push_error (lua_State *L, LoomThread *t);
 
+/* No handle is left to collect what t returned or raised: the starter's
+** list of threads (pruned only when full) must not keep it in the heap
+** meanwhile.  t->mu held. */
+static void drop_outcome (LoomThread *t) {
+  loomi_msg_free(t->results);
+  t->results = NULL;
+  loomi_msg_free(t->error);
+  t->error = NULL;
+}
+
 /* Uncollected errors are reported when a handle dies, through the
 ** reporter in the registry (set by loom.excepthook), or to stderr. */
 static const char REPORTER_KEY = 'r';
@@ -377,14 +387,16 @@ LoomMsg *loomi_error_encode (lua_State *L, int errbase) {
   lua_pushlightuserdata(L, &m);
   if (lua_pcall(L, 3, 0, 0) == LUA_OK)
     return m;
-  lua_pop(L, 1);
+  /* it cannot travel as it is: its text, or what it was and why not */
+  const char *why = lua_tostring(L, -1);
   lua_pushcfunction(L, store_error);
   const char *msg = lua_tostring(L, errbase);
   if (msg != NULL)
     lua_pushstring(L, msg);
   else
-    lua_pushfstring(L, "(error object is a %s value)",
-                    luaL_typename(L, errbase));
+    lua_pushfstring(L, "(error object is a %s value that cannot be sent: %s)",
+                    luaL_typename(L, errbase), why ? why : "?");
+  lua_remove(L, -3);            /* why, now copied */
   lua_pushvalue(L, errbase + 1);
   lua_pushlightuserdata(L, &m);
   if (lua_pcall(L, 3, 0, 0) != LUA_OK) {
@@ -502,6 +514,8 @@ static void worker_run (Worker *w, LoomThread *t) {
             t->failmsg);
     fflush(stderr);
   }
+  if (!last && refs - 1 == t->listed)
+    drop_outcome(t);
   loomi_wake_all(&t->done_q);   /* under mu: our reference is gone */
   loomi_mutex_unlock(&t->mu);
   self_thread = NULL;
@@ -1254,7 +1268,8 @@ static int encode_reporter (lua_State *L) {
 static int thread_new (lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   luaL_checktype(L, 2, LUA_TTABLE);
-  const char *name = luaL_optstring(L, 3, NULL);
+  const char *name = lua_isnoneornil(L, 3) ? NULL
+                     : loomi_checkname(L, 3, sizeof ((LoomThread *)0)->name);
   int daemon = lua_toboolean(L, 4);
   LoomObj **slot = loomi_proxy_new(L, LOOM_THREAD);
   lua_createtable(L, 2, 0);      /* the call, kept until start() */
@@ -1501,6 +1516,10 @@ static int thread_gc (lua_State *L) {
     if (lua_pcall(L, 1, 0, 0) != LUA_OK)
       lua_pop(L, 1);
   }
+  loomi_mutex_lock(&t->mu);
+  if (t->state == TH_DONE && atomic_load(&t->obj.refs) == 1 + t->listed)
+    drop_outcome(t);   /* this was the last handle */
+  loomi_mutex_unlock(&t->mu);
   return loomi_proxy_gc(L);
 }
 
@@ -1538,7 +1557,7 @@ static int thread_newindex (lua_State *L) {
   LoomThread *t = checkthread(L, 1);
   const char *key = luaL_checkstring(L, 2);
   if (strcmp(key, "name") == 0) {
-    snprintf(t->name, sizeof t->name, "%s", luaL_checkstring(L, 3));
+    snprintf(t->name, sizeof t->name, "%s", loomi_checkname(L, 3, sizeof t->name));
     return 0;
   }
   if (strcmp(key, "daemon") == 0) {
