@@ -69,6 +69,7 @@ typedef struct SharedThread {
   pthread_mutex_t mu;        /* guards state and the fields below it */
   LoomWaitq done_q;          /* done */
   Gil *gil;
+  pid_t pid;                 /* the process whose interpreter runs it */
   lua_State *co;             /* the coroutine; its stack ends with results */
   int ref;                   /* registry anchor while it runs */
   int state;
@@ -577,7 +578,10 @@ static void *shared_main (void *arg) {
 
 static SharedThread *checkshared (lua_State *L, int arg) {
   SharedThread *s = (SharedThread *)loomi_checkobj(L, arg, LOOM_SHARED);
-  if (s->gil != NULL && s->gil->key != main_of(L))
+  /* a fork's copy of the interpreter is another one: the thread does not
+  ** run there, and its mutex is private to the process that started it */
+  if (s->gil != NULL && (s->gil->key != main_of(L) ||
+                         s->pid != loomi_self_pid()))
     luaL_error(L, "shared thread used from another interpreter");
   return s;
 }
@@ -662,6 +666,7 @@ static int shared_start (lua_State *L) {
   s->co = co;
   s->ref = ref;
   s->gil = g;
+  s->pid = loomi_self_pid();
   s->state = SH_RUNNING;
   loomi_obj_retain(&s->obj);                  /* the running thread's ref */
   atomic_fetch_add(&g->nthreads, 1);
@@ -811,7 +816,8 @@ static int shared_gc (lua_State *L) {
   ** so a finished thread's stack can be read */
   if (loomi_ref_mine((LoomRef *)slot) &&
       s->state == SH_DONE && s->failed && !s->collected && !was_cancelled(s) &&
-      s->gil != NULL && s->gil->key == main_of(L)) {
+      s->gil != NULL && s->gil->key == main_of(L) &&
+      s->pid == loomi_self_pid()) {
     s->collected = 1;
     report(L, s, s->co);
   }
@@ -823,6 +829,7 @@ static int shared_gc (lua_State *L) {
   ** collected coroutine. */
   if (loomi_ref_mine((LoomRef *)slot) && s->ref != LUA_NOREF &&
       s->state == SH_DONE && s->gil != NULL && s->gil->key == main_of(L) &&
+      s->pid == loomi_self_pid() &&
       atomic_load(&s->obj.refs) == 1) {
     luaL_unref(L, LUA_REGISTRYINDEX, s->ref);
     s->ref = LUA_NOREF;
