@@ -44,8 +44,9 @@
 **      a waiter's (pool.c); a SharedThread's mu then its GIL's (gil.c).  A
 **      Condition never holds its own mu and its lock's together.
 **   3. A loom thread's reg_mu, taken under one of (2) while its wait
-**      registers (thread.c); a canceller takes its mu, then reg_mu, under
-**      which it only wakes the wait queue (futexes need no mutex).
+**      registers (thread.c); a canceller takes the thread's mu, lets it
+**      go, then takes reg_mu alone and only wakes the wait queue under it
+**      (a futex needs no mutex).
 **   4. The heap's locks (heap.c), last: anything may allocate or free
 **      under the locks above; the heap takes nothing else.
 ** No Lua API call that can raise or allocate is made under any of them. */
