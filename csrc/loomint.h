@@ -63,6 +63,12 @@ void   loomi_heap_free (void *p);            /* NULL is a no-op */
 int    loomi_heap_configure (size_t size);   /* 0 | EBUSY once used */
 size_t loomi_heap_size (void);
 size_t loomi_heap_used (void);               /* bytes handed out, for specs */
+/* A snapshot of the arena: used and free count whole blocks, headers
+** included; largest_free is the largest request that would succeed. */
+typedef struct LoomHeapStats {
+  size_t size, used, free, largest_free, free_blocks;
+} LoomHeapStats;
+void   loomi_heap_stats (LoomHeapStats *st);
 
 /* ---- obj.c: refcounted shared objects and their proxies ---- */
 typedef struct LoomObj LoomObj;
