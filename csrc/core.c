@@ -139,12 +139,12 @@ static int core_heap_used (lua_State *L) {
   return 1;
 }
 
-/* {size=, used=, free=, largest_free=, free_blocks=}: the stats are taken
+/* {size=, used=, free=, largest_free=, free_blocks=, recovered=}: the stats are taken
 ** first, under the heap's lock, and pushed after it is released. */
 static int core_heap (lua_State *L) {
   LoomHeapStats st;
   loomi_heap_stats(&st);
-  lua_createtable(L, 0, 5);
+  lua_createtable(L, 0, 6);
   lua_pushinteger(L, (lua_Integer)st.size);
   lua_setfield(L, -2, "size");
   lua_pushinteger(L, (lua_Integer)st.used);
@@ -155,6 +155,8 @@ static int core_heap (lua_State *L) {
   lua_setfield(L, -2, "largest_free");
   lua_pushinteger(L, (lua_Integer)st.free_blocks);
   lua_setfield(L, -2, "free_blocks");
+  lua_pushinteger(L, (lua_Integer)st.recovered);
+  lua_setfield(L, -2, "recovered");
   return 1;
 }
 

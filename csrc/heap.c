@@ -25,6 +25,12 @@
 ** them when it is freed, before the heap is locked. */
 #define HEAP_DIRTY_MAX  ((size_t)16 << 20)
 #define HEAP_TRIM_MIN   ((size_t)1 << 20)
+/* Requests this large are cut from the top of the free block they take,
+** smaller ones from its bottom: the small objects that live long (locks,
+** queues, thread handles) gather low, the large messages that come and go
+** high, and a large message freed merges back into one large free run
+** instead of leaving a hole walled in by a small object made meanwhile. */
+#define HEAP_HIGH       ((size_t)256 << 10)
 
 /* A block: its header, then the caller's bytes.  A linear walk from the
 ** first block, by `size`, always lands on headers: every change to the
@@ -49,6 +55,7 @@ typedef struct HeapHeader {
   atomic_size_t used;         /* bytes in used blocks, headers included */
   pthread_mutex_t mu;         /* guards everything below and every block */
   size_t dirty;               /* bytes freed in small blocks since a trim */
+  size_t recovered;           /* repairs after a holder of mu died */
   uint64_t fl_map;            /* bit f: some list of class f is not empty */
   uint32_t sl_map[HEAP_FL_COUNT];
   Block *lists[HEAP_FL_COUNT][HEAP_SL_COUNT];
@@ -173,6 +180,15 @@ static Block *find_block (HeapHeader *h, size_t need) {
   return NULL;
 }
 
+/* A block of the largest non-empty list.  A small request that no small
+** free block fits is cut from the bottom of it rather than from a gap
+** between large blocks: the largest free run is the one the small objects
+** border on (HEAP_HIGH), and a gap up there is kept for large requests. */
+static Block *largest_block (HeapHeader *h) {
+  int fl = msb(h->fl_map);
+  return h->lists[fl][msb(h->sl_map[fl])];
+}
+
 /* Gives the pages inside a block back to the system: the header page and
 ** the one holding the next block's header stay.  MADV_REMOVE, because for
 ** shared memory MADV_DONTNEED only unmaps, and the pages would stay. */
@@ -236,6 +252,7 @@ static void heap_recover (HeapHeader *h) {
   h->end->prev_size = last;
   atomic_store(&h->used, used);
   h->dirty = 0;
+  h->recovered++;
 }
 
 static void heap_lock (HeapHeader *h) {
@@ -337,6 +354,7 @@ void loomi_heap_stats (LoomHeapStats *st) {
   size_t largest = 0;
   heap_lock(h);
   st->used = atomic_load(&h->used);
+  st->recovered = h->recovered;
   for (int fl = 0; fl < HEAP_FL_COUNT; fl++)
     for (int sl = 0; sl < HEAP_SL_COUNT; sl++)
       for (Block *b = h->lists[fl][sl]; b != NULL; b = b->next_free) {
@@ -367,9 +385,22 @@ void *loomi_heap_alloc (size_t n) {
     loomi_mutex_unlock(&h->mu);
     return NULL;
   }
+  if (need < HEAP_HIGH && bsize(b) >= HEAP_HIGH)
+    b = largest_block(h);
   list_remove(h, b);
   size_t s = bsize(b);
-  if (s - need >= BLOCK_MIN) {
+  if (need >= HEAP_HIGH && s - need >= BLOCK_MIN) {
+    /* the top of b: the new header first, then b shrinks (see Block) */
+    Block *top = (Block *)((char *)b + (s - need));
+    top->prev_size = s - need;
+    top->size = need;
+    b->size = (s - need) | BLOCK_FREE;
+    bnext(top)->prev_size = need;
+    list_insert(h, b);
+    b = top;
+    s = need;
+  }
+  else if (s - need >= BLOCK_MIN) {
     /* the rest's header first: until b shrinks, a walk steps over it */
     Block *rest = (Block *)((char *)b + need);
     rest->prev_size = need;

@@ -64,9 +64,10 @@ int    loomi_heap_configure (size_t size);   /* 0 | EBUSY once used */
 size_t loomi_heap_size (void);
 size_t loomi_heap_used (void);               /* bytes handed out, for specs */
 /* A snapshot of the arena: used and free count whole blocks, headers
-** included; largest_free is the largest request that would succeed. */
+** included; largest_free is the largest request that would succeed;
+** recovered counts repairs after a process died holding the heap's lock. */
 typedef struct LoomHeapStats {
-  size_t size, used, free, largest_free, free_blocks;
+  size_t size, used, free, largest_free, free_blocks, recovered;
 } LoomHeapStats;
 void   loomi_heap_stats (LoomHeapStats *st);
 
