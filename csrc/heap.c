@@ -19,10 +19,11 @@
 #define HEAP_SL_COUNT   (1 << HEAP_SL_LOG)
 #define HEAP_FL_COUNT   56
 #define HEAP_SMALL      (HEAP_SL_COUNT * HEAP_ALIGN)   /* 16-byte steps below */
-/* Freed memory keeps its pages until this much has been freed in blocks
-** too small to give back one by one; then every free block of at least
-** HEAP_TRIM_MIN returns its pages.  A block this large or larger returns
-** them when it is freed, before the heap is locked. */
+/* Freed memory keeps its pages until this much has been freed, over a
+** span at least as large, in blocks too small to give back one by one;
+** then the free blocks of at least HEAP_TRIM_MIN return the pages in that
+** span (heap_trim).  A block this large or larger returns its pages when
+** it is freed, before the heap is locked. */
 #define HEAP_DIRTY_MAX  ((size_t)16 << 20)
 #define HEAP_TRIM_MIN   ((size_t)1 << 20)
 /* Requests this large are cut from the top of the free block they take,
@@ -55,6 +56,7 @@ typedef struct HeapHeader {
   atomic_size_t used;         /* bytes in used blocks, headers included */
   pthread_mutex_t mu;         /* guards everything below and every block */
   size_t dirty;               /* bytes freed in small blocks since a trim */
+  uintptr_t dirty_lo, dirty_hi;   /* ...and the span they lie in */
   size_t recovered;           /* repairs after a holder of mu died */
   uint64_t fl_map;            /* bit f: some list of class f is not empty */
   uint32_t sl_map[HEAP_FL_COUNT];
@@ -189,18 +191,27 @@ static Block *largest_block (HeapHeader *h) {
   return h->lists[fl][msb(h->sl_map[fl])];
 }
 
-/* Gives the pages inside a block back to the system: the header page and
-** the one holding the next block's header stay.  MADV_REMOVE, because for
-** shared memory MADV_DONTNEED only unmaps, and the pages would stay. */
-static void release_pages (HeapHeader *h, Block *b) {
-  uintptr_t lo = ((uintptr_t)b + sizeof(Block) + h->page - 1) & ~(h->page - 1);
-  uintptr_t hi = ((uintptr_t)b + bsize(b)) & ~(h->page - 1);
+/* Gives the pages of a block that lie within [lo, hi) back to the system:
+** never its header page nor the one holding the next block's header.
+** MADV_REMOVE, because for shared memory MADV_DONTNEED only unmaps, and
+** the pages would stay. */
+static void release_pages (HeapHeader *h, Block *b, uintptr_t lo, uintptr_t hi) {
+  uintptr_t first = (uintptr_t)b + sizeof(Block), last = (uintptr_t)b + bsize(b);
+  if (lo < first)
+    lo = first;
+  if (hi > last)
+    hi = last;
+  lo = (lo + h->page - 1) & ~(h->page - 1);
+  hi &= ~(h->page - 1);
   if (hi > lo)
     madvise((void *)lo, hi - lo, MADV_REMOVE);
 }
 
-/* Every free block of HEAP_TRIM_MIN or more returns its pages.  h->mu
-** held: the blocks stay on their lists, where nobody writes to them. */
+/* Free blocks of HEAP_TRIM_MIN or more return the pages that blocks freed
+** since the last trim dirtied (the window dirty_lo..dirty_hi): a block
+** freed and taken again and again in one place dirties no more, so a
+** steady loop never pays for faults.  h->mu held: the blocks stay on
+** their lists, where nobody writes to them. */
 static void heap_trim (HeapHeader *h) {
   int fl, sl;
   mapping(HEAP_TRIM_MIN, &fl, &sl);
@@ -210,9 +221,11 @@ static void heap_trim (HeapHeader *h) {
     for (sl = 0; sl < HEAP_SL_COUNT; sl++)
       for (Block *b = h->lists[fl][sl]; b != NULL; b = b->next_free)
         if (bsize(b) >= HEAP_TRIM_MIN)
-          release_pages(h, b);
+          release_pages(h, b, h->dirty_lo, h->dirty_hi);
   }
   h->dirty = 0;
+  h->dirty_lo = UINTPTR_MAX;
+  h->dirty_hi = 0;
 }
 
 /* The previous holder of h->mu died in the middle of an operation: the
@@ -252,6 +265,8 @@ static void heap_recover (HeapHeader *h) {
   h->end->prev_size = last;
   atomic_store(&h->used, used);
   h->dirty = 0;
+  h->dirty_lo = UINTPTR_MAX;
+  h->dirty_hi = 0;
   h->recovered++;
 }
 
@@ -299,6 +314,7 @@ static HeapHeader *heap_map (size_t size) {
   h->first->size = h->end->prev_size | BLOCK_FREE;
   list_insert(h, h->first);
   atomic_init(&h->used, 0);
+  h->dirty_lo = UINTPTR_MAX;
   return h;
 }
 
@@ -445,7 +461,7 @@ void loomi_heap_free (void *p) {
   ** through the system call. */
   if (s >= HEAP_DIRTY_MAX && !(s & BLOCK_FREE) &&
       s <= (size_t)((char *)h->end - (char *)b))
-    release_pages(h, b);
+    release_pages(h, b, 0, UINTPTR_MAX);
   heap_lock(h);
   check_used(h, b);
   atomic_store_explicit(&h->used, atomic_load_explicit(&h->used,
@@ -468,8 +484,13 @@ void loomi_heap_free (void *p) {
   bnext(b)->prev_size = bsize(b);
   list_insert(h, b);
   if (s < HEAP_DIRTY_MAX) {
+    uintptr_t lo = (uintptr_t)p - BLOCK_HDR;
     h->dirty += s;
-    if (h->dirty >= HEAP_DIRTY_MAX)
+    if (lo < h->dirty_lo)
+      h->dirty_lo = lo;
+    if (lo + s > h->dirty_hi)
+      h->dirty_hi = lo + s;
+    if (h->dirty >= HEAP_DIRTY_MAX && h->dirty_hi - h->dirty_lo >= HEAP_DIRTY_MAX)
       heap_trim(h);
   }
   loomi_mutex_unlock(&h->mu);
