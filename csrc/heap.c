@@ -70,6 +70,37 @@ static size_t heap_request = 0;      /* configured size, 0 = default */
 static atomic_int heap_touched = 0;  /* an object was allocated */
 static pthread_mutex_t heap_mu = PTHREAD_MUTEX_INITIALIZER;
 
+/* Each thread keeps a few small freed blocks to hand out again without
+** the arena's lock (a robust lock and unlock cost more than glibc's whole
+** malloc + free).  A cached block stays used, in the arena's layout and
+** in `used`, so a walk or a repair sees nothing new and the counters
+** always agree with the blocks.  Bounded per thread by CACHE_BYTES; given
+** back when the thread ends (cache_key's destructor), when loom's child
+** processes leave (loomi_heap_flush), and forgotten by a forked child,
+** whose copy of the forking thread's cache still belongs to the parent.
+** What a killed process had cached stays used, as everything it held. */
+#define CACHE_MAX       ((size_t)256)            /* largest cached block */
+#define CACHE_CLASSES   (CACHE_MAX / 16 + 1)
+#define CACHE_DEPTH     8                        /* blocks per size */
+#define CACHE_BYTES     ((size_t)4 << 10)        /* all sizes together */
+
+typedef struct ThreadCache {
+  size_t bytes;               /* in the blocks below */
+  int registered;             /* cache_key set: flushed at thread exit */
+  unsigned char count[CACHE_CLASSES];
+  Block *top[CACHE_CLASSES];  /* linked by next_free */
+} ThreadCache;
+
+static _Thread_local ThreadCache tcache;
+static pthread_key_t cache_key;
+static int cache_key_ok = 0;    /* written once under heap_once */
+
+static void cache_flush (ThreadCache *c);
+
+static void cache_destroy (void *arg) {
+  cache_flush(arg);
+}
+
 /* heap_mu is private to the process: a fork while another thread held it
 ** would leave the child's copy locked for good, so fork waits for it.  The
 ** arena mutex needs no such care: it and the lists it guards are shared
@@ -85,8 +116,14 @@ static void heap_postfork (void) {
   pthread_mutex_unlock(&heap_mu);
 }
 
+static void heap_postfork_child (void) {
+  memset(&tcache, 0, sizeof tcache);   /* the parent's thread's blocks */
+  pthread_mutex_unlock(&heap_mu);
+}
+
 static void heap_register_fork (void) {
-  pthread_atfork(heap_prefork, heap_postfork, heap_postfork);
+  pthread_atfork(heap_prefork, heap_postfork, heap_postfork_child);
+  cache_key_ok = pthread_key_create(&cache_key, cache_destroy) == 0;
 }
 
 /* ---- blocks and the two-level index ---- */
@@ -270,7 +307,25 @@ static void heap_recover (HeapHeader *h) {
   h->recovered++;
 }
 
+/* Holders keep the lock for a few dozen instructions: a short spin on
+** trylock before sleeping in the kernel spares two threads allocating at
+** once a futex round trip each time they meet. */
 static void heap_lock (HeapHeader *h) {
+  for (int i = 0; i < 100; i++) {
+    int rc = pthread_mutex_trylock(&h->mu);
+    if (rc == 0)
+      return;
+    if (rc == EOWNERDEAD) {
+      pthread_mutex_consistent(&h->mu);
+      heap_recover(h);
+      return;
+    }
+    if (rc != EBUSY)
+      abort();
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
   if (loomi_mutex_lock(&h->mu) == EOWNERDEAD)
     heap_recover(h);
 }
@@ -357,7 +412,10 @@ size_t loomi_heap_size (void) {
   return heap ? heap->size : (heap_request ? heap_request : default_size());
 }
 
+/* The calling thread's cache is given back first, so that a thread that
+** frees and then asks sees its blocks gone. */
 size_t loomi_heap_used (void) {
+  cache_flush(&tcache);
   return heap ? atomic_load(&heap->used) : 0;
 }
 
@@ -368,6 +426,7 @@ void loomi_heap_stats (LoomHeapStats *st) {
     return;
   HeapHeader *h = heap;
   size_t largest = 0;
+  cache_flush(&tcache);
   heap_lock(h);
   st->used = atomic_load(&h->used);
   st->recovered = h->recovered;
@@ -385,6 +444,13 @@ void loomi_heap_stats (LoomHeapStats *st) {
 
 /* ---- allocation ---- */
 
+static void used_add (HeapHeader *h, long d) {
+  if (d >= 0)
+    atomic_fetch_add_explicit(&h->used, (size_t)d, memory_order_relaxed);
+  else
+    atomic_fetch_sub_explicit(&h->used, (size_t)-d, memory_order_relaxed);
+}
+
 void *loomi_heap_alloc (size_t n) {
   if (heap == NULL && loomi_heap_init() != 0)
     return NULL;
@@ -394,6 +460,16 @@ void *loomi_heap_alloc (size_t n) {
   size_t need = ((n + HEAP_ALIGN - 1) & ~(HEAP_ALIGN - 1)) + BLOCK_HDR;
   if (need < BLOCK_MIN)
     need = BLOCK_MIN;
+  if (need <= CACHE_MAX) {
+    ThreadCache *c = &tcache;
+    Block *b = c->top[need / 16];
+    if (b != NULL) {
+      c->top[need / 16] = b->next_free;
+      c->count[need / 16]--;
+      c->bytes -= need;
+      return (char *)b + BLOCK_HDR;
+    }
+  }
   atomic_store_explicit(&heap_touched, 1, memory_order_relaxed);
   heap_lock(h);
   Block *b = find_block(h, need);
@@ -428,8 +504,7 @@ void *loomi_heap_alloc (size_t n) {
   }
   else
     b->size = s;
-  atomic_store_explicit(&h->used, atomic_load_explicit(&h->used,
-                        memory_order_relaxed) + s, memory_order_relaxed);
+  used_add(h, (long)s);
   loomi_mutex_unlock(&h->mu);
   return (char *)b + BLOCK_HDR;
 }
@@ -441,6 +516,7 @@ void *loomi_heap_calloc (size_t n) {
   return p;
 }
 
+
 /* A wild or double free: the heap can no longer be trusted. */
 static void check_used (HeapHeader *h, Block *b) {
   size_t s = b->size;
@@ -450,22 +526,11 @@ static void check_used (HeapHeader *h, Block *b) {
     abort();
 }
 
-void loomi_heap_free (void *p) {
-  if (p == NULL)
-    return;
-  HeapHeader *h = heap;
-  Block *b = (Block *)((char *)p - BLOCK_HDR);
-  size_t s = b->size;
-  /* A block this large gives its pages back now, while it is still the
-  ** caller's: nobody else can be writing to it, and the lock is not held
-  ** through the system call. */
-  if (s >= HEAP_DIRTY_MAX && !(s & BLOCK_FREE) &&
-      s <= (size_t)((char *)h->end - (char *)b))
-    release_pages(h, b, 0, UINTPTR_MAX);
-  heap_lock(h);
+/* Returns a used block to the arena.  h->mu held. */
+static void block_free (HeapHeader *h, Block *b) {
   check_used(h, b);
-  atomic_store_explicit(&h->used, atomic_load_explicit(&h->used,
-                        memory_order_relaxed) - s, memory_order_relaxed);
+  size_t s = bsize(b);
+  used_add(h, -(long)s);
   /* free first, then merge, one size store at a time (see Block) */
   b->size = s | BLOCK_FREE;
   Block *next = bnext(b);
@@ -483,6 +548,69 @@ void loomi_heap_free (void *p) {
   }
   bnext(b)->prev_size = bsize(b);
   list_insert(h, b);
+}
+
+/* Gives the thread's cached blocks back to the arena. */
+static void cache_flush (ThreadCache *c) {
+  HeapHeader *h = heap;
+  if (h == NULL || c->bytes == 0)
+    return;
+  heap_lock(h);
+  for (size_t k = 0; k < CACHE_CLASSES; k++) {
+    while (c->top[k] != NULL) {
+      Block *b = c->top[k];
+      c->top[k] = b->next_free;
+      block_free(h, b);
+    }
+    c->count[k] = 0;
+  }
+  loomi_mutex_unlock(&h->mu);
+  c->bytes = 0;
+}
+
+void loomi_heap_flush (void) {
+  cache_flush(&tcache);
+}
+
+/* Keeps a small block in the thread's cache; 0 when it has no room. */
+static int cache_put (Block *b, size_t s) {
+  ThreadCache *c = &tcache;
+  size_t k = s / 16;
+  if (c->count[k] >= CACHE_DEPTH || c->bytes + s > CACHE_BYTES)
+    return 0;
+  for (Block *x = c->top[k]; x != NULL; x = x->next_free)
+    if (x == b)
+      abort();   /* freed twice */
+  if (!c->registered) {
+    /* the destructor runs only for a non-NULL value */
+    if (!cache_key_ok || pthread_setspecific(cache_key, c) != 0)
+      return 0;
+    c->registered = 1;
+  }
+  b->next_free = c->top[k];
+  c->top[k] = b;
+  c->count[k]++;
+  c->bytes += s;
+  return 1;
+}
+
+void loomi_heap_free (void *p) {
+  if (p == NULL)
+    return;
+  HeapHeader *h = heap;
+  Block *b = (Block *)((char *)p - BLOCK_HDR);
+  size_t s = b->size;
+  if (s <= CACHE_MAX && s >= BLOCK_MIN && s % HEAP_ALIGN == 0 &&
+      cache_put(b, s))
+    return;
+  /* A block this large gives its pages back now, while it is still the
+  ** caller's: nobody else can be writing to it, and the lock is not held
+  ** through the system call. */
+  if (s >= HEAP_DIRTY_MAX && !(s & BLOCK_FREE) &&
+      s <= (size_t)((char *)h->end - (char *)b))
+    release_pages(h, b, 0, UINTPTR_MAX);
+  heap_lock(h);
+  block_free(h, b);
   if (s < HEAP_DIRTY_MAX) {
     uintptr_t lo = (uintptr_t)p - BLOCK_HDR;
     h->dirty += s;

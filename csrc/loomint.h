@@ -70,6 +70,9 @@ typedef struct LoomHeapStats {
   size_t size, used, free, largest_free, free_blocks, recovered;
 } LoomHeapStats;
 void   loomi_heap_stats (LoomHeapStats *st);
+/* Gives the calling thread's cached blocks back: before a process leaves
+** by _exit, which runs no thread-exit destructors. */
+void   loomi_heap_flush (void);
 
 /* ---- obj.c: refcounted shared objects and their proxies ---- */
 typedef struct LoomObj LoomObj;

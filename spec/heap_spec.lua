@@ -170,6 +170,40 @@ describe("the shared heap", function()
     ]])
   end)
 
+  -- Small freed blocks wait in a per-thread cache; a forked child's copy of
+  -- the forking thread's cache belongs to the parent and must not be used.
+  it("never hands a block cached in the parent to a forked child too", function()
+    expect_ok("8M", GUARANTEE .. [[
+      local function fill(n, v)
+        local t = {}
+        for i = 1, n do t[i] = loom.array("int32", 8, false):fill(v) end
+        return t
+      end
+      fill(16, 0)
+      collectgarbage() collectgarbage()     -- into this thread's cache
+      local ready, go = loom.event(), loom.event()
+      local p = loom.process(function()
+        local mine = fill(16, 1)
+        ready:set()
+        assert(go:wait(30), "parent never said go")
+        for _, a in ipairs(mine) do
+          for i = 1, 8 do assert(a[i] == 1, "the child's block was overwritten") end
+        end
+      end):start()
+      local mine = fill(16, 2)
+      assert(ready:wait(slow(30)), "child never got ready")
+      for _, a in ipairs(mine) do
+        for i = 1, 8 do assert(a[i] == 2, "the parent's block was overwritten") end
+      end
+      go:set()
+      assert(p:join(slow(30)), "child did not finish")
+      assert(p.exitcode == 0, "child failed: " .. tostring(p:error()))
+      mine, p = nil, nil
+      check_guarantee("after the fork")
+      print("ok")
+    ]])
+  end)
+
   -- Two threads and two processes allocate and free random sizes from 16 B
   -- to 100 MB (each block a queue item, so a free is a get), check every
   -- block's bytes when it is freed, and leave the guarantee holding.
@@ -227,8 +261,10 @@ describe("the shared heap", function()
         out[2 * id - 1], out[2 * id] = st.allocs, st.frees
         out[8 + id] = st.fails
         -- what a finished worker leaves (its thread or process object
-        -- keeps an empty result) is made once every worker has freed all:
-        -- it then sits beside what was in use before the run
+        -- keeps an empty result) is made once every worker has freed all,
+        -- its thread cache included (loom.heap() gives that back): it then
+        -- sits beside what was in use before the run
+        lm.heap()
         done:wait(wait)
       end
       local base = loom.heap_used()
