@@ -172,7 +172,7 @@ describe("the shared heap", function()
 
   -- Small freed blocks wait in a per-thread cache; a forked child's copy of
   -- the forking thread's cache belongs to the parent and must not be used.
-  it("never hands a block cached in the parent to a forked child too", function()
+  it("never hands a block cached in the parent to a forked child too #fork", function()
     expect_ok("8M", GUARANTEE .. [[
       local function fill(n, v)
         local t = {}
@@ -207,7 +207,7 @@ describe("the shared heap", function()
   -- Two threads and two processes allocate and free random sizes from 16 B
   -- to 100 MB (each block a queue item, so a free is a get), check every
   -- block's bytes when it is freed, and leave the guarantee holding.
-  it("keeps every block intact and recovers all space under random sizes from threads and processes", function()
+  it("keeps every block intact and recovers all space under random sizes from threads and processes #fork #fork_while_threads", function()
     expect_ok("256M", GUARANTEE .. [[
       local STEPS = 20
       local function worker(id, seed, steps, out, done, wait)
@@ -295,7 +295,7 @@ describe("the shared heap", function()
   -- A child that allocates and frees in a tight loop is killed, again and
   -- again, until some kills have caught it holding the heap's lock: the
   -- heap is repaired and stays usable, its counters agree with its blocks.
-  it("stays usable after children are killed in the middle of allocations", function()
+  it("stays usable after children are killed in the middle of allocations #fork", function()
     expect_ok("256M", GUARANTEE .. [[
       local function churn(seed)
         local lm = require "loom"
