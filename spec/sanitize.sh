@@ -17,6 +17,16 @@ run() {
     fail=1
   fi
 }
+# The machine's own factor (see spec/helpers.lua), measured once here by
+# the plain interpreter: measured under the checker it would time the
+# checker too, which LOOM_SPEC_SLOWDOWN already counts.
+if [ -z "${LOOM_SPEC_MACHINE-}" ]; then
+  LOOM_SPEC_MACHINE=$(lua5.4 -e 'package.path = "spec/?.lua;" .. package.path
+    package.cpath = "./?.so;" .. package.cpath
+    io.write(require("helpers").machine)') || LOOM_SPEC_MACHINE=1
+fi
+export LOOM_SPEC_MACHINE
+echo "[$kind] machine factor $LOOM_SPEC_MACHINE"
 case $kind in
   tsan) export LOOM_SPEC_SLOWDOWN=5 ;;
   asan) export LOOM_SPEC_SLOWDOWN=2 ;;
