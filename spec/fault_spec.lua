@@ -65,8 +65,8 @@ describe("fault injection", function()
     local function run(fails, body)
       local path = script(body)
       finally(function() os.remove(path) end)
-      return sh(string.format("timeout 60 env LOOM_FAIL_FORKS=%s LD_PRELOAD=%s %s %s",
-                              fails, shim, H.lua, path))
+      return sh(string.format("timeout %d env LOOM_FAIL_FORKS=%s LD_PRELOAD=%s %s %s",
+                              math.ceil(H.t(60)), fails, shim, H.lua, path))
     end
 
     it("makes start return fail, message, errno; the handle can start later", function()
