@@ -27,7 +27,7 @@ typedef struct Barrier {
 static void barrier_destroy (LoomObj *o) {
   Barrier *b = (Barrier *)o;
   pthread_mutex_destroy(&b->mu);
-  pthread_cond_destroy(&b->cv);
+  loomi_cond_destroy(&b->cv);
 }
 
 static Barrier *barrier_create (int parties, double timeout) {

@@ -39,7 +39,7 @@ static void cond_destroy (LoomObj *o) {
   }
   loomi_obj_release(c->lock);
   pthread_mutex_destroy(&c->mu);
-  pthread_cond_destroy(&c->cv);
+  loomi_cond_destroy(&c->cv);
 }
 
 /* Takes over the caller's reference to lock. */

@@ -18,7 +18,7 @@ typedef struct Event {
 static void event_destroy (LoomObj *o) {
   Event *e = (Event *)o;
   pthread_mutex_destroy(&e->mu);
-  pthread_cond_destroy(&e->cv);
+  loomi_cond_destroy(&e->cv);
 }
 
 static Event *event_create (void) {

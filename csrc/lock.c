@@ -93,7 +93,7 @@ int loomi_pid_gone (pid_t pid, int zombies) {
 static void lock_destroy (LoomObj *o) {
   LoomLock *k = (LoomLock *)o;
   pthread_mutex_destroy(&k->mu);
-  pthread_cond_destroy(&k->cv);
+  loomi_cond_destroy(&k->cv);
 }
 
 static LoomLock *lock_create (int recursive) {

@@ -122,6 +122,7 @@ void loomi_proxy_release_own (lua_State *L);
 /* Process-shared, robust, and (for conditions) CLOCK_MONOTONIC. */
 int  loomi_mutex_init (pthread_mutex_t *mu);       /* 0 | errno */
 int  loomi_cond_init (pthread_cond_t *cv);         /* 0 | errno */
+void loomi_cond_destroy (pthread_cond_t *cv);     /* of a shared object */
 /* Locks; a previous owner that died is repaired and reported by returning
 ** EOWNERDEAD (the mutex is held and consistent again), otherwise 0. */
 int  loomi_mutex_lock (pthread_mutex_t *mu);

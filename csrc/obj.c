@@ -299,6 +299,16 @@ int loomi_cond_init (pthread_cond_t *cv) {
   return attr_err != 0 ? attr_err : pthread_cond_init(cv, &cond_attr);
 }
 
+/* Leaves the condvar as it is.  glibc's pthread_cond_destroy waits until
+** every waiter has left, and a waiter in a process killed during its wait
+** never leaves: the thread freeing the object would block for ever (seen
+** as a worker stuck in a collection, long after the spec that killed the
+** child).  A condvar owns nothing but its bytes, which go back to the heap
+** with the object. */
+void loomi_cond_destroy (pthread_cond_t *cv) {
+  (void)cv;
+}
+
 int loomi_mutex_lock (pthread_mutex_t *mu) {
   int err = pthread_mutex_lock(mu);
   if (err == EOWNERDEAD) {

@@ -184,7 +184,7 @@ static void future_destroy (LoomObj *o) {
   loomi_msg_free(f->results);
   loomi_msg_free(f->error);
   pthread_mutex_destroy(&f->mu);
-  pthread_cond_destroy(&f->cv);
+  loomi_cond_destroy(&f->cv);
 }
 
 static Future *future_create (void) {
@@ -276,8 +276,8 @@ static void queue_destroy (LoomObj *o) {
   loomi_heap_free(q->cpath);
   loomi_heap_free(q->claimed);
   pthread_mutex_destroy(&q->mu);
-  pthread_cond_destroy(&q->cv);
-  pthread_cond_destroy(&q->exit_cv);
+  loomi_cond_destroy(&q->cv);
+  loomi_cond_destroy(&q->exit_cv);
 }
 
 static TaskQueue *queue_create (void) {
@@ -801,7 +801,7 @@ static void pool_destroy (LoomObj *o) {
 static void waiter_destroy (LoomObj *o) {
   Waiter *w = (Waiter *)o;
   pthread_mutex_destroy(&w->mu);
-  pthread_cond_destroy(&w->cv);
+  loomi_cond_destroy(&w->cv);
 }
 
 static Waiter *waiter_create (uint32_t n) {

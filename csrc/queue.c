@@ -49,8 +49,8 @@ static void queue_destroy (LoomObj *o) {
     loomi_msg_free(q->ring[(q->head + i) % q->cap].msg);
   loomi_heap_free(q->ring);
   pthread_mutex_destroy(&q->mu);
-  pthread_cond_destroy(&q->not_empty);
-  pthread_cond_destroy(&q->not_full);
+  loomi_cond_destroy(&q->not_empty);
+  loomi_cond_destroy(&q->not_full);
 }
 
 static LoomQueue *queue_create (size_t maxsize) {

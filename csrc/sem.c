@@ -22,7 +22,7 @@ typedef struct Sem {
 static void sem_destroy (LoomObj *o) {
   Sem *s = (Sem *)o;
   pthread_mutex_destroy(&s->mu);
-  pthread_cond_destroy(&s->cv);
+  loomi_cond_destroy(&s->cv);
 }
 
 static Sem *sem_create (long value, int bounded) {
