@@ -63,16 +63,18 @@ static int array_new (lua_State *L) {
     n = lua_tointegerx(L, 2, &isint);
     if (!isint)
       return luaL_argerror(L, 2, "number has no integer representation");
-    luaL_argcheck(L, n >= 0 && (lua_Unsigned)n <= loomi_heap_size() / size, 2,
-                  "size out of range");
   }
-  else if (init == LUA_TTABLE)
-    n = luaL_len(L, 2);
+  else if (init == LUA_TTABLE)   /* raw: a __len could claim any size */
+    n = (lua_Integer)lua_rawlen(L, 2);
   else if (init == LUA_TSTRING && loomi_elemtypes[type].kind == LOOM_EK_CHAR)
     n = (lua_Integer)lua_rawlen(L, 2);
   else
     return luaL_typeerror(L, 2, loomi_elemtypes[type].kind == LOOM_EK_CHAR
                                 ? "number, table or string" : "number or table");
+  /* every branch: n * size must fit in the heap, so neither it nor the
+  ** header added to it can overflow */
+  luaL_argcheck(L, n >= 0 && (lua_Unsigned)n <= loomi_heap_size() / size, 2,
+                "size out of range");
   int lockkind = loomi_checklockarg(L, 3);
   LoomObj **slot = loomi_proxy_new(L, LOOM_ARRAY);
   LoomArray *a = array_create(type, (size_t)n);
@@ -82,7 +84,7 @@ static int array_new (lua_State *L) {
   a->lock = loomi_lockarg(L, 3, lockkind);
   if (init == LUA_TTABLE) {
     for (lua_Integer i = 1; i <= n; i++) {
-      lua_geti(L, 2, i);
+      lua_rawgeti(L, 2, i);
       uint64_t bits = loomi_elem_tobits(L, -1, type, 2);
       loomi_elem_store(array_elem(a, (size_t)(i - 1)), size, bits,
                        memory_order_relaxed);
@@ -216,7 +218,7 @@ static int array_exchange (lua_State *L) {
 }
 
 static int array_tostring (lua_State *L) {
-  LoomObj **slot = luaL_checkudata(L, 1, LOOM_ARRAY);
+  LoomObj **slot = loomi_checkslot(L, 1, LOOM_ARRAY);
   if (*slot == NULL)
     lua_pushliteral(L, "loom.Array (closed)");
   else {

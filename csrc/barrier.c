@@ -190,8 +190,8 @@ static int barrier_newindex (lua_State *L) {
 }
 
 static int barrier_tostring (lua_State *L) {
-  LoomObj **slot = lua_touserdata(L, 1);
-  if (slot == NULL || *slot == NULL) {
+  LoomObj **slot = loomi_checkslot(L, 1, LOOM_BARRIER);
+  if (*slot == NULL) {
     lua_pushliteral(L, LOOM_BARRIER " (closed)");
     return 1;
   }

@@ -45,8 +45,10 @@ static void cond_destroy (LoomObj *o) {
 /* Takes over the caller's reference to lock. */
 static Cond *cond_create (LoomObj *lock) {
   Cond *c = (Cond *)loomi_obj_new(sizeof(Cond), LOOM_CONDITION, cond_destroy);
-  if (c == NULL)
+  if (c == NULL) {
+    loomi_obj_release(lock);     /* the reference it was handed */
     return NULL;
+  }
   c->head.next = c->head.prev = &c->head;
   c->lock = lock;
   if (loomi_mutex_init(&c->mu) != 0 || loomi_cond_init(&c->cv) != 0) {

@@ -5,6 +5,7 @@
 #include "loomint.h"
 
 #include <dlfcn.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -37,8 +38,18 @@ static void core_postfork_child (void) {
   pthread_mutex_unlock(&hook_mu);
 }
 
+/* The signal mask of the thread that first opened loom in this process
+** (the host's, before any loom thread, which blocks every signal, exists):
+** what every forked child starts with, whichever thread forks it. */
+static sigset_t original_mask;
+
 static void core_register_fork (void) {
+  pthread_sigmask(SIG_SETMASK, NULL, &original_mask);
   pthread_atfork(core_prefork, core_postfork_parent, core_postfork_child);
+}
+
+void loomi_child_sigmask (void) {
+  pthread_sigmask(SIG_SETMASK, &original_mask, NULL);
 }
 
 static int run_host_hook (lua_State *L) {
@@ -95,6 +106,21 @@ lua_State *loomi_newstate (const char *path, const char *cpath,
     return NULL;
   }
   return L;
+}
+
+int loomi_argcount (lua_State *L, int t) {
+  lua_Integer n;
+  int isint = 1;
+  if (lua_getfield(L, t, "n") == LUA_TNIL)
+    n = (lua_Integer)lua_rawlen(L, t);
+  else
+    n = lua_tointegerx(L, -1, &isint);
+  lua_pop(L, 1);
+  /* checked as a lua_Integer: 2^32 - 4 or 2^31 must not wrap to a small
+  ** or negative int */
+  if (!isint || n < 0 || n > LOOM_MAXARGS)
+    return luaL_error(L, "args.n must be an integer from 0 to %d", LOOM_MAXARGS);
+  return (int)n;
 }
 
 static int core_now (lua_State *L) {

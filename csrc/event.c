@@ -110,8 +110,8 @@ static int event_wait (lua_State *L) {
 }
 
 static int event_tostring (lua_State *L) {
-  LoomObj **slot = lua_touserdata(L, 1);
-  if (slot == NULL || *slot == NULL)
+  LoomObj **slot = loomi_checkslot(L, 1, LOOM_EVENT);
+  if (*slot == NULL)
     lua_pushliteral(L, LOOM_EVENT " (closed)");
   else
     lua_pushfstring(L, LOOM_EVENT " (%p, %s)", (void *)*slot,

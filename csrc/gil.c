@@ -350,25 +350,38 @@ static void forward (lua_State *L, lua_Debug *ar) {
     h->fn(L, ar);
 }
 
+/* Raises "cancelled" in a cancelled shared thread, but not in a __close
+** handler its unwinding runs.  Calls are hooked too from then on: they
+** tell such a handler from the code that must stop. */
+static void cancel_check (lua_State *L, lua_Debug *ar) {
+  if (!loomi_cancel_requested())
+    return;
+  int mask = lua_gethookmask(L);
+  if (!(mask & LUA_MASKCALL))
+    lua_sethook(L, gil_hook, mask | LUA_MASKCALL, lua_gethookcount(L));
+  if (loomi_cancel_hook_due(L, ar))
+    loomi_raise_cancelled(L);
+}
+
 static void gil_hook (lua_State *L, lua_Debug *ar) {
   Gil *g = held_gil;
   if (lua_gethookmask(L) != LUA_MASKCOUNT ||
       lua_gethookcount(L) != GIL_COUNT ||
       (g != NULL && atomic_load(&g->layered)))
     forward(L, ar);
-  if (ar->event != LUA_HOOKCOUNT || g == NULL)
+  if (g == NULL)
+    return;
+  cancel_check(L, ar);
+  if (ar->event != LUA_HOOKCOUNT)
     return;
   if (atomic_load(&g->nthreads) == 0) {   /* the last shared thread ended */
     uninstall_on(L, L);
     return;
   }
-  if (loomi_cancel_requested())
-    loomi_raise_cancelled(L);
   if (atomic_load(&g->waiting) > 0 &&
       now_ns() - atomic_load(&g->since) >= atomic_load(&switch_ns)) {
     gil_yield(g);
-    if (loomi_cancel_requested())
-      loomi_raise_cancelled(L);
+    cancel_check(L, ar);
   }
 }
 
@@ -387,8 +400,10 @@ static Gil *gil_of (lua_State *L) {
 
 /* The sentinel's __gc runs inside lua_close: from then on nothing but the
 ** closing thread may run Lua, so the GIL freezes (GIL.md, condition 7). */
+#define LOOM_SENTINEL "loom.GilSentinel"
+
 static int sentinel_gc (lua_State *L) {
-  Gil **slot = lua_touserdata(L, 1);
+  Gil **slot = luaL_checkudata(L, 1, LOOM_SENTINEL);
   if (*slot != NULL)
     gil_freeze(*slot);
   *slot = NULL;
@@ -418,9 +433,10 @@ static Gil *gil_make (lua_State *L) {
   pthread_once(&atfork_once, gil_register_atfork);
   Gil **slot = lua_newuserdatauv(L, sizeof(Gil *), 0);
   *slot = NULL;
-  lua_createtable(L, 0, 1);
-  lua_pushcfunction(L, sentinel_gc);
-  lua_setfield(L, -2, "__gc");
+  if (luaL_newmetatable(L, LOOM_SENTINEL)) {
+    lua_pushcfunction(L, sentinel_gc);
+    lua_setfield(L, -2, "__gc");
+  }
   lua_setmetatable(L, -2);
   pthread_mutex_lock(&gils_mu);
   for (int i = 0; i < GIL_MAX && g == NULL; i++)
@@ -512,7 +528,7 @@ static void *shared_main (void *arg) {
   s->state = SH_DONE;
   s->failed = rc != LUA_OK;
   s->nres = lua_gettop(co);
-  int orphan = s->failed && !loomi_cancel_requested() &&
+  int orphan = s->failed && !loomi_thread_cancelled(s->borrowed) &&
                atomic_load(&s->obj.refs) == 1;
   if (orphan)
     s->collected = 1;
@@ -523,7 +539,13 @@ static void *shared_main (void *arg) {
     report(L, s, co);
     lua_pop(co, 1);
   }
-  luaL_unref(co, LUA_REGISTRYINDEX, s->ref);
+  /* the coroutine holds the results every handle reads: it stays anchored
+  ** while any handle may exist, which is sure only when this thread's is
+  ** the last reference (shared_gc lets go otherwise) */
+  if (atomic_load(&s->obj.refs) == 1) {
+    luaL_unref(co, LUA_REGISTRYINDEX, s->ref);
+    s->ref = LUA_NOREF;
+  }
   atomic_fetch_sub(&g->nthreads, 1);
   gil_release(g);
   loomi_thread_leave(s->borrowed);
@@ -579,12 +601,9 @@ static int shared_start (lua_State *L) {
   if (s->state != SH_NEW || lua_getiuservalue(L, 1, 1) != LUA_TTABLE)
     return luaL_error(L, "threads can only be started once");
   lua_rawgeti(L, 2, 2);                     /* args */
-  lua_Integer n = 0;
-  if (lua_getfield(L, 3, "n") == LUA_TNUMBER)
-    n = lua_tointeger(L, -1);
-  lua_pop(L, 1);
-  if (n < 0)
-    n = 0;
+  if (!lua_istable(L, 3))
+    return luaL_error(L, "threads can only be started once");
+  int n = loomi_argcount(L, 3);
   if (s->borrowed == NULL) {
     s->borrowed = loomi_thread_borrowed(s->name, s->daemon);
     if (s->borrowed == NULL)
@@ -592,17 +611,17 @@ static int shared_start (lua_State *L) {
   }
   Gil *g = gil_make(L);
   lua_State *co = lua_newthread(L);         /* inherits L's hook */
-  if (!lua_checkstack(co, (int)n + 8))
+  if (!lua_checkstack(co, n + 8))
     return luaL_error(L, "too many arguments");
   lua_createtable(co, 0, 1);                /* the traceback box */
   lua_pushvalue(co, 1);
   lua_pushcclosure(co, shared_handler, 1);
   lua_rawgeti(L, 2, 1);                     /* target */
   lua_xmove(L, co, 1);
-  luaL_checkstack(L, (int)n + 4, "too many arguments");
-  for (lua_Integer i = 1; i <= n; i++)
+  luaL_checkstack(L, n + 4, "too many arguments");
+  for (int i = 1; i <= n; i++)
     lua_rawgeti(L, 3, i);
-  lua_xmove(L, co, (int)n);
+  lua_xmove(L, co, n);
   /* L: self, call, args, co */
   lua_pushvalue(L, 4);
   int ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -757,16 +776,29 @@ static int shared_cancelled (lua_State *L) {
 }
 
 static int shared_gc (lua_State *L) {
-  LoomObj **slot = lua_touserdata(L, 1);
+  LoomObj **slot = loomi_checkslot(L, 1, LOOM_SHARED);
   SharedThread *s = (SharedThread *)*slot;
   if (s == NULL)
     return 0;
   /* the state is single-threaded here (finalizers never release the GIL),
   ** so a finished thread's stack can be read */
-  if (s->state == SH_DONE && s->failed && !s->collected && !was_cancelled(s) &&
+  if (loomi_ref_mine((LoomRef *)slot) &&
+      s->state == SH_DONE && s->failed && !s->collected && !was_cancelled(s) &&
       s->gil != NULL && s->gil->key == main_of(L)) {
     s->collected = 1;
     report(L, s, s->co);
+  }
+  /* The last reference, held by this handle of the interpreter that ran
+  ** the thread (whose GIL the caller holds): nothing can reach the
+  ** coroutine after it, so its anchor goes.  A reference that ends
+  ** elsewhere (a message dropped, another interpreter) leaves the anchor
+  ** to the interpreter's end: a registry slot kept, never a read of a
+  ** collected coroutine. */
+  if (loomi_ref_mine((LoomRef *)slot) && s->ref != LUA_NOREF &&
+      s->state == SH_DONE && s->gil != NULL && s->gil->key == main_of(L) &&
+      atomic_load(&s->obj.refs) == 1) {
+    luaL_unref(L, LUA_REGISTRYINDEX, s->ref);
+    s->ref = LUA_NOREF;
   }
   return loomi_proxy_gc(L);
 }

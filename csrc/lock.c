@@ -11,7 +11,6 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 /* Both kinds share one layout.  `owner` is the whole lock state: 0 when
@@ -33,12 +32,21 @@ typedef struct LoomLock {
 #define LOCK_SLICE  0.1
 #define LOCK_SPIN   64
 
-/* The calling process's pid and OS thread id, cached: getpid() and gettid()
-** are system calls, and the uncontended path must not make one.  The
-** atfork child handler refreshes both (the child's only thread is the one
-** that forked), so a fork never inherits its parent's identity. */
+/* The calling process's pid, cached (getpid() is a system call, and the
+** uncontended path must not make one), and the calling thread's owner
+** number: an RLock's owner is a loom thread, not the OS thread under it (a
+** worker runs one loom thread after another), so each loom thread, and
+** each other OS thread, draws a number of its own from a process-wide
+** counter on its first RLock.  The atfork child handler refreshes both
+** (the child's only thread is the one that forked), so a fork never
+** inherits its parent's identity. */
 static pid_t self_pid = 0;
 static LOOM_THREAD_LOCAL uint32_t self_tid = 0;
+static atomic_uint owner_counter = 0;
+
+void loomi_lock_new_owner (void) {
+  self_tid = 0;
+}
 static pthread_once_t ident_once = PTHREAD_ONCE_INIT;
 
 static void ident_atfork_child (void) {
@@ -58,8 +66,8 @@ pid_t loomi_self_pid (void) {
 static uint64_t lock_me (const LoomLock *k) {
   uint64_t me = (uint64_t)(uint32_t)self_pid << 32;
   if (k->recursive) {
-    if (self_tid == 0)
-      self_tid = (uint32_t)syscall(SYS_gettid);
+    while (self_tid == 0)      /* 0 is no owner: skipped when it wraps */
+      self_tid = atomic_fetch_add(&owner_counter, 1) + 1;
     me |= self_tid;
   }
   return me;
@@ -326,7 +334,8 @@ static int rlock_new (lua_State *L) {
 ** is the pair a program calls most. */
 LoomObj *loomi_fastself (lua_State *L) {
   LoomObj **slot = lua_touserdata(L, 1);
-  if (slot != NULL && *slot != NULL && lua_getmetatable(L, 1)) {
+  if (slot != NULL && *slot != NULL && loomi_proxy_shaped(L, 1) &&
+      lua_getmetatable(L, 1)) {
     int same = lua_rawequal(L, -1, lua_upvalueindex(1));
     lua_pop(L, 1);
     if (same)
@@ -389,9 +398,13 @@ static int rlock_locked (lua_State *L) {
 }
 
 static int lock_tostring (lua_State *L) {
-  LoomObj **slot = lua_touserdata(L, 1);
-  const char *tname = luaL_testudata(L, 1, LOOM_LOCK) ? LOOM_LOCK : LOOM_RLOCK;
-  if (slot == NULL || *slot == NULL) {
+  const char *tname = LOOM_LOCK;
+  LoomObj **slot = loomi_testslot(L, 1, LOOM_LOCK);
+  if (slot == NULL) {
+    tname = LOOM_RLOCK;
+    slot = loomi_checkslot(L, 1, LOOM_RLOCK);
+  }
+  if (*slot == NULL) {
     lua_pushfstring(L, "%s (closed)", tname);
     return 1;
   }
@@ -413,6 +426,14 @@ static int lock_tostring (lua_State *L) {
 #define LOOM_GUARD "loom.Guard"
 
 typedef struct Guard { int held; } Guard;
+
+/* Its size is checked too: a foreign userdata given the guard's
+** metatable through the debug library must not be written to. */
+static Guard *checkguard (lua_State *L, int arg) {
+  Guard *g = luaL_checkudata(L, arg, LOOM_GUARD);
+  luaL_argexpected(L, lua_rawlen(L, arg) == sizeof(Guard), arg, LOOM_GUARD);
+  return g;
+}
 
 int loomi_hold (lua_State *L) {
   luaL_checktype(L, 1, LUA_TUSERDATA);
@@ -445,7 +466,7 @@ int loomi_hold (lua_State *L) {
 ** in a cancelled thread every call is hooked to raise, and a guard must
 ** still release while the cancellation unwinds. */
 int loomi_guard_close (lua_State *L) {
-  Guard *g = luaL_checkudata(L, 1, LOOM_GUARD);
+  Guard *g = checkguard(L, 1);
   if (!g->held)
     return 0;
   g->held = 0;
@@ -461,7 +482,7 @@ int loomi_guard_close (lua_State *L) {
 }
 
 static int guard_tostring (lua_State *L) {
-  Guard *g = luaL_checkudata(L, 1, LOOM_GUARD);
+  Guard *g = checkguard(L, 1);
   lua_pushstring(L, g->held ? "loom.Guard (held)" : "loom.Guard (released)");
   return 1;
 }

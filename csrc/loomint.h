@@ -5,6 +5,50 @@
 #ifndef LOOMINT_H
 #define LOOMINT_H
 
+/* ---- Ownership and lifetimes ----
+** Shared objects.  Every primitive is a LoomObj in the shared heap with an
+** atomic count.  References are held by: a proxy (one each, in a LoomRef);
+** a transfer message (one per object it carries, given back by whoever
+** frees the message: its decoder, or the queue, pool or thread that drops
+** it undecoded); the object that contains another (an Array or Value its
+** lock, a Pool its task queue, a shared thread the thread object it
+** borrows); and whatever runs on an object's behalf (a running thread
+** holds its own object, a pool worker its queue, an as_completed loop its
+** waiter and futures).  The last release runs the destroy hook, in
+** whichever thread or process that is.
+** Processes.  A reference belongs to the process that took it.  Every
+** userdata that holds one holds it in a LoomRef (loomi_ref_*), which only
+** releases in that process: a forked child inherits the memory of its
+** parent's holders, never their references, and drops them by forgetting.
+** loom's own fork takes in the parent a reference for the child on every
+** object a proxy of the forking state holds (LoomHeld), given back when the
+** child is reaped (or by the child, orphaned).  Per-state lists (the
+** threads and processes a state started, the messages it is decoding)
+** record their process and are forgotten in a child.  What runs in threads
+** belongs to its process alone: a Pool refuses its methods elsewhere, a
+** child has no idle workers, and an inherited as_completed loop refuses.
+** Threads.  A lua_State is touched by one OS thread at a time: a loom
+** thread's state by its worker, an interpreter with shared threads by the
+** holder of its GIL.  An RLock is owned by a loom thread (pid and a number
+** each loom thread draws), never by the OS thread under it.
+** Lua values.  A proxy's Lua companions sit in its user values; a shared
+** thread's coroutine, which its results live in, is anchored in its
+** interpreter's registry until no handle can read it.  The library of
+** loom.core and of every C function that crosses states is pinned for the
+** process's life (dlopen RTLD_NODELETE), in every process that has it.
+** Lock order, for the whole library (a lock is never taken while holding
+** one listed after it):
+**   1. hook_mu (core.c), gils_mu (gil.c), idle_mu (thread.c): alone.
+**   2. One object's mutex: a Lock/RLock/Semaphore/Event/Barrier/Condition/
+**      Queue/Future/Process/thread's mu.  Two only as: a Future's mu then
+**      a waiter's (pool.c); a SharedThread's mu then its GIL's (gil.c).  A
+**      Condition never holds its own mu and its lock's together.
+**   3. A loom thread's reg_mu, taken under one of (2) by loomi_wait; a
+**      canceller takes reg_mu alone, then the object's mutex.
+**   4. The heap's locks (heap.c), last: anything may allocate or free
+**      under the locks above; the heap takes nothing else.
+** No Lua API call that can raise or allocate is made under any of them. */
+
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -82,7 +126,26 @@ LoomObj *loomi_obj_new (size_t size, const char *tname, LoomDestroy destroy);
 void loomi_obj_retain (LoomObj *o);
 void loomi_obj_release (LoomObj *o);         /* the last one destroys + frees */
 
-/* A proxy is a full userdata holding one reference.  proxy_new pushes a
+/* The owner-aware reference holder.  Every userdata that holds a
+** reference to a shared object holds it in a LoomRef, which remembers the
+** process that took it: a forked child inherits the holder's memory but not
+** the reference (the count lives in the shared heap and the parent's holder
+** still owns it), so only the owner process may ever release it.  ref_set
+** takes over a reference the calling process made (o may be NULL); ref_mine
+** is true while it holds one of this process; ref_take clears the holder
+** and returns the object when the reference is this process's to release,
+** else NULL; ref_drop releases it in the owner and only forgets it
+** elsewhere.  All are idempotent. */
+typedef struct LoomRef {
+  LoomObj *o;              /* first: a proxy is read as LoomObj** */
+  pid_t owner;
+} LoomRef;
+void     loomi_ref_set (LoomRef *r, LoomObj *o);
+int      loomi_ref_mine (const LoomRef *r);
+LoomObj *loomi_ref_take (LoomRef *r);
+void     loomi_ref_drop (LoomRef *r);
+
+/* A proxy is a full userdata holding one reference (in a LoomRef).  proxy_new pushes a
 ** proxy with a NULL object (create it before acquiring OS resources) and the
 ** metatable `tname`; set *slot once the object exists. */
 LoomObj **loomi_proxy_new (lua_State *L, const char *tname);
@@ -94,9 +157,20 @@ LoomObj **loomi_proxy_new_at (lua_State *L, int mt, int tbl, int nuv);
 void loomi_proxy_table (lua_State *L);
 /* Pushes a new proxy for an existing object, taking a new reference. */
 void loomi_proxy_push (lua_State *L, LoomObj *o);
+/* The slot of a proxy of class tname at arg, closed or not: recognised by
+** its metatable's identity and its shape, never by a field Lua can set.
+** test returns NULL for anything else, check raises "tname expected".
+** Every metamethod checks its self with these. */
+LoomObj **loomi_testslot (lua_State *L, int arg, const char *tname);
+int loomi_proxy_shaped (lua_State *L, int idx);  /* a proxy's size and mark */
+LoomObj **loomi_checkslot (lua_State *L, int arg, const char *tname);
+/* Pushes the private table whose keys are the metatables of every loom
+** class made in this state (a new empty table when there are none). */
+void loomi_class_table (lua_State *L);
 /* Type check + closed check; raises "attempt to use a closed loom.X". */
 LoomObj *loomi_checkobj (lua_State *L, int arg, const char *tname);
-/* The object behind a loom proxy of any type, or NULL. */
+/* The object behind a loom proxy of any type, or NULL (never a userdata
+** whose metatable merely looks like a loom one). */
 LoomObj *loomi_toobj (lua_State *L, int idx);
 /* Builds the metatable of a primitive: __name, the metamethods (a default
 ** __gc/__close/__tostring/__eq is added where `meta` has none) and
@@ -178,6 +252,9 @@ LoomObj *loomi_thread_borrowed (const char *name, int daemon);
 void loomi_thread_enter (LoomObj *o);
 void loomi_thread_leave (LoomObj *o);
 void loomi_thread_cancel (LoomObj *o);
+/* Names the calling OS thread for current() when loom did not start it as
+** a loom thread: a pool worker (thread.c). */
+void loomi_thread_name_os (const char *name);
 int  loomi_thread_cancelled (LoomObj *o);
 int  loomi_thread_is_self (LoomObj *o);
 
@@ -239,6 +316,15 @@ LoomMsg *loomi_error_encode (lua_State *L, int errbase);
 int  loomi_raise_remote (lua_State *L, int errbase, const char *where);
 
 /* ---- core.c ---- */
+/* The number of values of an argument table at t (the n field, else its
+** raw length), range-checked before any conversion to int; raises when it
+** is not an integer from 0 to LOOM_MAXARGS. */
+#define LOOM_MAXARGS 100000
+int loomi_argcount (lua_State *L, int t);
+/* In a forked child: restores the signal mask the process had when loom
+** was first opened, whatever thread (a loom thread or pool worker, which
+** block every signal) forked it. */
+void loomi_child_sigmask (void);
 /* Creates a state for a loom thread or worker, on the OS thread that will
 ** run it: standard libraries, the given package paths (either may be NULL),
 ** loom.core in package.preload (opened by the first require, or when a loom
@@ -262,6 +348,9 @@ int  loomi_lock_release_all (LoomObj *lk);
 int  loomi_lock_restore (LoomObj *lk, int count);
 /* acquire([blocking], [timeout]) and release() on lk with the Lua
 ** arguments from index 2 on: the methods of Lock and RLock, shared. */
+/* The calling OS thread starts a new loom thread: RLocks it takes from now
+** on are owned by that loom thread, not by the one it ran before. */
+void loomi_lock_new_owner (void);
 int  loomi_lock_lacquire (lua_State *L, LoomObj *lk);
 int  loomi_lock_lrelease (lua_State *L, LoomObj *lk);
 /* The hold([timeout]) method of anything with acquire/release: pushes a
@@ -276,6 +365,10 @@ void loomi_fast_methods (lua_State *L, const char *tname,
 LoomObj *loomi_fastself (lua_State *L);
 /* The guard's __close; a cancelled thread's hook lets it run. */
 int  loomi_guard_close (lua_State *L);
+/* For a hook on a loom thread's state (thread.c): whether a cancellation is
+** to be raised at this event; 0 while a __close handler of its unwinding
+** runs. */
+int  loomi_cancel_hook_due (lua_State *L, lua_Debug *ar);
 /* This process's pid, cached and refreshed in forks. */
 pid_t loomi_self_pid (void);
 /* True when process pid no longer exists; with zombies, also when it is

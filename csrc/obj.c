@@ -14,9 +14,32 @@
 ** holds (loomi_proxy_hold), which the parent gives back once the child is
 ** reaped; the child writes nothing on what it inherited. */
 typedef struct Proxy {
-  LoomObj *o;              /* first: code elsewhere reads a proxy as LoomObj** */
-  pid_t owner;
+  LoomRef ref;             /* first: code elsewhere reads a proxy as LoomObj** */
+  uint32_t magic;          /* PROXY_MAGIC: a block Lua code cannot write */
 } Proxy;
+
+#define PROXY_MAGIC 0x6c6f6f6du   /* "loom" */
+
+/* ---- the owner-aware reference holder ---- */
+
+void loomi_ref_set (LoomRef *r, LoomObj *o) {
+  r->o = o;
+  r->owner = loomi_self_pid();
+}
+
+int loomi_ref_mine (const LoomRef *r) {
+  return r->o != NULL && r->owner == loomi_self_pid();
+}
+
+LoomObj *loomi_ref_take (LoomRef *r) {
+  LoomObj *o = loomi_ref_mine(r) ? r->o : NULL;
+  r->o = NULL;
+  return o;
+}
+
+void loomi_ref_drop (LoomRef *r) {
+  loomi_obj_release(loomi_ref_take(r));
+}
 
 LoomObj *loomi_obj_new (size_t size, const char *tname, LoomDestroy destroy) {
   LoomObj *o = loomi_heap_calloc(size);
@@ -80,16 +103,79 @@ static void proxy_track (lua_State *L) {
 
 static Proxy *proxy_alloc (lua_State *L, int nuv) {
   Proxy *p = lua_newuserdatauv(L, sizeof(Proxy), nuv);
-  p->o = NULL;
-  p->owner = loomi_self_pid();
+  loomi_ref_set(&p->ref, NULL);
+  p->magic = PROXY_MAGIC;
   return p;
 }
+
+/* Every loom class's metatable, as a key of a private registry table (the
+** value is its type name): a proxy is recognised by its metatable's
+** identity, which Lua code cannot forge, and never by a field it could set
+** on a foreign metatable.  The size and the magic word also refuse a
+** foreign userdata given a loom metatable through debug.setmetatable. */
+static const char CLASSES_KEY = 'c';
+
+static void class_register (lua_State *L, int mt, const char *tname) {
+  mt = lua_absindex(L, mt);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &CLASSES_KEY) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &CLASSES_KEY);
+  }
+  lua_pushvalue(L, mt);
+  lua_pushstring(L, tname);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+}
+
+void loomi_class_table (lua_State *L) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &CLASSES_KEY) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+  }
+}
+
+int loomi_proxy_shaped (lua_State *L, int idx) {
+  Proxy *p = lua_touserdata(L, idx);
+  return p != NULL && lua_type(L, idx) == LUA_TUSERDATA &&
+         lua_rawlen(L, idx) == sizeof(Proxy) && p->magic == PROXY_MAGIC;
+}
+
+/* The proxy at idx when it is one of any loom class, else NULL. */
+static Proxy *toproxy (lua_State *L, int idx) {
+  if (!loomi_proxy_shaped(L, idx) || !lua_getmetatable(L, idx))
+    return NULL;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &CLASSES_KEY);
+  int known = 0;
+  if (lua_istable(L, -1)) {
+    lua_pushvalue(L, -2);
+    known = lua_rawget(L, -2) == LUA_TSTRING;
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 2);
+  return known ? lua_touserdata(L, idx) : NULL;
+}
+
+LoomObj **loomi_testslot (lua_State *L, int arg, const char *tname) {
+  if (!loomi_proxy_shaped(L, arg))
+    return NULL;
+  return luaL_testudata(L, arg, tname);
+}
+
+LoomObj **loomi_checkslot (lua_State *L, int arg, const char *tname) {
+  LoomObj **slot = loomi_testslot(L, arg, tname);
+  if (slot == NULL)
+    luaL_typeerror(L, arg, tname);
+  return slot;
+}
+
 
 LoomObj **loomi_proxy_new (lua_State *L, const char *tname) {
   Proxy *p = proxy_alloc(L, 1);
   luaL_setmetatable(L, tname);
   proxy_track(L);
-  return &p->o;
+  return &p->ref.o;
 }
 
 LoomObj **loomi_proxy_new_at (lua_State *L, int mt, int tbl, int nuv) {
@@ -97,7 +183,7 @@ LoomObj **loomi_proxy_new_at (lua_State *L, int mt, int tbl, int nuv) {
   lua_pushvalue(L, mt);
   lua_setmetatable(L, -2);
   proxy_track_in(L, tbl);
-  return &p->o;
+  return &p->ref.o;
 }
 
 void loomi_proxy_push (lua_State *L, LoomObj *o) {
@@ -114,37 +200,28 @@ void loomi_proxy_push (lua_State *L, LoomObj *o) {
   }
   lua_setmetatable(L, -2);
   loomi_obj_retain(o);
-  p->o = o;
+  p->ref.o = o;
 }
 
 LoomObj *loomi_checkobj (lua_State *L, int arg, const char *tname) {
-  LoomObj **slot = luaL_checkudata(L, arg, tname);
+  LoomObj **slot = loomi_checkslot(L, arg, tname);
   if (*slot == NULL)
     luaL_error(L, "attempt to use a closed %s", tname);
   return *slot;
 }
 
-/* Recognises a proxy by the __loom field every loom metatable carries. */
 LoomObj *loomi_toobj (lua_State *L, int idx) {
-  LoomObj *o = NULL;
-  if (lua_type(L, idx) == LUA_TUSERDATA && lua_getmetatable(L, idx)) {
-    if (lua_getfield(L, -1, "__loom") == LUA_TBOOLEAN) {
-      LoomObj **slot = lua_touserdata(L, idx);
-      o = *slot;
-    }
-    lua_pop(L, 2);
-  }
-  return o;
+  Proxy *p = toproxy(L, idx);
+  return p != NULL ? p->ref.o : NULL;
 }
 
+/* Any loom proxy may be closed through any class's __gc: they all hold the
+** same kind of reference.  Anything else is refused. */
 int loomi_proxy_gc (lua_State *L) {
-  Proxy *p = lua_touserdata(L, 1);
-  if (p != NULL && p->o != NULL) {
-    LoomObj *o = p->o;
-    p->o = NULL;
-    if (p->owner == loomi_self_pid())
-      loomi_obj_release(o);
-  }
+  Proxy *p = toproxy(L, 1);
+  if (p == NULL)
+    return luaL_typeerror(L, 1, "loom object");
+  loomi_ref_drop(&p->ref);
   return 0;
 }
 
@@ -160,7 +237,7 @@ static void proxy_each (lua_State *L, void (*fn) (Proxy *p, void *ud),
   while (lua_next(L, -2) != 0) {
     Proxy *p = lua_touserdata(L, -1);
     lua_pop(L, 1);
-    if (p != NULL && p->o != NULL)
+    if (p != NULL && p->ref.o != NULL)
       fn(p, ud);
   }
   lua_pop(L, 1);
@@ -176,8 +253,8 @@ typedef struct HoldFill { LoomHeld *h; size_t cap; } HoldFill;
 static void hold_one (Proxy *p, void *ud) {
   HoldFill *f = ud;
   if (f->h->n < f->cap) {    /* always: nothing ran between the two walks */
-    loomi_obj_retain(p->o);
-    f->h->objs[f->h->n++] = p->o;
+    loomi_obj_retain(p->ref.o);
+    f->h->objs[f->h->n++] = p->ref.o;
   }
 }
 
@@ -202,28 +279,27 @@ void loomi_held_release (LoomHeld *h) {
 }
 
 static void release_own (Proxy *p, void *ud) {
-  pid_t *self = ud;
-  if (p->owner == *self) {
-    LoomObj *o = p->o;
-    p->o = NULL;
-    loomi_obj_release(o);
-  }
+  (void)ud;
+  if (loomi_ref_mine(&p->ref))
+    loomi_ref_drop(&p->ref);
 }
 
 void loomi_proxy_release_own (lua_State *L) {
-  pid_t self = loomi_self_pid();
-  proxy_each(L, release_own, &self);
+  proxy_each(L, release_own, NULL);
 }
 
 static int proxy_tostring (lua_State *L) {
-  LoomObj **slot = lua_touserdata(L, 1);
-  const char *tname = "loom object";
+  Proxy *p = toproxy(L, 1);
+  if (p == NULL)
+    return luaL_typeerror(L, 1, "loom object");
+  LoomObj **slot = &p->ref.o;
+  const char *tname = (*slot != NULL) ? (*slot)->tname : "loom object";
   if (lua_getmetatable(L, 1)) {
     if (lua_getfield(L, -1, "__name") == LUA_TSTRING)
       tname = lua_tostring(L, -1);
     lua_pop(L, 1);   /* tname stays alive through the metatable */
   }
-  if (slot == NULL || *slot == NULL)
+  if (*slot == NULL)
     lua_pushfstring(L, "%s (closed)", tname);
   else
     lua_pushfstring(L, "%s (%p)", tname, (void *)*slot);
@@ -231,8 +307,8 @@ static int proxy_tostring (lua_State *L) {
 }
 
 static int proxy_eq (lua_State *L) {
-  LoomObj **a = lua_touserdata(L, 1), **b = lua_touserdata(L, 2);
-  lua_pushboolean(L, a != NULL && b != NULL && *a != NULL && *a == *b);
+  LoomObj *a = loomi_toobj(L, 1), *b = loomi_toobj(L, 2);
+  lua_pushboolean(L, a != NULL && a == b);
   return 1;
 }
 
@@ -254,8 +330,7 @@ void loomi_newclass (lua_State *L, const char *tname,
     }
     lua_pop(L, 1);
   }
-  lua_pushboolean(L, 1);
-  lua_setfield(L, -2, "__loom");
+  class_register(L, -1, tname);
   if (methods != NULL) {
     lua_newtable(L);
     luaL_setfuncs(L, methods, 0);

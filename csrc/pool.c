@@ -113,6 +113,7 @@ typedef struct Pool {
   TaskQueue *q;
   int nworkers;
   int process;               /* kind = "process" */
+  pid_t owner;               /* its workers are this process's */
 } Pool;
 
 /* Pool ids count up across the process, for worker names. */
@@ -476,6 +477,9 @@ static int task_init (lua_State *L) {
 ** calls queue_worker_gone. */
 static void queue_serve (TaskQueue *q, lua_State *L, int worker) {
   self_queue = q;
+  char name[64];             /* as the remote tracebacks name it */
+  snprintf(name, sizeof name, "Pool-%d-worker-%d", q->id, worker);
+  loomi_thread_name_os(name);
   lua_settop(L, 0);
   lua_pushcfunction(L, loomi_msgh);
   if (q->init != NULL) {
@@ -597,9 +601,7 @@ typedef struct Supervisor {
 } Supervisor;
 
 static void proc_worker_child (TaskQueue *q, int index, pid_t parent) {
-  sigset_t none;
-  sigemptyset(&none);
-  pthread_sigmask(SIG_SETMASK, &none, NULL);
+  loomi_child_sigmask();
   /* the supervisor thread outlives every worker: its end means the parent
   ** is gone */
   prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -1015,7 +1017,7 @@ static int future_cancel_l (lua_State *L) {
 }
 
 static int future_tostring (lua_State *L) {
-  LoomObj **slot = luaL_checkudata(L, 1, LOOM_FUTURE);
+  LoomObj **slot = loomi_checkslot(L, 1, LOOM_FUTURE);
   if (*slot == NULL) {
     lua_pushliteral(L, "loom.Future (closed)");
     return 1;
@@ -1033,16 +1035,17 @@ static int future_tostring (lua_State *L) {
 ** above it).  Returns the array; *n receives the count. */
 static Future **collect_futures (lua_State *L, int arg, uint32_t *n) {
   luaL_checktype(L, arg, LUA_TTABLE);
-  lua_Integer len = luaL_len(L, arg);
+  /* raw: a __len could claim any count */
+  lua_Unsigned len = lua_rawlen(L, arg);
   luaL_argcheck(L, len < INT32_MAX, arg, "too many futures");
   Future **fs = lua_newuserdatauv(L, (size_t)(len > 0 ? len : 1) *
                                      sizeof(Future *), 0);
   lua_createtable(L, (int)len, 0);       /* proxies by position */
   lua_createtable(L, 0, (int)len);       /* seen: object -> true */
   uint32_t count = 0;
-  for (lua_Integer i = 1; i <= len; i++) {
-    lua_geti(L, arg, i);
-    LoomObj **slot = luaL_testudata(L, -1, LOOM_FUTURE);
+  for (lua_Integer i = 1; i <= (lua_Integer)len; i++) {
+    lua_rawgeti(L, arg, i);
+    LoomObj **slot = loomi_testslot(L, -1, LOOM_FUTURE);
     if (slot == NULL || *slot == NULL)
       luaL_argerror(L, arg, lua_pushfstring(L,
                     "loom.Future expected at index %d, got %s", (int)i,
@@ -1111,29 +1114,43 @@ static int pool_wait (lua_State *L) {
 ** references to, and the position reached.  Closed by the generic for's
 ** closing value (break, error, end) or by the collector. */
 typedef struct AsCompleted {
-  Waiter *w;
-  Future **fs;               /* w->n entries, each retained (malloc) */
+  LoomRef w;                 /* the Waiter; whose owner also owns fs's refs */
+  Future **fs;               /* the waiter's n entries, each retained (malloc) */
   uint32_t next;
   LoomDeadline dl;
 } AsCompleted;
 
+/* The loop's state at arg; its size too is checked, so that a foreign
+** userdata given its metatable through the debug library is refused. */
+static AsCompleted *checkascompleted (lua_State *L, int arg) {
+  AsCompleted *a = luaL_checkudata(L, arg, LOOM_ASCOMPLETED);
+  luaL_argexpected(L, lua_rawlen(L, arg) == sizeof(AsCompleted), arg,
+                   LOOM_ASCOMPLETED);
+  return a;
+}
+
+/* Only the process that made the loop unlinks its waiter and gives back
+** its references: a forked child that drops an inherited loop forgets
+** them, or it would release the parent's. */
 static int ascompleted_close (lua_State *L) {
-  AsCompleted *a = lua_touserdata(L, 1);
-  if (a->w != NULL) {
-    waiter_unregister(a->w, a->fs);
-    for (uint32_t i = 0; i < a->w->n; i++)
+  AsCompleted *a = checkascompleted(L, 1);
+  if (loomi_ref_mine(&a->w)) {
+    Waiter *w = (Waiter *)a->w.o;
+    waiter_unregister(w, a->fs);
+    for (uint32_t i = 0; i < w->n; i++)
       loomi_obj_release(&a->fs[i]->obj);
-    loomi_obj_release(&a->w->obj);
-    a->w = NULL;
   }
+  loomi_ref_drop(&a->w);
   free(a->fs);
   a->fs = NULL;
   return 0;
 }
 
 static int ascompleted_next (lua_State *L) {
-  AsCompleted *a = luaL_checkudata(L, 1, LOOM_ASCOMPLETED);
-  Waiter *w = a->w;
+  AsCompleted *a = checkascompleted(L, 1);
+  if (a->w.o != NULL && !loomi_ref_mine(&a->w))
+    return luaL_error(L, "as_completed loop used in another process");
+  Waiter *w = (Waiter *)a->w.o;
   if (w == NULL || a->next >= w->n)
     return 0;
   loomi_block_begin(L);
@@ -1165,6 +1182,7 @@ static int pool_as_completed (lua_State *L) {
   Future **fs = collect_futures(L, 1, &n);   /* 2: array, 3: proxies */
   AsCompleted *a = lua_newuserdatauv(L, sizeof(AsCompleted), 1);
   memset(a, 0, sizeof *a);
+  loomi_ref_set(&a->w, NULL);
   a->dl = dl;
   luaL_setmetatable(L, LOOM_ASCOMPLETED);
   lua_pushvalue(L, 3);
@@ -1180,7 +1198,7 @@ static int pool_as_completed (lua_State *L) {
     loomi_obj_retain(&fs[i]->obj);
   }
   waiter_register(w, a->fs);
-  a->w = w;
+  loomi_ref_set(&a->w, &w->obj);
   lua_pushcfunction(L, ascompleted_next);
   lua_pushvalue(L, 4);
   lua_pushnil(L);
@@ -1190,8 +1208,17 @@ static int pool_as_completed (lua_State *L) {
 
 /* ---- Lua bindings: pools ---- */
 
+/* A pool's workers are threads, or a supervisor thread, of the process
+** that made it: in any other (a fork) its methods would run tasks in, or
+** shut down, the parent's pool, so they refuse. */
+static Pool *ownpool (lua_State *L, Pool *p) {
+  if (p->owner != loomi_self_pid())
+    luaL_error(L, "loom.Pool used in a process other than the one that made it");
+  return p;
+}
+
 static Pool *checkpool (lua_State *L, int arg) {
-  return (Pool *)loomi_checkobj(L, arg, LOOM_POOL);
+  return ownpool(L, (Pool *)loomi_checkobj(L, arg, LOOM_POOL));
 }
 
 static char *heap_strdup_field (lua_State *L, const char *field) {
@@ -1281,6 +1308,7 @@ static int pool_new (lua_State *L) {
   if (p == NULL)
     return luaL_error(L, "cannot create pool: shared heap exhausted");
   *slot = &p->obj;
+  p->owner = loomi_self_pid();
   p->nworkers = (int)n;
   p->process = process;
   TaskQueue *q = queue_create();
@@ -1306,7 +1334,7 @@ static int pool_new (lua_State *L) {
 ** the state's table of proxies (loomi_pool_open). */
 static int pool_submit (lua_State *L) {
   LoomObj *self = loomi_fastself(L);
-  Pool *p = self != NULL ? (Pool *)self : checkpool(L, 1);
+  Pool *p = self != NULL ? ownpool(L, (Pool *)self) : checkpool(L, 1);
   luaL_checktype(L, 2, LUA_TFUNCTION);
   TaskQueue *q = p->q;
   int top = lua_gettop(L);
@@ -1356,11 +1384,38 @@ static int pool_shutdown (lua_State *L) {
 
 /* __close: shutdown(true); the handle stays usable for queries. */
 static int pool_close (lua_State *L) {
-  LoomObj **slot = luaL_checkudata(L, 1, LOOM_POOL);
-  if (*slot == NULL)
-    return 0;
+  LoomObj **slot = loomi_checkslot(L, 1, LOOM_POOL);
+  if (*slot == NULL || ((Pool *)*slot)->owner != loomi_self_pid())
+    return 0;                /* a fork leaving a scope: not its pool */
   lua_settop(L, 1);
   return pool_shutdown(L);
+}
+
+/* The methods written in Lua (lua/loom/pool.lua): the class installs
+** them itself, in whichever state first asks for one, so a pool has the
+** same methods in every interpreter whether or not it required loom. */
+static const char *const lua_methods[] = { "map", "imap", NULL };
+
+static void install_lua_methods (lua_State *L, int methods) {
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  if (lua_getfield(L, -1, "loom.pool") != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+    if (lua_getfield(L, -1, "require") != LUA_TFUNCTION)
+      luaL_error(L, "cannot load loom.pool: no require");
+    lua_remove(L, -2);
+    lua_pushliteral(L, "loom.pool");
+    lua_call(L, 1, 1);
+    if (!lua_istable(L, -1))
+      luaL_error(L, "cannot load loom.pool: not a module table");
+  }
+  for (int i = 0; lua_methods[i] != NULL; i++) {
+    if (lua_getfield(L, -1, lua_methods[i]) == LUA_TFUNCTION)
+      lua_setfield(L, methods, lua_methods[i]);
+    else
+      lua_pop(L, 1);
+  }
+  lua_pop(L, 2);
 }
 
 /* Methods first (upvalue 1: the methods table), then the fields. */
@@ -1369,8 +1424,15 @@ static int pool_index (lua_State *L) {
   lua_pushvalue(L, 2);
   if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL)
     return 1;
-  Pool *p = checkpool(L, 1);
+  Pool *p = (Pool *)loomi_checkobj(L, 1, LOOM_POOL);
   const char *key = lua_tostring(L, 2);
+  for (int i = 0; key != NULL && lua_methods[i] != NULL; i++)
+    if (lua_type(L, 2) == LUA_TSTRING && strcmp(key, lua_methods[i]) == 0) {
+      install_lua_methods(L, lua_upvalueindex(1));
+      lua_pushvalue(L, 2);
+      lua_rawget(L, lua_upvalueindex(1));
+      return 1;
+    }
   if (key != NULL && strcmp(key, "workers") == 0)
     lua_pushinteger(L, p->nworkers);
   else if (key != NULL && strcmp(key, "kind") == 0)
@@ -1381,7 +1443,7 @@ static int pool_index (lua_State *L) {
 }
 
 static int pool_tostring (lua_State *L) {
-  LoomObj **slot = luaL_checkudata(L, 1, LOOM_POOL);
+  LoomObj **slot = loomi_checkslot(L, 1, LOOM_POOL);
   if (*slot == NULL) {
     lua_pushliteral(L, "loom.Pool (closed)");
     return 1;

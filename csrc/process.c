@@ -316,8 +316,10 @@ static void proclist_orphan (ProcList *pl) {
   }
 }
 
+#define LOOM_PROCLIST "loom.ProcList"
+
 static int proclist_gc (lua_State *L) {
-  proclist_shutdown(lua_touserdata(L, 1));
+  proclist_shutdown(luaL_checkudata(L, 1, LOOM_PROCLIST));
   return 0;
 }
 
@@ -327,6 +329,10 @@ static ProcList *proclist_of (lua_State *L, int make) {
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &PROCLIST_KEY) == LUA_TUSERDATA) {
     ProcList *pl = lua_touserdata(L, -1);
     lua_pop(L, 1);
+    if (pl->pid != getpid()) {   /* a fork loom did not make: the parent's */
+      pl->n = 0;
+      pl->pid = getpid();
+    }
     return pl;
   }
   lua_pop(L, 1);
@@ -335,9 +341,10 @@ static ProcList *proclist_of (lua_State *L, int make) {
   ProcList *pl = lua_newuserdatauv(L, sizeof(ProcList), 0);
   memset(pl, 0, sizeof *pl);
   pl->pid = getpid();
-  lua_createtable(L, 0, 1);
-  lua_pushcfunction(L, proclist_gc);
-  lua_setfield(L, -2, "__gc");
+  if (luaL_newmetatable(L, LOOM_PROCLIST)) {
+    lua_pushcfunction(L, proclist_gc);
+    lua_setfield(L, -2, "__gc");
+  }
   lua_setmetatable(L, -2);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &PROCLIST_KEY);
   return pl;
@@ -401,20 +408,16 @@ static int child_main (lua_State *L) {
   lua_pop(L, 1);
   lua_State *co = lua_newthread(L);          /* 2 */
   lua_rawgeti(L, 1, 2);                      /* 3: args */
-  lua_Integer n = 0;
-  if (lua_getfield(L, 3, "n") == LUA_TNUMBER)
-    n = lua_tointeger(L, -1);
-  lua_pop(L, 1);
-  n = n > 0 ? n : 0;
-  luaL_checkstack(L, (int)n + 8, "too many arguments");
-  if (!lua_checkstack(co, (int)n + 8))
+  int n = loomi_argcount(L, 3);
+  luaL_checkstack(L, n + 8, "too many arguments");
+  if (!lua_checkstack(co, n + 8))
     return luaL_error(L, "too many arguments");
   lua_rawgeti(L, 1, 1);
-  for (lua_Integer i = 1; i <= n; i++)
+  for (int i = 1; i <= n; i++)
     lua_rawgeti(L, 3, i);
-  lua_xmove(L, co, (int)n + 1);
+  lua_xmove(L, co, n + 1);
   int nres = 0;
-  int status = lua_resume(co, L, (int)n, &nres);
+  int status = lua_resume(co, L, n, &nres);
   if (status == LUA_OK) {
     luaL_checkstack(L, nres + 8, "too many results");
     lua_settop(L, 0);
@@ -469,12 +472,8 @@ static void child_fail (lua_State *L, LoomProcess *p) {
 
 /* The child's life, from fork to _exit; stack: proxy, {target, args}. */
 static void process_child (lua_State *L, LoomProcess *p) {
-  if (loomi_thread_forked(L)) {
-    /* loom threads block every signal; a process must be reachable */
-    sigset_t none;
-    sigemptyset(&none);
-    pthread_sigmask(SIG_SETMASK, &none, NULL);
-  }
+  loomi_thread_forked(L);
+  loomi_child_sigmask();   /* whatever the forking thread blocked */
   ProcList *pl = proclist_of(L, 0);
   if (pl != NULL) {
     pl->n = 0;   /* the parent's children, and its references to them */
@@ -548,6 +547,10 @@ static int process_start (lua_State *L) {
     return luaL_error(L, "daemonic processes are not allowed to have children");
   if (lua_getiuservalue(L, 1, 1) != LUA_TTABLE)
     return luaL_error(L, "cannot start a process twice");
+  lua_rawgeti(L, 2, 2);
+  if (lua_istable(L, 3))
+    loomi_argcount(L, 3);        /* in the parent, which can be told */
+  lua_settop(L, 2);
   ProcList *pl = proclist_of(L, 1);
   proclist_prune(pl);
   if (pl->n == pl->cap) {
@@ -722,7 +725,7 @@ static int process_kill (lua_State *L) {
 }
 
 static int process_gc (lua_State *L) {
-  LoomObj **slot = lua_touserdata(L, 1);
+  LoomObj **slot = loomi_checkslot(L, 1, LOOM_PROCESS);
   LoomProcess *p = (LoomProcess *)*slot;
   if (p != NULL && p->state == PR_DONE)
     process_report_lost(p);

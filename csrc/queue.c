@@ -288,13 +288,15 @@ static int queue_try_put (lua_State *L) {
 typedef struct Pending {
   LoomMsg **list;
   size_t n, cap;
+  pid_t owner;               /* a forked child frees none of its parent's */
 } Pending;
 
 static const char PENDING_KEY = 'p';
+#define LOOM_PENDING "loom.Pending"
 
 static int pending_gc (lua_State *L) {
-  Pending *p = lua_touserdata(L, 1);
-  for (size_t i = 0; i < p->n; i++)
+  Pending *p = luaL_checkudata(L, 1, LOOM_PENDING);
+  for (size_t i = 0; i < p->n && p->owner == loomi_self_pid(); i++)
     loomi_msg_free(p->list[i]);
   free(p->list);
   p->list = NULL;
@@ -310,6 +312,11 @@ static int decode_item (lua_State *L, const Slot *it) {
   lua_rawgetp(L, LUA_REGISTRYINDEX, &PENDING_KEY);
   Pending *p = lua_touserdata(L, -1);
   lua_pop(L, 1);   /* the registry keeps it */
+  if (p->owner != loomi_self_pid()) {   /* inherited: the parent's list */
+    p->list = NULL;
+    p->n = p->cap = 0;
+    p->owner = loomi_self_pid();
+  }
   if (p->n == p->cap) {
     size_t cap = p->cap ? p->cap * 2 : 4;
     LoomMsg **list = realloc(p->list, cap * sizeof *list);
@@ -461,9 +468,11 @@ void loomi_queue_open (lua_State *L) {
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &PENDING_KEY) == LUA_TNIL) {
     Pending *p = lua_newuserdatauv(L, sizeof(Pending), 0);
     memset(p, 0, sizeof *p);
-    lua_createtable(L, 0, 1);
-    lua_pushcfunction(L, pending_gc);
-    lua_setfield(L, -2, "__gc");
+    p->owner = loomi_self_pid();
+    if (luaL_newmetatable(L, LOOM_PENDING)) {
+      lua_pushcfunction(L, pending_gc);
+      lua_setfield(L, -2, "__gc");
+    }
     lua_setmetatable(L, -2);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &PENDING_KEY);
   }

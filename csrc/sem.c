@@ -176,10 +176,13 @@ static int sem_get_value (lua_State *L) {
 }
 
 static int sem_tostring (lua_State *L) {
-  LoomObj **slot = lua_touserdata(L, 1);
-  const char *tname = luaL_testudata(L, 1, LOOM_BSEMAPHORE) != NULL
-                      ? LOOM_BSEMAPHORE : LOOM_SEMAPHORE;
-  if (slot == NULL || *slot == NULL)
+  const char *tname = LOOM_BSEMAPHORE;
+  LoomObj **slot = loomi_testslot(L, 1, LOOM_BSEMAPHORE);
+  if (slot == NULL) {
+    tname = LOOM_SEMAPHORE;
+    slot = loomi_checkslot(L, 1, LOOM_SEMAPHORE);
+  }
+  if (*slot == NULL)
     lua_pushfstring(L, "%s (closed)", tname);
   else {
     Sem *s = (Sem *)*slot;

@@ -354,13 +354,18 @@ void loomi_fastclass (lua_State *L, const char *tname, const luaL_Reg *meta,
     lua_pushvalue(L, -2);
     lua_pushvalue(L, -4);                           /* mt methods mt methods mt */
     luaL_setfuncs(L, meta, 2);                      /* mt methods mt */
+    /* also a field, as other classes have it, so that a reused state's
+    ** snapshot reaches the methods (upvalues are not walked) */
+    lua_pushvalue(L, -2);
+    lua_setfield(L, -2, "methods");
   }
   lua_settop(L, top);
 }
 
 LoomObj *loomi_fastcheck (lua_State *L, int arg, const char *tname) {
   LoomObj **slot = lua_touserdata(L, arg);
-  if (slot != NULL && *slot != NULL && lua_getmetatable(L, arg)) {
+  if (slot != NULL && *slot != NULL && loomi_proxy_shaped(L, arg) &&
+      lua_getmetatable(L, arg)) {
     int same = lua_rawequal(L, -1, lua_upvalueindex(2));
     lua_pop(L, 1);
     if (same)
@@ -506,7 +511,7 @@ static int value_store (lua_State *L) {
 }
 
 static int value_tostring (lua_State *L) {
-  LoomObj **slot = luaL_checkudata(L, 1, LOOM_VALUE);
+  LoomObj **slot = loomi_checkslot(L, 1, LOOM_VALUE);
   if (*slot == NULL) {
     lua_pushliteral(L, "loom.Value (closed)");
     return 1;

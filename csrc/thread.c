@@ -35,6 +35,11 @@ typedef struct LoomThread {
   LoomMsg *reporter;         /* the starting state's reporter, if it has one */
   char *path, *cpath;        /* package paths for the new state (malloc) */
   char failmsg[160];         /* an error that happened before any state */
+  struct CoLink *running;    /* coroutines it resumed that still run */
+  /* a cancellation unwinding; touched by the thread itself only */
+  int unwinding;             /* "cancelled" was raised in it */
+  lua_State *closing_L;      /* the state running a __close handler of it */
+  int closing_depth;         /* the stack depth of that handler */
   int64_t ident;             /* the pthread_t, as Python's ident */
   int64_t native_id;         /* the kernel's thread id */
   char name[64];
@@ -45,8 +50,20 @@ typedef struct LoomThread {
   LoomObj *wait_obj;
 } LoomThread;
 
+/* A coroutine a loom thread resumed, while it runs: a node on the C stack
+** of the resume, linked from the thread (under its mu) so that cancel()
+** can put its hook on the coroutine actually running. */
+typedef struct CoLink {
+  lua_State *co;
+  struct CoLink *outer;
+} CoLink;
+
 /* The loom thread the calling OS thread runs, NULL for others. */
 static LOOM_THREAD_LOCAL LoomThread *self_thread = NULL;
+
+/* The name current() gives an OS thread loom did not start as a loom
+** thread (a pool worker, the child of a fork), empty for the default. */
+static LOOM_THREAD_LOCAL char os_thread_name[64];
 
 /* Default thread names count up across the process, like Python's. */
 static atomic_long thread_counter = 0;
@@ -86,19 +103,25 @@ static int64_t os_thread_id (void) {
   return (int64_t)syscall(SYS_gettid);
 }
 
+/* Whether t's cancellation is to be raised now: not while a __close
+** handler run by its unwinding is running (it may block like any code). */
+static int cancel_due (LoomThread *t) {
+  return atomic_load(&t->cancel) && t->closing_L == NULL;
+}
+
 int loomi_wait (pthread_cond_t *cv, pthread_mutex_t *mu, LoomObj *obj,
                 const LoomDeadline *dl) {
   LoomThread *t = self_thread;
   loomi_gil_pin(obj);
   if (t != NULL) {
-    if (atomic_load(&t->cancel))
+    if (cancel_due(t))
       return ECANCELED;
     pthread_mutex_lock(&t->reg_mu);
     t->wait_cv = cv;
     t->wait_mu = mu;
     t->wait_obj = obj;
     pthread_mutex_unlock(&t->reg_mu);
-    if (atomic_load(&t->cancel)) {
+    if (cancel_due(t)) {
       pthread_mutex_lock(&t->reg_mu);
       t->wait_cv = NULL;
       t->wait_mu = NULL;
@@ -119,7 +142,7 @@ int loomi_wait (pthread_cond_t *cv, pthread_mutex_t *mu, LoomObj *obj,
     t->wait_mu = NULL;
     t->wait_obj = NULL;
     pthread_mutex_unlock(&t->reg_mu);
-    if (atomic_load(&t->cancel))
+    if (cancel_due(t))
       return ECANCELED;
   }
   return rc == ETIMEDOUT ? ETIMEDOUT : 0;
@@ -127,7 +150,7 @@ int loomi_wait (pthread_cond_t *cv, pthread_mutex_t *mu, LoomObj *obj,
 
 int loomi_cancel_requested (void) {
   LoomThread *t = self_thread;
-  return t != NULL && atomic_load(&t->cancel);
+  return t != NULL && cancel_due(t);
 }
 
 int loomi_cancellable (void) {
@@ -135,6 +158,16 @@ int loomi_cancellable (void) {
 }
 
 int loomi_raise_cancelled (lua_State *L) {
+  if (self_thread != NULL) {
+    self_thread->unwinding = 1;
+    self_thread->closing_L = NULL;
+    /* the hook on L (ours, or the GIL's) must see the calls of the
+    ** __close handlers this error is about to run */
+    lua_Hook h = lua_gethook(L);
+    int mask = lua_gethookmask(L);
+    if (h != NULL && !(mask & LUA_MASKCALL))
+      lua_sethook(L, h, mask | LUA_MASKCALL, lua_gethookcount(L));
+  }
   lua_pushliteral(L, LOOM_CANCELLED);
   return lua_error(L);
 }
@@ -148,19 +181,71 @@ void loomi_block_end (lua_State *L) {
   loomi_gil_block_end(L);
 }
 
-/* Raises on every call and instruction of a cancelled thread, except on
-** the call of the __close handlers that release loom objects and hold()
-** guards, so that unwinding the cancellation still releases a lock. */
-static void cancel_hook (lua_State *L, lua_Debug *ar) {
-  if (!loomi_cancel_requested())
-    return;
-  if (ar->event == LUA_HOOKCALL && lua_getinfo(L, "f", ar)) {
-    lua_CFunction f = lua_tocfunction(L, -1);
-    lua_pop(L, 1);
-    if (f == loomi_guard_close || f == loomi_proxy_gc)
-      return;
+/* The number of active calls in L: an upper bound found by doubling, then
+** halved down (lua_getstack walks the call list, so a plain count would
+** be quadratic). */
+static int stack_depth (lua_State *L) {
+  lua_Debug ar;
+  int lo = 0, hi = 1;          /* level lo - 1 exists, level hi may not */
+  while (lua_getstack(L, hi - 1, &ar)) {
+    lo = hi;
+    hi *= 2;
   }
-  loomi_raise_cancelled(L);
+  while (hi - lo > 1) {
+    int mid = lo + (hi - lo) / 2;
+    if (lua_getstack(L, mid - 1, &ar))
+      lo = mid;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
+/* Whether the function being called (level 0) was called from C or from
+** the bottom of the stack, as the __close handlers that an error's
+** unwinding runs are. */
+static int called_from_c (lua_State *L) {
+  lua_Debug ar;
+  if (!lua_getstack(L, 1, &ar))
+    return 1;
+  return lua_getinfo(L, "S", &ar) && ar.what[0] == 'C';
+}
+
+/* Whether the hook of a cancelled thread is to raise "cancelled" now.  It
+** raises on every call and instruction of a cancelled thread,
+** so that a pcall that catches it gets it again at once.  But once it was
+** raised, a function that C calls (the unwinding calling a __close
+** handler: it has no Lua caller) runs to its end untouched, with
+** everything it calls, as under any other error; loom's own guards are
+** let through in every case, so that unwinding still releases a lock. */
+int loomi_cancel_hook_due (lua_State *L, lua_Debug *ar) {
+  LoomThread *t = self_thread;
+  if (t == NULL || !atomic_load(&t->cancel))
+    return 0;
+  if (t->closing_L != NULL) {
+    if (t->closing_L == L && stack_depth(L) >= t->closing_depth)
+      return 0;
+    t->closing_L = NULL;       /* that handler has returned */
+  }
+  if (ar->event == LUA_HOOKCALL || ar->event == LUA_HOOKTAILCALL) {
+    if (lua_getinfo(L, "f", ar)) {
+      lua_CFunction f = lua_tocfunction(L, -1);
+      lua_pop(L, 1);
+      if (f == loomi_guard_close || f == loomi_proxy_gc || f == loomi_msgh)
+        return 0;
+    }
+    if (t->unwinding && ar->event == LUA_HOOKCALL && called_from_c(L)) {
+      t->closing_L = L;
+      t->closing_depth = stack_depth(L);
+      return 0;
+    }
+  }
+  return 1;
+}
+
+static void cancel_hook (lua_State *L, lua_Debug *ar) {
+  if (loomi_cancel_hook_due(L, ar))
+    loomi_raise_cancelled(L);
 }
 
 /* Flags t, reaches a pure-Lua loop through a hook on its state, and wakes
@@ -170,6 +255,8 @@ static void thread_request_cancel (LoomThread *t) {
   pthread_mutex_lock(&t->mu);
   if (t->L != NULL)
     lua_sethook(t->L, cancel_hook, LUA_MASKCOUNT | LUA_MASKCALL, 1);
+  for (CoLink *c = t->running; c != NULL; c = c->outer)
+    lua_sethook(c->co, cancel_hook, LUA_MASKCOUNT | LUA_MASKCALL, 1);
   pthread_mutex_unlock(&t->mu);
   pthread_mutex_lock(&t->reg_mu);
   pthread_cond_t *cv = t->wait_cv;
@@ -245,6 +332,13 @@ static void push_error (lua_State *L, LoomThread *t);
 ** reporter in the registry (set by loom.excepthook), or to stderr. */
 static const char REPORTER_KEY = 'r';
 
+/* Message handler for the reporter: its error as text, with a traceback. */
+static int hook_msgh (lua_State *L) {
+  const char *msg = luaL_tolstring(L, 1, NULL);
+  luaL_traceback(L, L, msg, 1);
+  return 1;
+}
+
 static int report_error (lua_State *L) {
   LoomThread *t = lua_touserdata(L, 1);
   lua_settop(L, 0);
@@ -257,11 +351,20 @@ static int report_error (lua_State *L) {
   lua_setfield(L, 1, "traceback");
   lua_setfield(L, 1, "error");
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &REPORTER_KEY) == LUA_TFUNCTION) {
-    lua_insert(L, 1);
-    lua_call(L, 1, 0);
-    return 0;
+    /* a reporter that fails loses neither error: its own is reported,
+    ** then the thread's by the default reporter (Python's "Exception in
+    ** threading.excepthook") */
+    lua_pushcfunction(L, hook_msgh);
+    lua_insert(L, -2);
+    lua_pushvalue(L, 1);
+    if (lua_pcall(L, 1, 0, -3) == LUA_OK)
+      return 0;
+    fprintf(stderr, "loom: exception in loom.excepthook:\n%s\n",
+            lua_tostring(L, -1));
+    lua_settop(L, 1);
   }
-  lua_pop(L, 1);
+  else
+    lua_pop(L, 1);
   lua_getfield(L, 1, "error");
   const char *msg = luaL_tolstring(L, -1, NULL);
   lua_getfield(L, 1, "traceback");
@@ -397,13 +500,16 @@ static void report_orphan (LoomThread *t, lua_State *L) {
 
 typedef struct Worker Worker;
 static lua_State *worker_state (Worker *w, LoomThread *t);
+static int co_install (lua_State *L);
 
 /* Runs thread t on worker w, up to marking it done. */
 static void worker_run (Worker *w, LoomThread *t) {
   self_thread = t;
+  loomi_lock_new_owner();
   loomi_mutex_lock(&t->mu);
   t->native_id = os_thread_id();
   t->ident = (int64_t)pthread_self();
+  pthread_cond_broadcast(&t->cv);   /* a reader of native_id may wait */
   loomi_mutex_unlock(&t->mu);
   lua_State *L = worker_state(w, t);
   if (L != NULL) {
@@ -502,8 +608,10 @@ static void children_shutdown (Children *c) {
   c->n = c->cap = 0;
 }
 
+#define LOOM_CHILDREN "loom.Children"
+
 static int children_gc (lua_State *L) {
-  children_shutdown(lua_touserdata(L, 1));
+  children_shutdown(luaL_checkudata(L, 1, LOOM_CHILDREN));
   return 0;
 }
 
@@ -511,15 +619,20 @@ static Children *children_of (lua_State *L) {
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &CHILDREN_KEY) == LUA_TUSERDATA) {
     Children *c = lua_touserdata(L, -1);
     lua_pop(L, 1);
+    if (c->pid != getpid()) {    /* a fork loom did not make: the parent's */
+      c->n = 0;
+      c->pid = getpid();
+    }
     return c;
   }
   lua_pop(L, 1);
   Children *c = lua_newuserdatauv(L, sizeof(Children), 0);
   memset(c, 0, sizeof *c);
   c->pid = getpid();
-  lua_createtable(L, 0, 1);
-  lua_pushcfunction(L, children_gc);
-  lua_setfield(L, -2, "__gc");
+  if (luaL_newmetatable(L, LOOM_CHILDREN)) {
+    lua_pushcfunction(L, children_gc);
+    lua_setfield(L, -2, "__gc");
+  }
   lua_setmetatable(L, -2);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &CHILDREN_KEY);
   return c;
@@ -529,8 +642,8 @@ static Children *children_of (lua_State *L) {
 ** A state made for a thread records once the contents of every table its
 ** globals reach (the globals, every library table, package.loaded and the
 ** tables those hold), their metatables, the metatables of the basic types
-** (the string one among them), the default input and output files and
-** loom's own registry entries.  Putting those back makes the state look
+** (the string one among them), the default input and output files,
+** loom's own registry entries and the metatables of loom's classes.  Putting those back makes the state look
 ** fresh to the next thread.  What C modules keep in the registry (their
 ** references and metatables), and the C libraries a thread loaded, stay. */
 
@@ -694,6 +807,15 @@ static int snapshot_take (lua_State *L) {
   lua_rawseti(L, 1, SNAP_TYPES);
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
   snap_enqueue(L, -1, &qn);
+  lua_pop(L, 1);
+  /* loom's own classes: their metatables and what those reach (methods)
+  ** are as much a part of a fresh state as the libraries */
+  loomi_class_table(L);
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    lua_pop(L, 1);
+    snap_enqueue(L, -1, &qn);
+  }
   lua_pop(L, 1);
   lua_createtable(L, (int)(4 * 32), 0);       /* 4: the quadruples */
   lua_Integer k = 0;
@@ -959,9 +1081,13 @@ static int worker_may_stay (void) {
   return stay;
 }
 
-/* Takes an idle worker out of the list: one whose state was made with these
-** paths, else any (it makes a new state).  NULL when none is idle. */
-static Worker *worker_take (const char *path, const char *cpath) {
+/* Takes an idle worker out of the list and hands it t, in one critical
+** section: one whose state was made with t's paths, else any (it makes a
+** new state).  Once out of the list a worker whose idle wait times out
+** finds its job set, so it never frees itself under a start().  Sets *tid;
+** NULL when none is idle. */
+static Worker *worker_take (LoomThread *t, pthread_t *tid) {
+  const char *path = t->path, *cpath = t->cpath;
   pthread_mutex_lock(&idle_mu);
   Worker **best = NULL;
   for (Worker **p = &idle_list; *p != NULL; p = &(*p)->next) {
@@ -978,16 +1104,12 @@ static Worker *worker_take (const char *path, const char *cpath) {
     *best = w->next;
     w->next = NULL;
     idle_count--;
+    *tid = w->tid;
+    w->job = t;
+    pthread_cond_signal(&w->cv);
   }
   pthread_mutex_unlock(&idle_mu);
   return w;
-}
-
-static void worker_give (Worker *w, LoomThread *t) {
-  pthread_mutex_lock(&idle_mu);
-  w->job = t;
-  pthread_cond_signal(&w->cv);
-  pthread_mutex_unlock(&idle_mu);
 }
 
 /* Puts w, its thread done, at the head of the idle list, where start()
@@ -1056,6 +1178,9 @@ static lua_State *worker_state (Worker *w, LoomThread *t) {
       loomi_mutex_unlock(&t->mu);
     }
     else {
+      lua_pushcfunction(L, co_install);
+      if (lua_pcall(L, 0, 0, 0) != LUA_OK)
+        lua_pop(L, 1);      /* the standard ones stay: cancel misses loops in them */
       lua_pushcfunction(L, snapshot_take);
       if (worker_may_stay() && lua_pcall(L, 0, 0, 0) != LUA_OK)
         lua_pop(L, 1);      /* no snapshot: the state is not kept */
@@ -1108,12 +1233,9 @@ static void *worker_main (void *arg) {
 /* Starts t on an idle worker or a new one: 0 with *tid set, or an errno. */
 static int worker_start (LoomThread *t, pthread_t *tid) {
   pthread_once(&worker_once, worker_init);
-  Worker *w = worker_take(t->path, t->cpath);
-  if (w != NULL) {
-    *tid = w->tid;
-    worker_give(w, t);
+  Worker *w = worker_take(t, tid);
+  if (w != NULL)
     return 0;
-  }
   w = calloc(1, sizeof *w);
   if (w == NULL)
     return ENOMEM;
@@ -1215,15 +1337,14 @@ static int thread_start (lua_State *L) {
   lua_rawgeti(L, 2, 1);         /* target */
   lua_rawgeti(L, 2, 2);         /* args */
   lua_remove(L, 2);
-  lua_Integer n = 0;
-  if (lua_getfield(L, 3, "n") == LUA_TNUMBER)
-    n = lua_tointeger(L, -1);
-  lua_pop(L, 1);
-  luaL_checkstack(L, (int)(n > 0 ? n : 0) + 8, "too many arguments");
-  for (lua_Integer i = 1; i <= n; i++)
+  if (!lua_isfunction(L, 2) || !lua_istable(L, 3))
+    return luaL_error(L, "threads can only be started once");
+  int n = loomi_argcount(L, 3);
+  luaL_checkstack(L, n + 8, "too many arguments");
+  for (int i = 1; i <= n; i++)
     lua_rawgeti(L, 3, i);
   lua_remove(L, 3);
-  t->call = loomi_xfer_encode_call(L, 2, (int)n + 1);
+  t->call = loomi_xfer_encode_call(L, 2, n + 1);
   t->path = dup_field(L, "path");
   t->cpath = dup_field(L, "cpath");
   lua_pushcfunction(L, encode_reporter);
@@ -1401,10 +1522,12 @@ static int thread_cancelled (lua_State *L) {
 }
 
 static int thread_gc (lua_State *L) {
-  LoomObj **slot = lua_touserdata(L, 1);
+  LoomObj **slot = loomi_checkslot(L, 1, LOOM_THREAD);
   LoomThread *t = (LoomThread *)*slot;
   if (t == NULL)
     return 0;
+  if (!loomi_ref_mine((LoomRef *)slot))   /* a fork's copy: the parent's */
+    return loomi_proxy_gc(L);
   loomi_mutex_lock(&t->mu);
   int report = t->state == TH_DONE && t->failed && !t->collected &&
                atomic_load(&t->obj.refs) == 1 + t->listed &&
@@ -1429,6 +1552,12 @@ static int thread_index (lua_State *L) {
     lua_pushstring(L, t->name);
   else if (strcmp(key, "ident") == 0 || strcmp(key, "native_id") == 0) {
     loomi_mutex_lock(&t->mu);
+    /* start() returns before the OS thread has run: the kernel's id comes
+    ** from the thread itself, within microseconds, so it is waited for */
+    int rc = 0;
+    while (key[0] == 'n' && t->native_id == 0 && t->state == TH_RUNNING &&
+           rc == 0)
+      rc = loomi_wait(&t->cv, &t->mu, &t->obj, NULL);
     int64_t id = key[0] == 'i' ? t->ident : t->native_id;
     loomi_mutex_unlock(&t->mu);
     if (id != 0)
@@ -1497,10 +1626,120 @@ static int thread_current (lua_State *L) {
   t->ident = (int64_t)pthread_self();
   t->native_id = os_thread_id();
   snprintf(t->name, sizeof t->name, "%s",
-           getpid() == t->native_id ? "MainThread" : "Thread");
+           os_thread_name[0] != '\0' ? os_thread_name
+           : getpid() == t->native_id ? "MainThread" : "Thread");
   lua_pushvalue(L, -1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &MAIN_KEY);
   return 1;
+}
+
+/* ---- coroutines in a loom thread's state: resume and wrap register the
+** coroutine they run, so that cancel() reaches a loop inside one ---- */
+
+/* Resumes co with the narg values on top of L.  Pushes its results onto L
+** and returns how many, or pushes the error and returns -1.  Never raises
+** while co is registered. */
+static int co_resume (lua_State *L, lua_State *co, int narg) {
+  LoomThread *t = self_thread;
+  if (!lua_checkstack(co, narg)) {
+    lua_pop(L, narg);
+    lua_pushliteral(L, "too many arguments to resume");
+    return -1;
+  }
+  lua_xmove(L, co, narg);
+  CoLink link = { co, NULL };
+  if (t != NULL) {
+    loomi_mutex_lock(&t->mu);
+    link.outer = t->running;
+    t->running = &link;
+    if (atomic_load(&t->cancel))   /* made before cancel(): no hook yet */
+      lua_sethook(co, cancel_hook, LUA_MASKCOUNT | LUA_MASKCALL, 1);
+    loomi_mutex_unlock(&t->mu);
+  }
+  int nres = 0;
+  int status = lua_resume(co, L, narg, &nres);
+  if (t != NULL) {
+    loomi_mutex_lock(&t->mu);
+    t->running = link.outer;
+    loomi_mutex_unlock(&t->mu);
+  }
+  if (status == LUA_OK || status == LUA_YIELD) {
+    if (!lua_checkstack(L, nres + 1)) {
+      lua_pop(co, nres);
+      lua_pushliteral(L, "too many results to resume");
+      return -1;
+    }
+    lua_xmove(co, L, nres);
+    return nres;
+  }
+  lua_xmove(co, L, 1);
+  return -1;
+}
+
+/* coroutine.resume(co, ...) */
+static int thread_co_resume (lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTHREAD);
+  lua_State *co = lua_tothread(L, 1);
+  int n = co_resume(L, co, lua_gettop(L) - 1);
+  if (n < 0) {
+    lua_pushboolean(L, 0);
+    lua_insert(L, -2);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  lua_insert(L, -(n + 1));
+  return n + 1;
+}
+
+/* The function coroutine.wrap returns: upvalue 1 is the coroutine.  A
+** coroutine that fails is closed (its pending <close> variables run) and
+** its error raised on, a string one with the caller's position, as the
+** standard wrap does. */
+static int thread_co_wrapped (lua_State *L) {
+  lua_State *co = lua_tothread(L, lua_upvalueindex(1));
+  int n = co_resume(L, co, lua_gettop(L));
+  if (n >= 0)
+    return n;
+  int status = lua_status(co);
+  if (status != LUA_OK && status != LUA_YIELD) {
+    lua_pushvalue(L, -1);   /* the error, where closing co looks for it */
+    lua_xmove(L, co, 1);
+#if LUA_VERSION_RELEASE_NUM >= 50406
+    status = lua_closethread(co, L);
+#else
+    status = lua_resetthread(co);
+#endif
+    lua_pop(L, 1);
+    lua_xmove(co, L, 1);    /* the error, or the one a handler raised */
+  }
+  if (status != LUA_ERRMEM && lua_type(L, -1) == LUA_TSTRING) {
+    luaL_where(L, 1);
+    lua_insert(L, -2);
+    lua_concat(L, 2);
+  }
+  return lua_error(L);
+}
+
+/* coroutine.wrap(f) */
+static int thread_co_wrap (lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_State *co = lua_newthread(L);
+  lua_pushvalue(L, 1);
+  lua_xmove(L, co, 1);
+  lua_pushcclosure(L, thread_co_wrapped, 1);
+  return 1;
+}
+
+/* Protected: puts resume and wrap into the state's coroutine library. */
+static int co_install (lua_State *L) {
+  lua_getglobal(L, "coroutine");
+  if (lua_istable(L, -1)) {
+    lua_pushcfunction(L, thread_co_resume);
+    lua_setfield(L, -2, "resume");
+    lua_pushcfunction(L, thread_co_wrap);
+    lua_setfield(L, -2, "wrap");
+  }
+  return 0;
 }
 
 /* sleep(seconds): cancellable in a loom thread. */
@@ -1583,8 +1822,23 @@ int loomi_thread_is_self (LoomObj *o) {
   return self_thread != NULL && o == &self_thread->obj;
 }
 
+void loomi_thread_name_os (const char *name) {
+  snprintf(os_thread_name, sizeof os_thread_name, "%s", name);
+}
+
 int loomi_thread_forked (lua_State *L) {
   int was = self_thread != NULL;
+  /* the child's only thread is the one that forked, and keeps its name
+  ** (as Python's threading does after os.fork) */
+  if (self_thread != NULL)
+    loomi_thread_name_os(self_thread->name);
+  else if (lua_rawgetp(L, LUA_REGISTRYINDEX, &MAIN_KEY) == LUA_TUSERDATA) {
+    LoomObj **slot = lua_touserdata(L, -1);
+    if (*slot != NULL)
+      loomi_thread_name_os(((LoomThread *)*slot)->name);
+  }
+  if (!was)
+    lua_pop(L, 1);
   self_thread = NULL;
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &CHILDREN_KEY) == LUA_TUSERDATA) {
     Children *c = lua_touserdata(L, -1);

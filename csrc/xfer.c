@@ -621,6 +621,25 @@ static int only_globals (lua_State *L, int idx, int nups) {
   return 1;
 }
 
+/* A C function that crosses states may be called after the state that
+** loaded its library closed and dlclose'd it (an idle worker's state goes
+** after a few seconds): its library is pinned for the process's life, as
+** loom pins itself, in the encoding process and in any that decodes it.
+** The cache of functions already pinned needs no lock (a fork inherits it
+** with the pins); a collision only costs another dladdr. */
+#define PIN_SLOTS 256
+static _Atomic(uintptr_t) pinned[PIN_SLOTS];
+
+static void pin_cfunction (uintptr_t fn) {
+  size_t h = (size_t)((fn >> 4) ^ (fn >> 12)) % PIN_SLOTS;
+  if (atomic_load_explicit(&pinned[h], memory_order_relaxed) == fn)
+    return;
+  Dl_info info;
+  if (dladdr((void *)fn, &info) != 0 && info.dli_fname != NULL)
+    dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+  atomic_store_explicit(&pinned[h], fn, memory_order_relaxed);
+}
+
 static void enc_function (Enc *e, int idx) {
   lua_State *L = e->L;
   int nups = count_upvalues(L, idx);
@@ -629,6 +648,7 @@ static void enc_function (Enc *e, int idx) {
   if (lua_iscfunction(L, idx)) {
     lua_CFunction f = lua_tocfunction(L, idx);
     uint64_t bits = (uint64_t)(uintptr_t)f;
+    pin_cfunction((uintptr_t)f);
     enc_register(e, idx, nups > 0);
     uint32_t ref = e->nrefs - 1;
     put_u8(e, T_CFUNC);
@@ -1098,6 +1118,7 @@ static void dec_cfunction (Dec *d) {
   unsigned nups = get_u8(d);
   if (fn == NULL)
     dec_corrupt(d);
+  pin_cfunction((uintptr_t)fn);
   if (nups == 0) {
     lua_pushcfunction(L, fn);
     dec_register(d);

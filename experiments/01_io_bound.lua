@@ -2,34 +2,39 @@
 -- other, then on two threads.  Notebook: 9.0 s sequential, 5.0 s threaded.
 local lib = dofile((debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") or "") .. "lib.lua")
 local loom = require "loom"
-local print = lib.print
+local print, datetime = lib.pyprint, lib.datetime
 
 local experiment = {
   id = "01", name = "io_bound", title = "I/O-bound: sleeping tasks on threads",
   python = "01_io_bound.py", needs = { "thread" },
 }
 
+-- Prints what the notebook's Task printed, and each cell's print(Before,
+-- After) line after it.
 local function Task(name, seconds)
-  print(name .. " started")
   loom.sleep(seconds)            -- the I/O wait: time.sleep(seconds)
-  print(("%s finished after %g s"):format(name, seconds))
+  print("Thread " .. name .. " Executed")
 end
 
 function experiment.run(x)
   local T1, T2 = x:pick(5, 1.0), x:pick(4, 0.8)
 
   x:variant("sequential", "sequential", { notebook = 9.0 }, function()
+    local Before = datetime()
     Task("T1", T1)
     Task("T2", T2)
+    print(Before, datetime())
   end)
 
   x:variant("threads", "two threads", { notebook = 5.0 }, function()
     local t1 = loom.thread(Task, "T1", T1)
     local t2 = loom.thread(Task, "T2", T2)
+    local Before = datetime()
     t1:start()
     t2:start()
     t1:join()
     t2:join()
+    print(Before, datetime())
   end)
 
   local sum, longest = T1 + T2, math.max(T1, T2)

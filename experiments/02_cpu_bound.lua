@@ -5,7 +5,7 @@
 -- ordinary threads each run their own interpreter, so they run in parallel.
 local lib = dofile((debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") or "") .. "lib.lua")
 local loom = require "loom"
-local print, repr = lib.print, lib.repr
+local print, repr, datetime = lib.pyprint, lib.repr, lib.datetime
 
 local experiment = {
   id = "02", name = "cpu_bound", title = "CPU-bound: the GIL experiment",
@@ -13,12 +13,12 @@ local experiment = {
 }
 
 local function cpu_task(name, n)
-  print(name .. " started")
   local Res = 0
   for i = 0, n - 1 do
     Res = Res + ((i * i) + 2.0) * 1.45
   end
-  print(("%s result: %s"):format(name, repr(Res)))
+  -- print("Task "+name+" Executed. Result : ", str(Res)): two spaces
+  print("Task " .. name .. " Executed. Result : ", repr(Res))
   return Res
 end
 
@@ -52,8 +52,15 @@ function experiment.run(x)
     return function(t1, t2) sums[key] = { t1, t2 } end
   end
 
+  -- each cell ends with print(Before, After)
   local function variant(key, label, opts, fn)
-    local elapsed, r1, r2 = x:variant(key, label, opts, fn, N1, N2)
+    local function timed(...)
+      local Before = datetime()
+      local r1, r2 = fn(...)
+      print(Before, datetime())
+      return r1, r2
+    end
+    local elapsed, r1, r2 = x:variant(key, label, opts, timed, N1, N2)
     if elapsed then record(key)(r1, r2) end
   end
 

@@ -4,7 +4,7 @@
 -- because Jupyter lost their output.  loom's processes print theirs.
 local lib = dofile((debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") or "") .. "lib.lua")
 local loom = require "loom"
-local print = lib.print
+local print = lib.pyprint
 
 local experiment = {
   id = "03", name = "square_cube", title = "calc_square and calc_cube: threads, pools, processes",
@@ -14,30 +14,34 @@ local experiment = {
 local numbers = { 2, 3, 8, 9 }
 local DELAY = 0.2      -- set from the parameters before any task starts
 
+-- What the notebook's cells print, its typo included: "calcuate" in the
+-- first two cells, "calculate" in the later ones.
 local function calc_square(numbers)
   local out = {}
+  print("calculate square numbers")
   for _, n in ipairs(numbers) do
     loom.sleep(DELAY)
-    print("square: " .. n * n)
+    print("square :", n * n)
     out[#out + 1] = n * n
   end
   return out
 end
 
-local function calc_cube(numbers)
+local function calc_cube(numbers, typo)
   local out = {}
+  print(typo and "calcuate cube of numbers" or "calculate cube of numbers")
   for _, n in ipairs(numbers) do
     loom.sleep(DELAY)
-    print("cube: " .. n * n * n)
+    print("cube :", n * n * n)
     out[#out + 1] = n * n * n
   end
   return out
 end
 
-local function two(spawn)
+local function two(spawn, typo)
   return function()
     local t1 = spawn(calc_square, numbers)
-    local t2 = spawn(calc_cube, numbers)
+    local t2 = spawn(calc_cube, numbers, typo)
     t1:start()
     t2:start()
     return t1:result(), t2:result()
@@ -56,15 +60,23 @@ end
 function experiment.run(x)
   DELAY = x:pick(0.2, 0.05)
   local results = {}
+  -- each cell ends with its "done in" line and a sigh of relief
   local function variant(key, label, opts, fn)
-    local elapsed, squares, cubes = x:variant(key, label, opts, fn)
+    local function timed()
+      local t = loom.now()
+      local squares, cubes = fn()
+      print("done in :", loom.now() - t, "secs")
+      print("hah....i am done with my all work")
+      return squares, cubes
+    end
+    local elapsed, squares, cubes = x:variant(key, label, opts, timed)
     if elapsed then results[key] = { squares, cubes } end
   end
 
   variant("sequential", "sequential", { notebook = 1.67 }, function()
-    return calc_square(numbers), calc_cube(numbers)
+    return calc_square(numbers), calc_cube(numbers, true)
   end)
-  variant("threads", "two threads", { notebook = 0.85 }, two(loom.thread))
+  variant("threads", "two threads", { notebook = 0.85 }, two(loom.thread, true))
   variant("pool2", "pool, max_workers=2", { notebook = 0.86, needs = { "pool" } }, pool(2))
   variant("pool3", "pool, max_workers=3", { notebook = 0.85, needs = { "pool" } }, pool(3))
   variant("processes", "two processes",

@@ -2,7 +2,7 @@
 -- Notebook: about 2 s each.
 local lib = dofile((debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") or "") .. "lib.lua")
 local loom = require "loom"
-local print = lib.print
+local print = lib.pyprint
 
 local experiment = {
   id = "04", name = "thread_process", title = "task(name): two threads, then two processes",
@@ -12,19 +12,20 @@ local experiment = {
 local DELAY = 2
 
 local function task(name)
-  print(name .. " started")
+  print("Task " .. name .. " started.")
   loom.sleep(DELAY)
-  print(name .. " finished")
+  print("Task " .. name .. " completed.")
   return name
 end
 
 local function two(spawn)
   return function()
     local workers = {}
-    for i = 1, 2 do workers[i] = spawn(task, "task " .. i) end
+    for i, name in ipairs({ "A", "B" }) do workers[i] = spawn(task, name) end
     for _, w in ipairs(workers) do w:start() end
     local names = {}
     for i, w in ipairs(workers) do names[i] = w:result() end
+    print("All tasks completed.")
     return names
   end
 end
@@ -37,7 +38,7 @@ function experiment.run(x)
     { notebook = 2.0, base = "none", needs = { "process" } },
     function() return two(loom.process)() end)
   for key, names in pairs({ threads = threads, processes = procs }) do
-    x:check(names[1] == "task 1" and names[2] == "task 2",
+    x:check(names[1] == "A" and names[2] == "B",
       "%s returned both task names", x.byvar[key].label)
   end
   x:check_time("threads", DELAY * 0.98, DELAY * 1.5 + 0.1, "one sleep: they overlap")

@@ -4,7 +4,7 @@
 -- thread builds a fresh interpreter; a loom process forks the running one.
 local lib = dofile((debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") or "") .. "lib.lua")
 local loom = require "loom"
-local print = lib.print
+local print = lib.pyprint
 
 local experiment = {
   id = "06", name = "processes_threads", title = "Processes vs threads: start costs",
@@ -58,13 +58,17 @@ function experiment.run(x)
     { base = "none", needs = { "process" } }, function()
       local processes = {}
       for i = 1, n do processes[i] = loom.process(square_numbers) end
-      return run(processes)
+      local per, results = run(processes)
+      print("end main")
+      return per, results
     end)
   local _, per_thread, tresults = x:variant("threads",
     "10 threads, without sleep", { base = "none" }, function()
       local threads = {}
       for i = 1, 10 do threads[i] = loom.thread(square_numbers_nosleep) end
-      return run(threads)
+      local per, results = run(threads)
+      print("end main")
+      return per, results
     end)
 
   for key, results in pairs({ processes = presults, threads = tresults }) do

@@ -6,7 +6,7 @@
 -- notebook's global did.
 local lib = dofile((debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") or "") .. "lib.lua")
 local loom = require "loom"
-local print = lib.print
+local print = lib.pyprint
 
 local experiment = {
   id = "07", name = "race_condition", title = "Race condition, then a lock",
@@ -32,7 +32,7 @@ end
 
 local function two(target, ...)
   local database_value = loom.value("i", 0)
-  print("start value", database_value.value)
+  print("Start value", database_value.value)
   local t1 = loom.thread(target, database_value, ...)
   local t2 = loom.thread(target, database_value, ...)
   t1:start()
@@ -40,6 +40,7 @@ local function two(target, ...)
   t1:join()
   t2:join()
   print("end value", database_value.value)
+  print("end main")
   return database_value.value
 end
 

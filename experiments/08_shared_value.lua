@@ -3,7 +3,7 @@
 -- get_lock() the end value is exactly 2n; so it is with the atomic add.
 local lib = dofile((debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") or "") .. "lib.lua")
 local loom = require "loom"
-local print = lib.print
+local print = lib.pyprint
 
 local experiment = {
   id = "08", name = "shared_value", title = "A shared Value across two processes",
@@ -36,14 +36,14 @@ end
 
 local function two(target)
   local shared_number = loom.value("i", 0)
-  print("number at beginning is", shared_number.value)
+  print("Number at beginning is", shared_number.value)
   local p1 = loom.process(target, shared_number)
   local p2 = loom.process(target, shared_number)
   p1:start()
   p2:start()
   p1:join()
   p2:join()
-  print("number at end is", shared_number.value, "of", 2 * N)
+  print("Number at end is", shared_number.value, "of", 2 * N)
   return shared_number.value, p1.exitcode, p2.exitcode
 end
 

@@ -43,6 +43,29 @@ function lib.print(...)
   io.write(table.concat(parts, "\t", 1, n) .. "\n")
 end
 
+--- lib.pyprint(...): Python's print: the values' text joined by one space,
+-- floats as Python prints them, so that a line comes out as the notebook
+-- printed it; the whole line goes out in one write, like lib.print.
+function lib.pyprint(...)
+  local n = select("#", ...)
+  local parts = { ... }
+  for i = 1, n do parts[i] = lib.repr(parts[i]) end
+  io.write(table.concat(parts, " ", 1, n) .. "\n")
+end
+
+-- os.time() has whole seconds only: the fraction comes from the monotonic
+-- clock, counted from the second the library was loaded in.
+local wall0, mono0 = os.time(), loom.now()
+
+--- lib.datetime(): the time now as Python's str(datetime.now()) prints it,
+-- "2025-10-27 12:05:01.473860".
+function lib.datetime()
+  local t = wall0 + (loom.now() - mono0)
+  local whole = math.floor(t)
+  local micro = math.floor((t - whole) * 1e6)
+  return os.date("%Y-%m-%d %H:%M:%S", whole) .. string.format(".%06d", micro)
+end
+
 local function printf(fmt, ...)
   io.write(string.format(fmt, ...))
 end

@@ -75,16 +75,23 @@ local function left(deadline)
   return t > 0 and t or 0
 end
 
--- Waits for one future; its results, or raises its error; fail + token.
+-- Waits for one future; its first result, or raises its error; fail +
+-- token.  A nil first result is ambiguous (a timed-out wait, a cancelled
+-- task, or a task that returned nil), and the task may finish between the
+-- wait giving up and the look at done(): a done future's outcome is then
+-- read again, without waiting, rather than guessed.
 local function collect(f, deadline)
   local v = f:result(left(deadline))
-  if v == nil and not f:done() then
+  if v ~= nil then
+    return true, v
+  end
+  if not f:done() then
     return false, "timeout"
   end
-  if v == nil and f:cancelled() then
+  if f:cancelled() then
     return false, "cancelled"
   end
-  return true, v
+  return true, (f:result(0))
 end
 
 --- pool:map(fn, list [, {chunksize=, timeout=}]) -> results (with .n), or
