@@ -310,8 +310,14 @@ describe("loom.Queue", function()
         for _ = 1, count do sum = sum + H.get(qq, 60) end
         return sum
       end, q, n):start()
-      finally(function() t:join(H.t(60)) end)
-      for i = 1, n do q:put(i) end
+      finally(function() q:close(); t:join(H.t(60)) end)
+      for i = 1, n do
+        -- a consumer that stopped would leave this put waiting for ever:
+        -- say why instead
+        if not q:put(i, H.t(60)) then
+          error(string.format("put %d timed out; the consumer: %s", i, tostring(t:error() or t)))
+        end
+      end
       assert.equal(n * (n + 1) // 2, H.result(t, 120))
     end)
   end)
