@@ -313,6 +313,9 @@ static int decode_item (lua_State *L, const Slot *it) {
   Pending *p = lua_touserdata(L, -1);
   lua_pop(L, 1);   /* the registry keeps it */
   if (p->owner != loomi_self_pid()) {   /* inherited: the parent's list */
+    /* the array is this process's copy, to free; the messages it names
+    ** are the parent's, to leave alone */
+    free(p->list);
     p->list = NULL;
     p->n = p->cap = 0;
     p->owner = loomi_self_pid();
