@@ -129,11 +129,11 @@ static int array_index (lua_State *L) {
 
 static int array_newindex (lua_State *L) {
   LoomArray *a = checkarray(L, 1);
-  if (lua_type(L, 2) != LUA_TNUMBER) {
-    const char *key = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2)
-                                                    : luaL_typename(L, 2);
-    return luaL_error(L, "cannot set field '%s' of a loom.Array", key);
-  }
+  if (lua_type(L, 2) == LUA_TSTRING)
+    return loomi_field_error(L, 2, LOOM_ARRAY);
+  if (lua_type(L, 2) != LUA_TNUMBER)
+    return luaL_error(L, "array index must be an integer, got %s",
+                      luaL_typename(L, 2));
   int isint;
   lua_Integer i = lua_tointegerx(L, 2, &isint);
   if (!isint)

@@ -83,9 +83,14 @@ static int open_state (lua_State *L) {
   lua_pushcfunction(L, luaopen_loom_core);
   lua_setfield(L, -2, "loom.core");
   lua_pop(L, 1);
+  int top = lua_gettop(L);
   int rc = run_host_hook(L);
-  if (rc != 0)
+  if (rc != 0) {
+    if (lua_gettop(L) > top && lua_type(L, -1) == LUA_TSTRING)
+      return luaL_error(L, "state hook failed with code %d: %s", rc,
+                        lua_tostring(L, -1));
     return luaL_error(L, "state hook failed with code %d", rc);
+  }
   return 0;
 }
 
@@ -137,9 +142,13 @@ static int core_cpu_count (lua_State *L) {
 static int core_configure (lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   if (lua_getfield(L, 1, "heap_size") != LUA_TNIL) {
-    luaL_argcheck(L, lua_isinteger(L, -1), 1, "heap_size must be an integer");
-    lua_Integer n = lua_tointeger(L, -1);
+    int isint;
+    lua_Integer n = lua_tointegerx(L, -1, &isint);   /* 64 * 2^20 is one too */
+    luaL_argcheck(L, isint && lua_type(L, -1) == LUA_TNUMBER, 1,
+                  "heap_size must be an integer");
     luaL_argcheck(L, n >= (1 << 20), 1, "heap_size must be at least 1 MiB");
+    luaL_argcheck(L, (lua_Unsigned)n <= ((lua_Unsigned)1 << 46), 1,
+                  "heap_size must be at most 64 TiB");
     int err = loomi_heap_configure((size_t)n);
     if (err == EBUSY)
       return luaL_error(L, "heap_size can only be set before the first loom object exists");
@@ -210,8 +219,15 @@ LOOM_API int luaopen_loom_core (lua_State *L) {
   pthread_once(&pin_once, pin_library);
   pthread_once(&fork_once, core_register_fork);
   int err = loomi_heap_init();
-  if (err != 0)
-    return luaL_error(L, "cannot map the shared heap: %s", strerror(err));
+  if (err != 0) {
+    size_t n;
+    if (loomi_heap_env(&n) < 0)
+      return luaL_error(L, "invalid LOOM_HEAP_SIZE '%s': bytes (at least 1 MiB), "
+                        "or a number with a K, M or G suffix", getenv("LOOM_HEAP_SIZE"));
+    return luaL_error(L, "cannot map the shared heap of %d MiB: %s (set "
+                      "LOOM_HEAP_SIZE to a smaller size, such as 64M)",
+                      (int)(loomi_heap_size() >> 20), strerror(err));
+  }
   lua_newtable(L);
   luaL_setfuncs(L, core_funcs, 0);
   for (size_t i = 0; i < sizeof primitives / sizeof primitives[0]; i++)

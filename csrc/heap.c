@@ -18,6 +18,7 @@
 #define HEAP_NCLASS     80
 #define HEAP_DEFAULT    ((size_t)1 << 30)        /* reserved, not committed */
 #define HEAP_MINSIZE    ((size_t)1 << 20)
+#define HEAP_MAXSIZE    ((size_t)1 << 46)        /* beyond any user space */
 #define HEAP_RELEASE    ((size_t)64 << 10)       /* give pages back above */
 #define HEAP_KEEP       ((size_t)8 << 20)        /* ...but one may stay up to */
 
@@ -70,21 +71,46 @@ static void heap_register_fork (void) {
   pthread_atfork(heap_prefork, heap_postfork, heap_postfork);
 }
 
-static size_t default_size (void) {
+int loomi_heap_env (size_t *size) {
   const char *env = getenv("LOOM_HEAP_SIZE");
-  if (env != NULL && *env != '\0') {
-    char *end;
-    unsigned long long n = strtoull(env, &end, 10);
-    switch (*end) {
-      case 'k': case 'K': n <<= 10; end++; break;
-      case 'm': case 'M': n <<= 20; end++; break;
-      case 'g': case 'G': n <<= 30; end++; break;
-      default: break;
-    }
-    if (*end == '\0' && n >= HEAP_MINSIZE)
-      return (size_t)n;
+  if (env == NULL || *env == '\0')
+    return 0;
+  if (*env < '0' || *env > '9')
+    return -1;
+  char *end;
+  errno = 0;
+  unsigned long long n = strtoull(env, &end, 10);
+  if (errno != 0)
+    return -1;
+  int shift = 0;
+  switch (*end) {
+    case 'k': case 'K': shift = 10; end++; break;
+    case 'm': case 'M': shift = 20; end++; break;
+    case 'g': case 'G': shift = 30; end++; break;
+    default: break;
   }
-  return HEAP_DEFAULT;
+  if (shift != 0 && (*end == 'i' || *end == 'I') && (end[1] == 'b' || end[1] == 'B'))
+    end += 2;              /* 64MiB */
+  else if (shift != 0 && (*end == 'b' || *end == 'B'))
+    end++;                 /* 64MB, taken as binary like the rest */
+  if (*end != '\0' || n > (HEAP_MAXSIZE >> shift))
+    return -1;
+  n <<= shift;
+  if (n < HEAP_MINSIZE)
+    return -1;
+  *size = (size_t)n;
+  return 1;
+}
+
+/* The size asked for in LOOM_HEAP_SIZE, or the default; 0 when it is
+** malformed (loomi_heap_init refuses it rather than guess). */
+static size_t default_size (void) {
+  size_t n;
+  switch (loomi_heap_env(&n)) {
+    case 1: return n;
+    case 0: return HEAP_DEFAULT;
+    default: return 0;
+  }
 }
 
 static HeapHeader *heap_map (size_t size) {
@@ -113,9 +139,14 @@ int loomi_heap_init (void) {
   pthread_once(&heap_once, heap_register_fork);
   pthread_mutex_lock(&heap_mu);
   if (heap == NULL) {
-    heap = heap_map(heap_request ? heap_request : default_size());
-    if (heap == NULL)
-      err = errno ? errno : ENOMEM;
+    size_t size = heap_request ? heap_request : default_size();
+    if (size == 0)
+      err = EINVAL;
+    else {
+      heap = heap_map(size);
+      if (heap == NULL)
+        err = errno ? errno : ENOMEM;
+    }
   }
   pthread_mutex_unlock(&heap_mu);
   return err;
@@ -123,7 +154,7 @@ int loomi_heap_init (void) {
 
 int loomi_heap_configure (size_t size) {
   int err = 0;
-  if (size < HEAP_MINSIZE)
+  if (size < HEAP_MINSIZE || size > HEAP_MAXSIZE)
     return EINVAL;
   pthread_mutex_lock(&heap_mu);
   if (atomic_load(&heap_touched))
@@ -144,7 +175,8 @@ int loomi_heap_configure (size_t size) {
 }
 
 size_t loomi_heap_size (void) {
-  return heap ? heap->size : (heap_request ? heap_request : default_size());
+  size_t n = heap_request ? heap_request : default_size();
+  return heap ? heap->size : (n ? n : HEAP_DEFAULT);
 }
 
 size_t loomi_heap_used (void) {

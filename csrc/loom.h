@@ -25,7 +25,9 @@ LOOM_API int luaopen_loom_core (lua_State *L);
 ** after the standard libraries are open and before any user code runs, on
 ** the OS thread that will run the state.  A host uses it to register its
 ** own C functions and preload its modules.  Return 0 on success; any other
-** value makes the thread fail to start with that error code.  A thread's
+** value makes the thread fail to start with that error code (and with the
+** message the hook left on top of the stack, if it left a string there);
+** the hook may also raise a Lua error, whose message is kept the same way.  A thread's
 ** state is kept for later threads, put back as it was after the hook ran
 ** (README.md, "What a thread's interpreter holds"): the hook runs once per
 ** state, not once per thread. */
@@ -36,7 +38,8 @@ typedef int (*loom_StateHook) (lua_State *L, void *ud);
 LOOM_API void loom_set_state_hook (loom_StateHook hook, void *ud);
 
 /* Sets the size in bytes of the shared heap.  Only before the first loom
-** object exists in this process; returns 0, or EBUSY after that. */
+** object exists in this process; returns 0, EBUSY after that, EINVAL for
+** a size under 1 MiB or over 64 TiB, or the errno of a mapping refused. */
 LOOM_API int loom_configure_heap (size_t bytes);
 
 #ifdef __cplusplus

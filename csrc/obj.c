@@ -1,9 +1,10 @@
 /* obj.c: refcounted shared objects, the proxies that hold them in a
-** lua_State, and the process-shared robust mutex and condition helpers.
+** lua_State, and the process-shared robust mutex helpers.
 ** SPDX-License-Identifier: MIT */
 #include "loomint.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 /* A proxy: the object and the process its reference belongs to.  A forked
 ** child inherits its states' proxies but not the references they stand for
@@ -339,12 +340,11 @@ void loomi_newclass (lua_State *L, const char *tname,
   lua_pop(L, 1);
 }
 
-/* The attributes every loom mutex and condition is made with: built once
-** per process (a fork inherits them), never changed or destroyed after,
-** so that making a shared object (a pool's Future, for every task) does
-** not build and tear them down each time. */
+/* The attributes every loom mutex is made with: built once per process (a
+** fork inherits them), never changed or destroyed after, so that making a
+** shared object (a pool's Future, for every task) does not build and tear
+** them down each time.  Waits need no condition variable: see wait.c. */
 static pthread_mutexattr_t mutex_attr;
-static pthread_condattr_t cond_attr;
 static int attr_err;
 static pthread_once_t attr_once = PTHREAD_ONCE_INIT;
 
@@ -356,32 +356,12 @@ static void attr_init (void) {
 #ifdef LOOM_DEBUG
     pthread_mutexattr_settype(&mutex_attr, PTHREAD_MUTEX_ERRORCHECK);
 #endif
-    attr_err = pthread_condattr_init(&cond_attr);
-  }
-  if (attr_err == 0) {
-    pthread_condattr_setpshared(&cond_attr, PTHREAD_PROCESS_SHARED);
-    pthread_condattr_setclock(&cond_attr, CLOCK_MONOTONIC);
   }
 }
 
 int loomi_mutex_init (pthread_mutex_t *mu) {
   pthread_once(&attr_once, attr_init);
   return attr_err != 0 ? attr_err : pthread_mutex_init(mu, &mutex_attr);
-}
-
-int loomi_cond_init (pthread_cond_t *cv) {
-  pthread_once(&attr_once, attr_init);
-  return attr_err != 0 ? attr_err : pthread_cond_init(cv, &cond_attr);
-}
-
-/* Leaves the condvar as it is.  glibc's pthread_cond_destroy waits until
-** every waiter has left, and a waiter in a process killed during its wait
-** never leaves: the thread freeing the object would block for ever (seen
-** as a worker stuck in a collection, long after the spec that killed the
-** child).  A condvar owns nothing but its bytes, which go back to the heap
-** with the object. */
-void loomi_cond_destroy (pthread_cond_t *cv) {
-  (void)cv;
 }
 
 int loomi_mutex_lock (pthread_mutex_t *mu) {
@@ -398,4 +378,27 @@ int loomi_mutex_lock (pthread_mutex_t *mu) {
 void loomi_mutex_unlock (pthread_mutex_t *mu) {
   if (pthread_mutex_unlock(mu) != 0)
     abort();
+}
+
+/* The name string at idx for a buffer of cap bytes: raises rather than
+** cut it short at a NUL byte or at the buffer's end. */
+const char *loomi_checkname (lua_State *L, int idx, size_t cap) {
+  size_t len;
+  const char *s = luaL_checklstring(L, idx, &len);
+  if (strlen(s) != len)
+    luaL_error(L, "name must not contain a NUL byte");
+  if (len >= cap)
+    luaL_error(L, "name too long (at most %d bytes)", (int)cap - 1);
+  return s;
+}
+
+/* Raises "cannot set field 'k' of a <tname>", naming a key that is not a
+** string by its value and type rather than by its type alone. */
+int loomi_field_error (lua_State *L, int key, const char *tname) {
+  if (lua_type(L, key) == LUA_TSTRING)
+    return luaL_error(L, "cannot set field '%s' of a %s", lua_tostring(L, key),
+                      tname);
+  const char *k = luaL_tolstring(L, key, NULL);
+  return luaL_error(L, "cannot set key %s (a %s) of a %s", k,
+                    luaL_typename(L, key), tname);
 }

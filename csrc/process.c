@@ -144,8 +144,11 @@ static int exitcode_of (int status) {
 }
 
 /* Waits until p has ended and is reaped: 0, ETIMEDOUT, or ECANCELED when
-** `cancellable` and the calling loom thread was cancelled.  A wait with
-** neither a deadline nor a cancel to notice blocks in waitid until the
+** `cancellable` and the calling loom thread was cancelled, or EINTR when
+** Ctrl-C reached the main thread meanwhile (see wait.c; a child's end is
+** no futex word, so this wait keeps its own sleep, in the wait layer's
+** short main-thread slices).  A wait with neither a deadline, a cancel
+** nor a Ctrl-C to notice blocks in waitid until the
 ** child ends, leaving it to be reaped here (WNOWAIT, so other waiters see
 ** it too); others poll a pidfd, opened on first need, in short slices so a
 ** cancel is seen; without a pidfd, they back off from 1 to 20 ms.  No
@@ -154,6 +157,7 @@ static int process_wait_done (LoomProcess *p, const LoomDeadline *dl,
                               int cancellable) {
   int rc = 0;
   long backoff_us = 1000;
+  int watched = cancellable && loomi_intr_watched();
   loomi_mutex_lock(&p->mu);
   for (;;) {
     process_reap(p);
@@ -168,10 +172,11 @@ static int process_wait_done (LoomProcess *p, const LoomDeadline *dl,
       rc = ETIMEDOUT;
       break;
     }
-    long slice_us = 50000;
+    long slice_us = watched ? 20000 : 50000;
     if (left > 0 && left * 1e6 < slice_us)
       slice_us = (long)(left * 1e6) + 1;
-    int block = left < 0 && !(cancellable && loomi_cancellable());
+    int block = left < 0 && !watched &&
+                !(cancellable && loomi_cancellable());
     if (!block && p->pidfd < 0)
       p->pidfd = open_pidfd(p->pid);   /* not reaped yet: still our child */
     int fd = p->pidfd;
@@ -198,8 +203,17 @@ static int process_wait_done (LoomProcess *p, const LoomDeadline *dl,
       if (backoff_us < 20000)
         backoff_us *= 2;
     }
+    /* without p->mu: the check may take back a GIL, whose holder may be
+    ** about to lock p->mu */
+    int intr = watched && loomi_interrupted();
     loomi_mutex_lock(&p->mu);
     p->waiters--;
+    if (intr) {
+      process_reap(p);
+      if (p->state != PR_DONE)
+        rc = EINTR;
+      break;
+    }
   }
   if (p->state == PR_DONE && p->waiters == 0 && p->pidfd >= 0) {
     close(p->pidfd);
@@ -512,7 +526,8 @@ static LoomProcess *checkprocess (lua_State *L, int arg) {
 static int process_new (lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   luaL_checktype(L, 2, LUA_TTABLE);
-  const char *name = luaL_optstring(L, 3, NULL);
+  const char *name = lua_isnoneornil(L, 3) ? NULL
+                     : loomi_checkname(L, 3, sizeof ((LoomProcess *)0)->name);
   int daemon = lua_toboolean(L, 4);
   LoomObj **slot = loomi_proxy_new(L, LOOM_PROCESS);
   lua_createtable(L, 2, 0);      /* the call, run by the child */
@@ -536,6 +551,13 @@ static int process_new (lua_State *L) {
   return 1;
 }
 
+int loomi_sigchld_ignored (void) {
+  struct sigaction sa;
+  if (sigaction(SIGCHLD, NULL, &sa) != 0)
+    return 0;
+  return sa.sa_handler == SIG_IGN || (sa.sa_flags & SA_NOCLDWAIT) != 0;
+}
+
 static int process_start (lua_State *L) {
   LoomProcess *p = checkprocess(L, 1);
   lua_settop(L, 1);
@@ -551,6 +573,13 @@ static int process_start (lua_State *L) {
   if (lua_istable(L, 3))
     loomi_argcount(L, 3);        /* in the parent, which can be told */
   lua_settop(L, 2);
+  if (loomi_sigchld_ignored()) {
+    /* the kernel would reap the child itself: its status would be lost */
+    luaL_pushfail(L);
+    lua_pushliteral(L, LOOM_SIGCHLD_IGNORED);
+    lua_pushinteger(L, ECHILD);
+    return 3;
+  }
   ProcList *pl = proclist_of(L, 1);
   proclist_prune(pl);
   if (pl->n == pl->cap) {
@@ -622,7 +651,10 @@ static int process_await (lua_State *L, LoomProcess *p, int arg) {
 
 static int process_join (lua_State *L) {
   LoomProcess *p = checkprocess(L, 1);
-  lua_pushboolean(L, process_await(L, p, 2) == 0);
+  int rc = process_await(L, p, 2);
+  if (rc == EINTR)
+    return loomi_push_interrupted(L);
+  lua_pushboolean(L, rc == 0);
   return 1;
 }
 
@@ -651,7 +683,10 @@ static int push_failure (lua_State *L, LoomProcess *p) {
 
 static int process_result (lua_State *L) {
   LoomProcess *p = checkprocess(L, 1);
-  if (process_await(L, p, 2) == ETIMEDOUT) {
+  int rc = process_await(L, p, 2);
+  if (rc == EINTR)
+    return loomi_push_interrupted(L);
+  if (rc == ETIMEDOUT) {
     luaL_pushfail(L);
     lua_pushliteral(L, LOOM_TIMEOUT);
     return 2;
@@ -773,7 +808,7 @@ static int process_newindex (lua_State *L) {
   LoomProcess *p = checkprocess(L, 1);
   const char *key = luaL_checkstring(L, 2);
   if (strcmp(key, "name") == 0) {
-    snprintf(p->name, sizeof p->name, "%s", luaL_checkstring(L, 3));
+    snprintf(p->name, sizeof p->name, "%s", loomi_checkname(L, 3, sizeof p->name));
     return 0;
   }
   if (strcmp(key, "daemon") == 0) {

@@ -32,7 +32,10 @@ static const struct { const char *alias, *name; } elem_aliases[] = {
 };
 
 int loomi_elem_check (lua_State *L, int arg) {
-  const char *s = luaL_checkstring(L, arg);
+  size_t len;
+  const char *s = luaL_checklstring(L, arg, &len);
+  if (strlen(s) != len)   /* "int8\0" is not int8 */
+    return luaL_argerror(L, arg, "invalid element type (contains a NUL byte)");
   for (int a = 0; elem_aliases[a].alias != NULL; a++)
     if (strcmp(s, elem_aliases[a].alias) == 0) {
       s = elem_aliases[a].name;
@@ -459,8 +462,7 @@ static int value_newindex (lua_State *L) {
   LoomValue *v = checkvalue(L, 1);
   const char *key = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
   if (key == NULL || strcmp(key, "value") != 0)
-    return luaL_error(L, "cannot set field '%s' of a loom.Value",
-                      key ? key : luaL_typename(L, 2));
+    return loomi_field_error(L, 2, LOOM_VALUE);
   uint64_t bits = loomi_elem_tobits(L, 3, v->type, 0);
   loomi_elem_store(v->cell, loomi_elemtypes[v->type].size, bits,
                    memory_order_relaxed);

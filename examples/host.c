@@ -44,8 +44,16 @@ static void *limited_alloc (void *ud, void *ptr, size_t osize, size_t nsize) {
   return p;
 }
 
+/* LOOM_HOST_REFUSE=text makes the hook refuse every state with that text,
+** to show how a refusal reaches the script. */
+static const char *refusal = NULL;
+
 static int prepare_state (lua_State *L, void *ud) {
   (void)ud;
+  if (refusal != NULL) {
+    lua_pushstring(L, refusal);   /* the message that goes with the code */
+    return 3;
+  }
   lua_pushcfunction(L, host_add);
   lua_setglobal(L, "host_add");
   if (mem_limit > 0) {
@@ -114,6 +122,7 @@ int main (int argc, char **argv) {
   const char *limit = getenv("LOOM_HOST_MEMLIMIT");
   if (limit != NULL)
     mem_limit = (size_t)strtoull(limit, NULL, 10);
+  refusal = getenv("LOOM_HOST_REFUSE");
   loom_set_state_hook(prepare_state, NULL);
   int status = 0;
   for (int i = 0; i < cycles && status == 0; i++)

@@ -3,9 +3,6 @@
 local loom = require "loom"
 local H = require "helpers"
 
-local function scaled(s)
-  return s * H.slowdown
-end
 
 describe("pool:map", function()
   -- A future that times out in result() and is done by the time map looks
@@ -47,7 +44,7 @@ describe("pool:map", function()
   it("keeps a nil result that a task really returned", function()
     local pool <close> = loom.pool{ workers = 2 }
     local r = pool:map(function(x) if x % 2 == 0 then return x end end,
-                       { 1, 2, 3, 4 }, { timeout = scaled(30) })
+                       { 1, 2, 3, 4 }, { timeout = H.t(30) })
     assert.same({ nil, 2, nil, 4, n = 4 }, r)
   end)
 
@@ -66,7 +63,7 @@ end)
 
 describe("cancel()", function()
   local function joined(t)
-    assert(t:join(scaled(10)), "the cancelled thread did not end")
+    assert(t:join(H.t(10)), "the cancelled thread did not end")
   end
 
   local function closer(flag)
@@ -227,7 +224,7 @@ describe("cancel()", function()
       return r
     end
     local t = loom.thread(body):start()
-    local r = t:result(scaled(10))
+    local r = t:result(H.t(10))
     -- the same as the standard library gives, but for the error of a
     -- resume of no coroutine, which loom.gil's resume (installed here once
     -- a shared thread was made) raises from its own position
@@ -273,7 +270,7 @@ describe("thread handles", function()
       t:start()
       assert.is_number(t.ident)
       assert.is_number(t.native_id)
-      assert(t:join(scaled(10)), "thread did not end")
+      assert(t:join(H.t(10)), "thread did not end")
     end
   end)
 
@@ -297,10 +294,10 @@ end)
 describe("loom.current().name", function()
   it("names a thread pool's worker as its tracebacks do", function()
     local pool <close> = loom.pool(1)
-    local name = pool:submit(function() return require("loom").current().name end):result(scaled(10))
+    local name = pool:submit(function() return require("loom").current().name end):result(H.t(10))
     assert.matches("^Pool%-%d+%-worker%-1$", name)
     local ok, err = pcall(function()
-      pool:submit(function() error("x") end):result(scaled(10))
+      pool:submit(function() error("x") end):result(H.t(10))
     end)
     assert.is_false(ok)
     assert.matches("%[thread " .. name:gsub("%-", "%%-") .. "%]", err)
@@ -308,10 +305,10 @@ describe("loom.current().name", function()
 
   it("names a process pool's worker as its tracebacks do", function()
     local pool <close> = loom.pool{ kind = "process", workers = 1 }
-    local name = pool:submit(function() return require("loom").current().name end):result(scaled(10))
+    local name = pool:submit(function() return require("loom").current().name end):result(H.t(10))
     assert.matches("^Pool%-%d+%-worker%-1$", name)
     local ok, err = pcall(function()
-      pool:submit(function() error("x") end):result(scaled(10))
+      pool:submit(function() error("x") end):result(H.t(10))
     end)
     assert.is_false(ok)
     assert.matches("%[process " .. name:gsub("%-", "%%-") .. "%]", err)
@@ -322,8 +319,142 @@ describe("loom.current().name", function()
       local l = require "loom"
       return H.result(l.process(function() return l.current().name end):start(), 30)
     end }:start()
-    assert.equal("forker", t:result(scaled(30)))
+    assert.equal("forker", t:result(H.t(30)))
     assert.equal("MainThread",
-      loom.process(function() return loom.current().name end):start():result(scaled(30)))
+      loom.process(function() return loom.current().name end):start():result(H.t(30)))
+  end)
+end)
+
+describe("loom.Barrier", function()
+  -- n - 1 threads wait; the last party trips the barrier and comes straight
+  -- back (late) while they are still leaving.  Returns how many of the
+  -- parties that passed saw the barrier broken anyway.
+  local function trip_and_return(late)
+    local N, broke = 6, 0
+    for _ = 1, 60 do
+      local b = loom.barrier(N)
+      local ts = {}
+      for k = 1, N - 1 do
+        ts[k] = loom.thread(function(bb) return pcall(bb.wait, bb) end, b):start()
+      end
+      local deadline = loom.now() + H.t(10)
+      while b.n_waiting < N - 1 do
+        assert(loom.now() < deadline, "the parties did not arrive")
+        loom.sleep(0.0005)
+      end
+      late(b)
+      for k = 1, N - 1 do
+        local ok = ts[k]:result(H.t(10))
+        if not ok then broke = broke + 1 end
+      end
+    end
+    return broke
+  end
+
+  it("never breaks a generation that tripped for a late caller's timeout", function()
+    assert.equal(0, trip_and_return(function(b)
+      b:wait()
+      assert.is_false(pcall(b.wait, b, 0))   -- times out in the next generation
+    end))
+  end)
+
+  it("lets a cancelled late caller fail alone", function()
+    assert.equal(0, trip_and_return(function(b)
+      local c = loom.thread(function(bb)
+        bb:wait()
+        require("loom").current():cancel()
+        bb:wait()
+      end, b):start()
+      assert(c:join(H.t(10)), "the cancelled caller did not end")
+      assert.equal("cancelled", c:error())
+    end))
+  end)
+end)
+
+describe("loom.Queue:get()", function()
+  it("says an item it cannot decode was removed, and frees it", function()
+    local q = loom.queue()
+    package.preload["semantics_only_here"] = function() return { x = 1 } end
+    local m = require "semantics_only_here"
+    finally(function()
+      package.loaded["semantics_only_here"] = nil
+      package.preload["semantics_only_here"] = nil
+    end)
+    for _ = 1, 50 do q:put({ m, ("x"):rep(1000) }) end
+    q:put("next")
+    local t = loom.thread(function(qq)
+      local l = require "loom"
+      local before = l.heap_used()
+      local results = {}
+      for i = 1, 50 do
+        local ok, err = pcall(qq.get, qq, 30)
+        results[i] = ok and "ok" or err
+      end
+      return results, before - l.heap_used(), qq:get(30), #qq
+    end, q):start()
+    local results, freed, nxt, left = t:result(H.t(30))
+    for i = 1, 50 do
+      assert.matches("^queue item removed: it cannot be decoded here %(module 'semantics_only_here' not found", results[i])
+    end
+    assert.equal("next", nxt)
+    assert.equal(0, left)
+    -- fifty items of 1 KB each: their messages are freed as they fail
+    assert.is_true(freed >= 50 * 1000, ("only %d bytes freed"):format(freed))
+  end)
+end)
+
+describe("finished threads", function()
+  it("leave no results in the shared heap once their handles are gone", function()
+    local out, ok = H.run([[
+      local loom = require "loom"
+      assert(loom.configure{ heap_size = 128 * 2^20 })
+      -- handles dropped after join, and handles never kept at all
+      for _ = 1, 10 do
+        local t = loom.thread(function() return ("x"):rep(30 * 2^20) end)
+        assert(t:start())
+        assert(t:join(60))
+        t = nil
+        collectgarbage(); collectgarbage()
+      end
+      local seen = loom.value("int32", 0)
+      for i = 1, 10 do
+        assert(loom.thread(function(s)
+          local r = ("y"):rep(30 * 2^20)
+          s:add(1)
+          return r
+        end, seen):start())
+        collectgarbage(); collectgarbage()   -- the handle is gone while it runs
+        local deadline = loom.now() + 60
+        while seen.value < i and loom.now() < deadline do loom.sleep(0.01) end
+      end
+      local deadline = loom.now() + 60
+      while loom.heap_used() > 2^20 and loom.now() < deadline do loom.sleep(0.01) end
+      print("used", loom.heap_used() < 2^20, seen.value)
+    ]])
+    assert(ok, out)
+    assert.equal("used\ttrue\t10\n", out)
+  end)
+end)
+
+describe("children under an inherited SIGCHLD = SIG_IGN", function()
+  it("are refused at start with the reason, rather than report a wrong status", function()
+    local path = os.tmpname()
+    finally(function() os.remove(path) end)
+    local f = assert(io.open(path, "w"))
+    f:write(H.prelude, [[
+      local loom = require "loom"
+      print(loom.process(function() os.exit(7) end):start())
+      print(loom.pool{ kind = "process", workers = 1 })
+      local p = loom.pool(1)
+      print(p:submit(function() return 5 end):result(30))
+    ]])
+    f:close()
+    -- bash: dash's trap '' CHLD does not ignore the signal for what it execs
+    local pipe = assert(io.popen("bash -c \"trap '' CHLD; exec " .. H.lua .. " " .. path .. "\" 2>&1"))
+    local out = pipe:read("a")
+    pipe:close()
+    local msg = "cannot start process: SIGCHLD is ignored (SIG_IGN), so the child's exit " ..
+                "status would be lost; restore its default action (SIG_DFL) first"
+    assert.equal("nil\t" .. msg .. "\t10\nnil\t" .. msg .. "\t10\n5\n", out)
   end)
 end)

@@ -1,6 +1,7 @@
 -- loom: real concurrency and parallelism for Lua 5.4.
 -- The public module: thin conveniences over loom.core.
 local core = require "loom.core"
+local lproc = require "loom.process"
 
 local error, type, select, setmetatable = error, type, select, setmetatable
 local table_pack = table.pack
@@ -15,6 +16,8 @@ end
 M.gil_prepare, M.gil_sethook, M.gil_gethook = nil, nil, nil
 M.set_excepthook = nil
 
+local check_name, pack_args = lproc.check_name, lproc.pack_args
+
 local function thread_options(fname, first, ...)
   if type(first) == "table" and getmetatable(first) == nil and select("#", ...) == 0 then
     local target = first.target
@@ -25,11 +28,8 @@ local function thread_options(fname, first, ...)
     if type(args) ~= "table" then
       error("bad argument #1 to '" .. fname .. "' (args must be a table)", 3)
     end
-    if first.name ~= nil and type(first.name) ~= "string" then
-      error("bad argument #1 to '" .. fname .. "' (name must be a string)", 3)
-    end
-    local packed = table_pack(table.unpack(args, 1, args.n or #args))
-    return target, packed, first.name, first.daemon, first.shared
+    check_name(fname, first.name)
+    return target, pack_args(fname, args), first.name, first.daemon, first.shared
   end
   if type(first) ~= "function" then
     error("bad argument #1 to '" .. fname .. "' (function expected, got " .. type(first) .. ")", 3)
@@ -66,7 +66,7 @@ function M.excepthook(fn)
   return core.set_excepthook(fn)
 end
 
-M.process = require("loom.process").process
+M.process = lproc.process
 require("loom.pool").install()
 
 setmetatable(M, { __name = "loom" })

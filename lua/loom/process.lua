@@ -3,8 +3,40 @@ local core = require "loom.core"
 
 local error, type, select, getmetatable = error, type, select, getmetatable
 local table_pack, table_unpack = table.pack, table.unpack
+local math_tointeger, pcall = math.tointeger, pcall
 
 local M = {}
+
+-- The name of a thread or process: a string that fits its 63 bytes.
+function M.check_name(fname, name)
+  if name == nil then return end
+  if type(name) ~= "string" then
+    error("bad argument #1 to '" .. fname .. "' (name must be a string)", 4)
+  end
+  if name:find("\0", 1, true) then
+    error("bad argument #1 to '" .. fname .. "' (name must not contain a NUL byte)", 4)
+  end
+  if #name > 63 then
+    error("bad argument #1 to '" .. fname .. "' (name too long (at most 63 bytes))", 4)
+  end
+end
+
+-- args{..., n=} as a packed list, with n checked, not left to unpack.
+function M.pack_args(fname, args)
+  local n = args.n
+  if n == nil then
+    n = #args
+  elseif type(n) ~= "number" or math_tointeger(n) == nil or n < 0 then
+    error("bad argument #1 to '" .. fname .. "' (args.n must be a non-negative integer)", 4)
+  end
+  n = math_tointeger(n)
+  local ok, packed = pcall(function() return table_pack(table_unpack(args, 1, n)) end)
+  if not ok then
+    error("bad argument #1 to '" .. fname .. "' (too many args: " .. n .. ")", 4)
+  end
+  return packed
+end
+
 
 local function options(first, ...)
   if type(first) == "table" and getmetatable(first) == nil and select("#", ...) == 0 then
@@ -16,10 +48,8 @@ local function options(first, ...)
     if type(args) ~= "table" then
       error("bad argument #1 to 'process' (args must be a table)", 3)
     end
-    if first.name ~= nil and type(first.name) ~= "string" then
-      error("bad argument #1 to 'process' (name must be a string)", 3)
-    end
-    return target, table_pack(table_unpack(args, 1, args.n or #args)), first.name, first.daemon
+    M.check_name("process", first.name)
+    return target, M.pack_args("process", args), first.name, first.daemon
   end
   if type(first) ~= "function" then
     error("bad argument #1 to 'process' (function expected, got " .. type(first) .. ")", 3)
