@@ -63,12 +63,17 @@ experiments: deps
 	@$(LUA) experiments/run.lua $(ARGS)
 
 # The machine's raw limits, the reference column of the bench table.
-build/limits: bench/limits.c
+build/limits: bench/limits.c bench/heap_pair.h
 	@mkdir -p build
 	$(CC) -std=c11 -pthread -I$(LUA_INCDIR) $(WARN) -O2 -o $@ $< -llua5.4 -lm
 
+# The heap rows' loom side: the shared heap's own functions, linked in.
+build/heap_bench: bench/heap_bench.c bench/heap_pair.h $(SRC) csrc/loomint.h
+	@mkdir -p build
+	$(CC) $(HOST_FLAGS) -O2 -o $@ bench/heap_bench.c $(SRC) -llua5.4 -lm -ldl
+
 bench: deps
-	@$(MAKE) --no-print-directory all build/limits
+	@$(MAKE) --no-print-directory all build/limits build/heap_bench
 	@$(LUA) bench/run.lua $(ARGS)
 
 clean:

@@ -608,6 +608,7 @@ static void proc_worker_child (TaskQueue *q, int index, pid_t parent) {
     queue_serve(q, L, index);
     lua_close(L);            /* the worker's own files and objects only */
   }
+  loomi_heap_flush();
   fflush(stdout);
   fflush(stderr);
   _exit(0);
