@@ -19,7 +19,7 @@ typedef struct Barrier {
   int count;                /* callers inside wait(); mu held */
   int state;                /* B_*; mu held */
   pthread_mutex_t mu;
-  pthread_cond_t cv;
+  LoomWaitq q;
 } Barrier;
 
 /* ---- C core ---- */
@@ -27,7 +27,6 @@ typedef struct Barrier {
 static void barrier_destroy (LoomObj *o) {
   Barrier *b = (Barrier *)o;
   pthread_mutex_destroy(&b->mu);
-  pthread_cond_destroy(&b->cv);
 }
 
 static Barrier *barrier_create (int parties, double timeout) {
@@ -35,7 +34,7 @@ static Barrier *barrier_create (int parties, double timeout) {
                                         barrier_destroy);
   if (b == NULL)
     return NULL;
-  if (loomi_mutex_init(&b->mu) != 0 || loomi_cond_init(&b->cv) != 0) {
+  if (loomi_mutex_init(&b->mu) != 0) {
     b->obj.destroy = NULL;
     loomi_obj_release(&b->obj);
     return NULL;
@@ -48,24 +47,25 @@ static Barrier *barrier_create (int parties, double timeout) {
 
 static void barrier_break (Barrier *b) {
   b->state = B_BROKEN;
-  pthread_cond_broadcast(&b->cv);
+  loomi_wake_all(&b->q);
 }
 
 /* One wait(): the index (>= 0), -1 when the barrier is or gets broken (a
 ** timeout breaks it), or -ECANCELED (a cancel breaks it too, so the other
-** parties do not wait for a thread that is gone).  A caller that comes
+** parties do not wait for a thread that is gone), or -EINTR (Ctrl-C on
+** the main thread, which breaks it too).  A caller that comes
 ** while the last generation is still leaving waits for that without its
 ** deadline, as Python's does: the tripped generation has passed, and no
 ** timeout or cancel of a caller that is not part of it may break it (a
-** cancelled one fails alone). */
+** cancelled or interrupted one fails alone). */
 static int barrier_pass (Barrier *b, const LoomDeadline *dl) {
   int rc = 0, index = -1;
   loomi_mutex_lock(&b->mu);
   while ((b->state == B_DRAINING || b->state == B_RESETTING) && rc == 0)
-    rc = loomi_wait(&b->cv, &b->mu, &b->obj, NULL);
+    rc = loomi_wait(&b->q, &b->mu, &b->obj, NULL);
   if (rc != 0) {
     loomi_mutex_unlock(&b->mu);
-    return -ECANCELED;
+    return -rc;   /* ECANCELED or EINTR: nothing else ends that wait */
   }
   if (b->state != B_FILLING) {
     loomi_mutex_unlock(&b->mu);
@@ -74,22 +74,22 @@ static int barrier_pass (Barrier *b, const LoomDeadline *dl) {
   index = b->count++;
   if (index + 1 == b->parties) {
     b->state = B_DRAINING;
-    pthread_cond_broadcast(&b->cv);
+    loomi_wake_all(&b->q);
   }
   else {
     while (b->state == B_FILLING && rc == 0)
-      rc = loomi_wait(&b->cv, &b->mu, &b->obj, dl);
+      rc = loomi_wait(&b->q, &b->mu, &b->obj, dl);
     if (b->state == B_FILLING) {   /* timed out or cancelled: break it */
       barrier_break(b);
-      index = rc == ECANCELED ? -ECANCELED : -1;
+      index = rc == ECANCELED || rc == EINTR ? -rc : -1;
     }
     else if (b->state < 0)
-      index = rc == ECANCELED ? -ECANCELED : -1;
+      index = rc == ECANCELED || rc == EINTR ? -rc : -1;
   }
   if (--b->count == 0 &&
       (b->state == B_DRAINING || b->state == B_RESETTING)) {
     b->state = B_FILLING;
-    pthread_cond_broadcast(&b->cv);
+    loomi_wake_all(&b->q);
   }
   loomi_mutex_unlock(&b->mu);
   return index;
@@ -131,6 +131,8 @@ static int barrier_wait (lua_State *L) {
   loomi_block_end(L);
   if (index == -ECANCELED)
     return loomi_raise_cancelled(L);
+  if (index == -EINTR)
+    return loomi_push_interrupted(L);
   if (index < 0) {
     lua_pushliteral(L, LOOM_BROKEN);
     return lua_error(L);
@@ -157,7 +159,7 @@ static int barrier_reset (lua_State *L) {
   }
   else
     b->state = B_FILLING;
-  pthread_cond_broadcast(&b->cv);
+  loomi_wake_all(&b->q);
   loomi_mutex_unlock(&b->mu);
   return 0;
 }

@@ -23,7 +23,7 @@ typedef struct Cond {
   LoomObj obj;
   LoomObj *lock;            /* a Lock or RLock; one reference */
   pthread_mutex_t mu;
-  pthread_cond_t cv;        /* broadcast; each waiter checks its own node */
+  LoomWaitq q;              /* woken all; each waiter checks its own node */
   CondWaiter head;          /* sentinel of the waiter list */
 } Cond;
 
@@ -39,7 +39,6 @@ static void cond_destroy (LoomObj *o) {
   }
   loomi_obj_release(c->lock);
   pthread_mutex_destroy(&c->mu);
-  pthread_cond_destroy(&c->cv);
 }
 
 /* Takes over the caller's reference to lock. */
@@ -51,7 +50,7 @@ static Cond *cond_create (LoomObj *lock) {
   }
   c->head.next = c->head.prev = &c->head;
   c->lock = lock;
-  if (loomi_mutex_init(&c->mu) != 0 || loomi_cond_init(&c->cv) != 0) {
+  if (loomi_mutex_init(&c->mu) != 0) {
     c->obj.destroy = NULL;
     loomi_obj_release(lock);
     loomi_obj_release(&c->obj);
@@ -69,7 +68,8 @@ static void unlink_waiter (CondWaiter *w) {
 /* The waiting part of wait(): releases the user's lock, sleeps until
 ** notified, the deadline or a cancel, and takes the lock back in every
 ** case (as Python's finally does).  Returns 1 when notified, 0 when timed
-** out, ECANCELED when cancelled before any notify.  w is freed. */
+** out, ECANCELED or EINTR when cancelled or interrupted before any
+** notify.  w is freed. */
 static int cond_block (Cond *c, CondWaiter *w, const LoomDeadline *dl) {
   loomi_mutex_lock(&c->mu);
   w->pid = loomi_self_pid();
@@ -82,7 +82,7 @@ static int cond_block (Cond *c, CondWaiter *w, const LoomDeadline *dl) {
   int rc = 0;
   loomi_mutex_lock(&c->mu);
   while (!w->notified && rc == 0)
-    rc = loomi_wait(&c->cv, &c->mu, &c->obj, dl);
+    rc = loomi_wait(&c->q, &c->mu, &c->obj, dl);
   int notified = w->notified;
   if (!notified)
     unlink_waiter(w);
@@ -91,7 +91,7 @@ static int cond_block (Cond *c, CondWaiter *w, const LoomDeadline *dl) {
   loomi_lock_restore(c->lock, count);
   if (notified)
     return 1;
-  return rc == ECANCELED ? ECANCELED : 0;
+  return rc == ECANCELED || rc == EINTR ? rc : 0;
 }
 
 /* Marks up to n waiters notified, oldest first, skipping those whose
@@ -110,7 +110,7 @@ static int cond_notify (Cond *c, int n) {
     woken++;
   }
   if (woken > 0)
-    pthread_cond_broadcast(&c->cv);
+    loomi_wake_all(&c->q);
   loomi_mutex_unlock(&c->mu);
   return woken;
 }
@@ -148,7 +148,7 @@ static int cond_release (lua_State *L) {
   return loomi_lock_lrelease(L, checkcond(L, 1)->lock);
 }
 
-/* Pushes true/false for wait(); raises on misuse or cancellation. */
+/* 1 notified, 0 timed out, EINTR; raises on misuse or cancellation. */
 static int cond_do_wait (lua_State *L, Cond *c, const LoomDeadline *dl) {
   if (!loomi_lock_owned(c->lock))
     return luaL_error(L, "cannot wait on un-acquired lock");
@@ -167,7 +167,10 @@ static int cond_wait (lua_State *L) {
   Cond *c = checkcond(L, 1);
   LoomDeadline dl;
   loomi_opttimeout(L, 2, &dl);
-  lua_pushboolean(L, cond_do_wait(L, c, &dl));
+  int rc = cond_do_wait(L, c, &dl);
+  if (rc == EINTR)
+    return loomi_push_interrupted(L);
+  lua_pushboolean(L, rc);
   return 1;
 }
 
@@ -186,7 +189,8 @@ static int cond_wait_for (lua_State *L) {
     if (lua_toboolean(L, -1) || (waited && loomi_deadline_passed(&dl)))
       return 1;
     lua_pop(L, 1);
-    cond_do_wait(L, c, &dl);   /* at least once, as Python */
+    if (cond_do_wait(L, c, &dl) == EINTR)   /* at least once, as Python */
+      return loomi_push_interrupted(L);
   }
 }
 

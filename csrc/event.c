@@ -7,10 +7,9 @@
 typedef struct Event {
   LoomObj obj;
   atomic_int flag;
-  int waiters;              /* mu held */
   unsigned sets;            /* set() calls; mu held */
   pthread_mutex_t mu;
-  pthread_cond_t cv;
+  LoomWaitq q;
 } Event;
 
 /* ---- C core ---- */
@@ -18,14 +17,13 @@ typedef struct Event {
 static void event_destroy (LoomObj *o) {
   Event *e = (Event *)o;
   pthread_mutex_destroy(&e->mu);
-  pthread_cond_destroy(&e->cv);
 }
 
 static Event *event_create (void) {
   Event *e = (Event *)loomi_obj_new(sizeof(Event), LOOM_EVENT, event_destroy);
   if (e == NULL)
     return NULL;
-  if (loomi_mutex_init(&e->mu) != 0 || loomi_cond_init(&e->cv) != 0) {
+  if (loomi_mutex_init(&e->mu) != 0) {
     e->obj.destroy = NULL;
     loomi_obj_release(&e->obj);
     return NULL;
@@ -36,18 +34,16 @@ static Event *event_create (void) {
 
 /* 1 when the flag is set or a set() happened meanwhile (a set() followed
 ** at once by clear() still wakes everyone who was waiting, as in Python),
-** else 0; ECANCELED in *err. */
+** else 0; ECANCELED or EINTR in *err. */
 static int event_wait_flag (Event *e, const LoomDeadline *dl, int *err) {
   int rc = 0;
   loomi_mutex_lock(&e->mu);
   unsigned sets = e->sets;
-  e->waiters++;
   while (!atomic_load(&e->flag) && e->sets == sets && rc == 0)
-    rc = loomi_wait(&e->cv, &e->mu, &e->obj, dl);
-  e->waiters--;
+    rc = loomi_wait(&e->q, &e->mu, &e->obj, dl);
   int flag = atomic_load(&e->flag) || e->sets != sets;
   loomi_mutex_unlock(&e->mu);
-  *err = rc == ECANCELED ? rc : 0;
+  *err = rc == ECANCELED || rc == EINTR ? rc : 0;
   return flag;
 }
 
@@ -71,8 +67,7 @@ static int event_set (lua_State *L) {
   loomi_mutex_lock(&e->mu);
   atomic_store(&e->flag, 1);
   e->sets++;
-  if (e->waiters > 0)
-    pthread_cond_broadcast(&e->cv);
+  loomi_wake_all(&e->q);
   loomi_mutex_unlock(&e->mu);
   return 0;
 }
@@ -105,6 +100,8 @@ static int event_wait (lua_State *L) {
   loomi_block_end(L);
   if (err == ECANCELED)
     return loomi_raise_cancelled(L);
+  if (err == EINTR && !flag)
+    return loomi_push_interrupted(L);
   lua_pushboolean(L, flag);
   return 1;
 }

@@ -67,8 +67,9 @@ enum { SH_NEW, SH_RUNNING, SH_DONE };
 typedef struct SharedThread {
   LoomObj obj;
   pthread_mutex_t mu;        /* guards state and the fields below it */
-  pthread_cond_t cv;         /* done */
+  LoomWaitq done_q;          /* done */
   Gil *gil;
+  pid_t pid;                 /* the process whose interpreter runs it */
   lua_State *co;             /* the coroutine; its stack ends with results */
   int ref;                   /* registry anchor while it runs */
   int state;
@@ -247,6 +248,27 @@ void loomi_gil_pin (LoomObj *o) {
 }
 
 /* ---- the switching hook and the user's hooks beside it ---- */
+
+static void gil_hook (lua_State *L, lua_Debug *ar);
+
+/* For wait.c's Ctrl-C check: the hooks of an interpreter with shared
+** threads change under its GIL, so a thread that released the GIL for a
+** wait reads its state's hook only after taking the GIL back (briefly: the
+** holder hands it over within its switch interval).  Returns the hook, its
+** mask and count through the pointers; the switching hook reads as none. */
+void loomi_gil_peek_hook (lua_State *L, lua_Hook *hook, int *mask) {
+  Gil *g = released_gil;
+  if (g != NULL)
+    gil_acquire(g);
+  *hook = lua_gethook(L);
+  *mask = lua_gethookmask(L);
+  if (*hook == gil_hook) {
+    *hook = NULL;
+    *mask = 0;
+  }
+  if (g != NULL)
+    gil_release(g);
+}
 
 /* A hook that was on a coroutine before ours (debug.sethook's, or a host's)
 ** is kept here, per coroutine, and called for the events it asked for. */
@@ -471,7 +493,6 @@ static void shared_destroy (LoomObj *o) {
   SharedThread *s = (SharedThread *)o;
   loomi_obj_release(s->borrowed);
   pthread_mutex_destroy(&s->mu);
-  pthread_cond_destroy(&s->cv);
 }
 
 /* Message handler: the traceback goes to the box in upvalue 1. */
@@ -532,7 +553,7 @@ static void *shared_main (void *arg) {
                atomic_load(&s->obj.refs) == 1;
   if (orphan)
     s->collected = 1;
-  pthread_cond_broadcast(&s->cv);
+  loomi_wake_all(&s->done_q);
   pthread_mutex_unlock(&s->mu);
   if (orphan && lua_checkstack(co, 6)) {
     lua_State *L = lua_newthread(co);   /* co's stack stays as it is */
@@ -557,7 +578,10 @@ static void *shared_main (void *arg) {
 
 static SharedThread *checkshared (lua_State *L, int arg) {
   SharedThread *s = (SharedThread *)loomi_checkobj(L, arg, LOOM_SHARED);
-  if (s->gil != NULL && s->gil->key != main_of(L))
+  /* a fork's copy of the interpreter is another one: the thread does not
+  ** run there, and its mutex is private to the process that started it */
+  if (s->gil != NULL && (s->gil->key != main_of(L) ||
+                         s->pid != loomi_self_pid()))
     luaL_error(L, "shared thread used from another interpreter");
   return s;
 }
@@ -580,7 +604,7 @@ static int shared_new (lua_State *L) {
                                                   LOOM_SHARED, shared_destroy);
   if (s == NULL)
     return luaL_error(L, "cannot create thread: shared heap exhausted");
-  if (pthread_mutex_init(&s->mu, NULL) != 0 || loomi_cond_init(&s->cv) != 0) {
+  if (pthread_mutex_init(&s->mu, NULL) != 0) {
     s->obj.destroy = NULL;
     loomi_obj_release(&s->obj);
     return luaL_error(L, "cannot create thread: out of resources");
@@ -642,6 +666,7 @@ static int shared_start (lua_State *L) {
   s->co = co;
   s->ref = ref;
   s->gil = g;
+  s->pid = loomi_self_pid();
   s->state = SH_RUNNING;
   loomi_obj_retain(&s->obj);                  /* the running thread's ref */
   atomic_fetch_add(&g->nthreads, 1);
@@ -667,7 +692,7 @@ static int shared_start (lua_State *L) {
   return 1;
 }
 
-/* 0 when done, ETIMEDOUT; raises when cancelled or on misuse. */
+/* 0 when done, ETIMEDOUT, EINTR; raises when cancelled or on misuse. */
 static int shared_await (lua_State *L, SharedThread *s, int arg) {
   LoomDeadline dl;
   loomi_opttimeout(L, arg, &dl);
@@ -679,7 +704,7 @@ static int shared_await (lua_State *L, SharedThread *s, int arg) {
   loomi_block_begin(L);
   pthread_mutex_lock(&s->mu);
   while (s->state != SH_DONE && rc == 0)
-    rc = loomi_wait(&s->cv, &s->mu, &s->obj, &dl);
+    rc = loomi_wait(&s->done_q, &s->mu, &s->obj, &dl);
   if (s->state == SH_DONE)
     rc = 0;
   pthread_mutex_unlock(&s->mu);
@@ -691,7 +716,10 @@ static int shared_await (lua_State *L, SharedThread *s, int arg) {
 
 static int shared_join (lua_State *L) {
   SharedThread *s = checkshared(L, 1);
-  lua_pushboolean(L, shared_await(L, s, 2) == 0);
+  int rc = shared_await(L, s, 2);
+  if (rc == EINTR)
+    return loomi_push_interrupted(L);
+  lua_pushboolean(L, rc == 0);
   return 1;
 }
 
@@ -710,7 +738,10 @@ static void push_co (lua_State *L, SharedThread *s, int n) {
 
 static int shared_result (lua_State *L) {
   SharedThread *s = checkshared(L, 1);
-  if (shared_await(L, s, 2) == ETIMEDOUT) {
+  int rc = shared_await(L, s, 2);
+  if (rc == EINTR)
+    return loomi_push_interrupted(L);
+  if (rc == ETIMEDOUT) {
     luaL_pushfail(L);
     lua_pushliteral(L, LOOM_TIMEOUT);
     return 2;
@@ -785,7 +816,8 @@ static int shared_gc (lua_State *L) {
   ** so a finished thread's stack can be read */
   if (loomi_ref_mine((LoomRef *)slot) &&
       s->state == SH_DONE && s->failed && !s->collected && !was_cancelled(s) &&
-      s->gil != NULL && s->gil->key == main_of(L)) {
+      s->gil != NULL && s->gil->key == main_of(L) &&
+      s->pid == loomi_self_pid()) {
     s->collected = 1;
     report(L, s, s->co);
   }
@@ -797,6 +829,7 @@ static int shared_gc (lua_State *L) {
   ** collected coroutine. */
   if (loomi_ref_mine((LoomRef *)slot) && s->ref != LUA_NOREF &&
       s->state == SH_DONE && s->gil != NULL && s->gil->key == main_of(L) &&
+      s->pid == loomi_self_pid() &&
       atomic_load(&s->obj.refs) == 1) {
     luaL_unref(L, LUA_REGISTRYINDEX, s->ref);
     s->ref = LUA_NOREF;

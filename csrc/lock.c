@@ -20,17 +20,14 @@
 typedef struct LoomLock {
   LoomObj obj;
   _Atomic uint64_t owner;
-  atomic_int waiters;       /* threads in the slow path, mu held to raise */
   int count;                /* RLock recursion depth; the owner's alone */
   int recursive;
-  pthread_mutex_t mu;       /* only to sleep on cv */
-  pthread_cond_t cv;
+  LoomWaitq q;              /* waiters sleep here, without a mutex */
 } LoomLock;
 
 /* A sleeping waiter wakes this often to see whether the holder's process
-** still exists. */
+** still exists; a holder that stays a zombie this long counts as dead. */
 #define LOCK_SLICE  0.1
-#define LOCK_SPIN   64
 
 /* The calling process's pid, cached (getpid() is a system call, and the
 ** uncontended path must not make one), and the calling thread's owner
@@ -98,25 +95,14 @@ int loomi_pid_gone (pid_t pid, int zombies) {
 
 /* ---- C core ---- */
 
-static void lock_destroy (LoomObj *o) {
-  LoomLock *k = (LoomLock *)o;
-  pthread_mutex_destroy(&k->mu);
-  pthread_cond_destroy(&k->cv);
-}
-
 static LoomLock *lock_create (int recursive) {
   LoomLock *k = (LoomLock *)loomi_obj_new(sizeof(LoomLock),
                                           recursive ? LOOM_RLOCK : LOOM_LOCK,
-                                          lock_destroy);
+                                          NULL);
   if (k == NULL)
     return NULL;
-  if (loomi_mutex_init(&k->mu) != 0 || loomi_cond_init(&k->cv) != 0) {
-    k->obj.destroy = NULL;
-    loomi_obj_release(&k->obj);
-    return NULL;
-  }
+  loomi_waitq_init(&k->q);
   atomic_init(&k->owner, 0);
-  atomic_init(&k->waiters, 0);
   k->recursive = recursive;
   return k;
 }
@@ -146,40 +132,35 @@ static int lock_steal (LoomLock *k, uint64_t me, int zombies) {
   return atomic_compare_exchange_strong(&k->owner, &cur, me);
 }
 
-/* A condition wait nothing can cancel, for reacquiring a condition's lock
-** on the way out of a cancelled wait. */
-static int plain_wait (pthread_cond_t *cv, pthread_mutex_t *mu,
-                       const LoomDeadline *dl) {
-  int rc = pthread_cond_timedwait(cv, mu, &dl->at);
-  if (rc == EOWNERDEAD) {
-    pthread_mutex_consistent(mu);
-    rc = 0;
-  }
-  return rc;
+typedef struct Grab { LoomLock *k; uint64_t me; } Grab;
+
+static int lock_grab (const void *arg) {
+  const Grab *g = arg;
+  return atomic_load_explicit(&g->k->owner, memory_order_relaxed) == 0 &&
+         lock_try(g->k, g->me);
 }
 
 /* The slow path: 0 taken, 1 taken from a dead holder, ETIMEDOUT when dl
-** passes (NULL: forever), ECANCELED.  Sleeps in slices so that a holder
-** that died is noticed even when nobody will ever signal. */
+** passes (NULL: forever), ECANCELED, EINTR (only when `cancellable`).  No
+** mutex: the waiter counts itself and reads the sequence before it tries
+** (loomi_wait_prepare), pairing with lock_wake.  It sleeps in slices of
+** LOCK_SLICE, so that a holder that died is noticed even when nobody will
+** ever release; after a whole slice without a release, a zombie holder
+** counts as dead too. */
 static int lock_take (LoomLock *k, uint64_t me, const LoomDeadline *dl,
                       int cancellable) {
-  for (int i = 0; i < LOCK_SPIN; i++) {
-    if (atomic_load_explicit(&k->owner, memory_order_relaxed) == 0 &&
-        lock_try(k, me))
-      return 0;
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
-  }
-  int rc = 0, zombies = 0;
-  loomi_mutex_lock(&k->mu);
-  atomic_fetch_add(&k->waiters, 1);
+  Grab g = { k, me };
+  if (loomi_spin(lock_grab, &g))
+    return 0;
+  int rc = 0;
+  double since = loomi_now();
   for (;;) {
+    unsigned seq = loomi_wait_prepare(&k->q);
     if (lock_try(k, me)) {
       rc = 0;
       break;
     }
-    if (lock_steal(k, me, zombies)) {
+    if (lock_steal(k, me, loomi_now() - since >= LOCK_SLICE)) {
       rc = 1;
       break;
     }
@@ -187,39 +168,36 @@ static int lock_take (LoomLock *k, uint64_t me, const LoomDeadline *dl,
       rc = ETIMEDOUT;
       break;
     }
+    /* a holder that died is looked for every LOCK_SLICE */
     LoomDeadline slice;
     loomi_deadline_in(&slice, LOCK_SLICE);
     if (dl != NULL && !dl->forever &&
         (dl->at.tv_sec < slice.at.tv_sec ||
          (dl->at.tv_sec == slice.at.tv_sec && dl->at.tv_nsec < slice.at.tv_nsec)))
       slice = *dl;
-    int w = cancellable ? loomi_wait(&k->cv, &k->mu, &k->obj, &slice)
-                        : plain_wait(&k->cv, &k->mu, &slice);
-    if (w == ECANCELED) {
-      rc = ECANCELED;
-      break;
+    rc = cancellable ? loomi_wait_seq(&k->q, seq, NULL, &k->obj, &slice)
+                     : loomi_wait_plain(&k->q, seq, &slice);
+    if (rc == ETIMEDOUT)
+      rc = 0;   /* the slice, or dl: the loop looks at dl */
+    loomi_wait_finish(&k->q);
+    if (rc == ECANCELED || rc == EINTR) {
+      if (atomic_load(&k->owner) == 0)
+        loomi_wake(&k->q, 1);   /* pass on a wakeup this waiter took */
+      return rc;
     }
-    zombies = w == ETIMEDOUT;   /* a whole slice without a release */
+    if (seq != atomic_load(&k->q.seq))
+      since = loomi_now();   /* a release happened */
   }
-  atomic_fetch_sub(&k->waiters, 1);
-  if (rc == ECANCELED && atomic_load(&k->owner) == 0)
-    pthread_cond_signal(&k->cv);   /* pass on a wakeup this waiter took */
-  loomi_mutex_unlock(&k->mu);
+  loomi_wait_finish(&k->q);
   if (rc == 1 && k->recursive)
     k->count = 0;
   return rc;
 }
 
-/* Frees the lock word and wakes one sleeper.  The store and the load of
-** waiters are both sequentially consistent, pairing with the waiter's
-** increment-then-try: either the waiter sees the lock free or the releaser
-** sees the waiter (and signals under mu, after it went to sleep). */
+/* Frees the lock word's waiters: the store to owner comes first (see
+** loomi_wake). */
 static void lock_wake (LoomLock *k) {
-  if (atomic_load(&k->waiters) > 0) {
-    loomi_mutex_lock(&k->mu);
-    pthread_cond_signal(&k->cv);
-    loomi_mutex_unlock(&k->mu);
-  }
+  loomi_wake(&k->q, 1);
 }
 
 int loomi_lock_owned (LoomObj *o) {
@@ -282,6 +260,8 @@ int loomi_lock_lacquire (lua_State *L, LoomObj *o) {
   }
   if (rc == ECANCELED)
     return loomi_raise_cancelled(L);
+  if (rc == EINTR)
+    return loomi_push_interrupted(L);
   if (rc == ETIMEDOUT) {
     lua_pushboolean(L, 0);
     return 1;

@@ -93,6 +93,9 @@
 #define LOOM_TIMEOUT    "timeout"
 #define LOOM_CLOSED     "closed"
 #define LOOM_CANCELLED  "cancelled"
+/* What a main-thread wait cut short by Ctrl-C returns, should the hook
+** lua.c sets not raise at once. */
+#define LOOM_INTERRUPTED "interrupted"
 
 #pragma GCC visibility push(hidden)
 
@@ -109,6 +112,16 @@ int    loomi_heap_configure (size_t size);   /* 0 | EBUSY once used | EINVAL */
 int    loomi_heap_env (size_t *size);
 size_t loomi_heap_size (void);
 size_t loomi_heap_used (void);               /* bytes handed out, for specs */
+/* A snapshot of the arena: used and free count whole blocks, headers
+** included; largest_free is the largest request that would succeed;
+** recovered counts repairs after a process died holding the heap's lock. */
+typedef struct LoomHeapStats {
+  size_t size, used, free, largest_free, free_blocks, recovered;
+} LoomHeapStats;
+void   loomi_heap_stats (LoomHeapStats *st);
+/* Gives the calling thread's cached blocks back: before a process leaves
+** by _exit, which runs no thread-exit destructors. */
+void   loomi_heap_flush (void);
 
 /* ---- obj.c: refcounted shared objects and their proxies ---- */
 typedef struct LoomObj LoomObj;
@@ -197,9 +210,8 @@ LoomHeld *loomi_proxy_hold (lua_State *L);
 void loomi_held_release (LoomHeld *h);       /* NULL is a no-op */
 void loomi_proxy_release_own (lua_State *L);
 
-/* Process-shared, robust, and (for conditions) CLOCK_MONOTONIC. */
+/* Process-shared and robust. */
 int  loomi_mutex_init (pthread_mutex_t *mu);       /* 0 | errno */
-int  loomi_cond_init (pthread_cond_t *cv);         /* 0 | errno */
 /* Locks; a previous owner that died is repaired and reported by returning
 ** EOWNERDEAD (the mutex is held and consistent again), otherwise 0. */
 int  loomi_mutex_lock (pthread_mutex_t *mu);
@@ -219,14 +231,65 @@ double loomi_deadline_left (const LoomDeadline *dl);  /* -1 when forever */
 ** number raises "timeout must be non-negative". */
 void   loomi_opttimeout (lua_State *L, int arg, LoomDeadline *dl);
 
-/* ---- thread.c: cancellable waits ----
-** Every loom blocking call waits through loomi_wait so that a cancel() of
-** the calling loom thread wakes it.  Call with `mu` held; it is held again on
-** return.  `obj` is the object that owns mu and cv (a reference is taken by
-** a canceller while it wakes the waiter).  Returns 0 (woken: re-check the
-** predicate), ETIMEDOUT, or ECANCELED (the calling thread was cancelled). */
-int loomi_wait (pthread_cond_t *cv, pthread_mutex_t *mu, LoomObj *obj,
+/* ---- wait.c: the wait layer ----
+** Every loom wait sleeps on a LoomWaitq: a futex word in the shared heap
+** that wakers bump, and counts of waiters and sleepers so that a waker
+** with nobody to wake makes no system call.  No state is kept per waiter,
+** so a waiter that dies (kill -9) leaves nothing a survivor must clean up:
+** at worst the counts stay too high, which costs needless wake-up calls.  Waits
+** sleep in slices and every wait loops on its predicate, so a wake-up
+** given to a waiter that died is late, never lost. */
+typedef struct LoomWaitq {
+  atomic_uint seq;         /* the futex word */
+  atomic_uint waiters;     /* between wait_prepare and wait_finish */
+  atomic_uint sleepers;    /* of those, the ones past spinning */
+} LoomWaitq;
+
+void loomi_waitq_init (LoomWaitq *q);        /* or zeroed memory */
+/* Wakes n (or all) sleepers; callable with or without the mutex that
+** guards the predicate, as long as the predicate changed before. */
+void loomi_wake (LoomWaitq *q, int n);
+void loomi_wake_all (LoomWaitq *q);
+/* Call with `mu` held; it is held again on return (a holder that died is
+** repaired, see loomi_mutex_lock).  `obj` is the object that owns q (a
+** canceller takes a reference while it wakes the waiter; GIL threads pin
+** it).  Spins briefly, then sleeps.  Returns 0 (woken or a slice passed:
+** re-check the predicate), ETIMEDOUT, ECANCELED (the calling loom thread
+** was cancelled) or EINTR (Ctrl-C on the main thread: return to Lua,
+** leaving the object consistent, see loomi_push_interrupted). */
+int loomi_wait (LoomWaitq *q, pthread_mutex_t *mu, LoomObj *obj,
                 const LoomDeadline *dl);
+/* The same in parts, for predicates read without a mutex: prepare counts
+** the caller as a waiter and returns the sequence to sleep on; read the
+** predicate after it; wait_seq sleeps (mu may be NULL); finish uncounts. */
+unsigned loomi_wait_prepare (LoomWaitq *q);
+int  loomi_wait_seq (LoomWaitq *q, unsigned seq, pthread_mutex_t *mu,
+                     LoomObj *obj, const LoomDeadline *dl);
+void loomi_wait_finish (LoomWaitq *q);
+/* wait_seq without a mutex that neither cancel() nor Ctrl-C cuts short,
+** for taking back a lock on the way out of a wait that was. */
+int  loomi_wait_plain (LoomWaitq *q, unsigned seq, const LoomDeadline *dl);
+/* Sleeps until dl passes: 0, ECANCELED or EINTR. */
+int  loomi_sleep_until (LoomWaitq *q, LoomObj *obj, const LoomDeadline *dl);
+/* The one spin policy: polls ready(arg) for a few microseconds, less on a
+** machine where polling keeps failing; 1 when it became true. */
+int  loomi_spin (int (*ready) (const void *arg), const void *arg);
+/* Ctrl-C: block_begin records the hook of the state about to block and
+** block_end forgets it; interrupted is true once a new hook is on it.  A binding
+** whose wait returned EINTR returns push_interrupted's fail, "interrupted"
+** (lua.c's hook raises "interrupted!" before the caller sees it). */
+void loomi_intr_begin (lua_State *L);
+void loomi_intr_end (void);
+int  loomi_intr_watched (void);             /* on the main thread, in one */
+int  loomi_interrupted (void);
+int  loomi_push_interrupted (lua_State *L);
+
+/* ---- thread.c: what the wait layer needs of loom threads ----
+** wait_enter registers the calling loom thread's wait on q for cancel()
+** and returns ECANCELED when it is already cancelled (nothing registered);
+** wait_leave unregisters and returns nonzero when it was cancelled. */
+int loomi_thread_wait_enter (LoomWaitq *q, LoomObj *obj);
+int loomi_thread_wait_leave (void);
 /* True when the calling OS thread is a loom thread that was cancelled. */
 int loomi_cancel_requested (void);
 /* True when the calling OS thread runs a loom thread, which cancel() can
@@ -274,6 +337,7 @@ int  loomi_thread_is_self (LoomObj *o);
 void loomi_gil_block_begin (lua_State *L);
 void loomi_gil_block_end (lua_State *L);
 void loomi_gil_pin (LoomObj *o);
+void loomi_gil_peek_hook (lua_State *L, lua_Hook *hook, int *mask);
 
 /* ---- xfer.c: the transfer codec ----
 ** A message is one block in the shared heap holding the encoded values and

@@ -1,5 +1,5 @@
 /* obj.c: refcounted shared objects, the proxies that hold them in a
-** lua_State, and the process-shared robust mutex and condition helpers.
+** lua_State, and the process-shared robust mutex helpers.
 ** SPDX-License-Identifier: MIT */
 #include "loomint.h"
 
@@ -340,12 +340,11 @@ void loomi_newclass (lua_State *L, const char *tname,
   lua_pop(L, 1);
 }
 
-/* The attributes every loom mutex and condition is made with: built once
-** per process (a fork inherits them), never changed or destroyed after,
-** so that making a shared object (a pool's Future, for every task) does
-** not build and tear them down each time. */
+/* The attributes every loom mutex is made with: built once per process (a
+** fork inherits them), never changed or destroyed after, so that making a
+** shared object (a pool's Future, for every task) does not build and tear
+** them down each time.  Waits need no condition variable: see wait.c. */
 static pthread_mutexattr_t mutex_attr;
-static pthread_condattr_t cond_attr;
 static int attr_err;
 static pthread_once_t attr_once = PTHREAD_ONCE_INIT;
 
@@ -357,22 +356,12 @@ static void attr_init (void) {
 #ifdef LOOM_DEBUG
     pthread_mutexattr_settype(&mutex_attr, PTHREAD_MUTEX_ERRORCHECK);
 #endif
-    attr_err = pthread_condattr_init(&cond_attr);
-  }
-  if (attr_err == 0) {
-    pthread_condattr_setpshared(&cond_attr, PTHREAD_PROCESS_SHARED);
-    pthread_condattr_setclock(&cond_attr, CLOCK_MONOTONIC);
   }
 }
 
 int loomi_mutex_init (pthread_mutex_t *mu) {
   pthread_once(&attr_once, attr_init);
   return attr_err != 0 ? attr_err : pthread_mutex_init(mu, &mutex_attr);
-}
-
-int loomi_cond_init (pthread_cond_t *cv) {
-  pthread_once(&attr_once, attr_init);
-  return attr_err != 0 ? attr_err : pthread_cond_init(cv, &cond_attr);
 }
 
 int loomi_mutex_lock (pthread_mutex_t *mu) {

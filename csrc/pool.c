@@ -36,10 +36,6 @@
 #define LOOM_WAITER     "loom.Waiter"
 #define LOOM_ASCOMPLETED "loom.AsCompleted"
 #define POOL_MAXWORKERS 1024
-/* How long a worker out of tasks, or a caller of result(), polls before it
-** sleeps: a wake-up through the kernel costs several microseconds, more
-** than a short task, so a brief poll keeps a busy pool off that path. */
-#define POOL_SPIN_NS    20000
 
 enum { F_PENDING, F_RUNNING, F_DONE, F_FAILED, F_CANCELLED };
 
@@ -53,7 +49,7 @@ typedef struct Waiter Waiter;
 typedef struct WaitLink {
   Waiter *w;
   uint32_t index;            /* the future's place in the waiter's list */
-  int linked;
+  int linked;               /* on the future's list, not yet notified */
   struct WaitLink *next;     /* the future's mu held */
 } WaitLink;
 
@@ -62,11 +58,10 @@ typedef struct WaitLink {
 struct Waiter {
   LoomObj obj;
   pthread_mutex_t mu;
-  pthread_cond_t cv;
+  LoomWaitq q;
   uint32_t n;
   uint32_t nready;           /* ready[0..nready) in completion order */
   uint32_t nfailed;
-  int sleeping;
   WaitLink *links;           /* n of them, then ready[n] */
   uint32_t *ready;
 };
@@ -74,9 +69,8 @@ struct Waiter {
 typedef struct Future {
   LoomObj obj;
   pthread_mutex_t mu;
-  pthread_cond_t cv;
+  LoomWaitq q;               /* result() callers */
   atomic_int state;          /* written under mu, read anywhere */
-  int nwaiting;              /* threads blocked on cv; mu held */
   struct Future *next;       /* queue link; the queue holds a reference */
   LoomMsg *call;             /* (fn, args...) until a worker claims it */
   LoomMsg *results;
@@ -89,18 +83,17 @@ typedef struct Future {
 typedef struct TaskQueue {
   LoomObj obj;
   pthread_mutex_t mu;        /* guards every field below */
-  pthread_cond_t cv;         /* a task arrived, or shutdown */
-  pthread_cond_t exit_cv;    /* a worker left */
+  LoomWaitq task_q;          /* a task arrived, or shutdown */
+  LoomWaitq exit_q;          /* a worker left */
   Future *head, *tail;
   atomic_size_t nqueued;     /* written under mu, polled without it */
-  int nidle;                 /* workers blocked on cv */
-  int nspinning;             /* workers polling for a task */
   atomic_int shutdown;
   atomic_int broken;         /* no more tasks: see broken_errno */
   int broken_errno;          /* 0: the initializer failed; else why no
                                 worker process could be forked */
   char broken_why[160];      /* else why no worker could start, if known */
   int nalive;                /* workers not yet gone */
+  int nnamed;                /* thread kind: workers that took an index */
   int id;
   LoomMsg *init;             /* (init, initargs...) or NULL */
   char *path, *cpath;        /* package paths for worker states (heap) */
@@ -122,61 +115,6 @@ static atomic_int pool_counter = 0;
 /* The queue the calling OS thread serves, NULL for other threads. */
 static LOOM_THREAD_LOCAL TaskQueue *self_queue = NULL;
 
-/* ---- polling ---- */
-
-static void cpu_relax (void) {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__) || defined(__arm__)
-  __asm__ __volatile__("yield");
-#endif
-}
-
-static int64_t now_ns (void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-/* Polls *flag until it differs from `unset` or POOL_SPIN_NS pass; yields
-** now and then so that on a busy machine the thread being waited for gets
-** the processor.  True when the flag changed. */
-static int spin_while_size (atomic_size_t *flag, size_t unset,
-                            atomic_int *stop) {
-  int64_t start = 0;
-  for (int i = 1;; i++) {
-    if (atomic_load_explicit(flag, memory_order_relaxed) != unset ||
-        atomic_load_explicit(stop, memory_order_relaxed))
-      return 1;
-    cpu_relax();
-    if ((i & 63) == 0) {
-      int64_t now = now_ns();
-      if (start == 0)
-        start = now;
-      else if (now - start > POOL_SPIN_NS)
-        return 0;
-      sched_yield();
-    }
-  }
-}
-
-static int spin_while_int (atomic_int *flag, int below) {
-  int64_t start = 0;
-  for (int i = 1;; i++) {
-    if (atomic_load_explicit(flag, memory_order_acquire) >= below)
-      return 1;
-    cpu_relax();
-    if ((i & 63) == 0) {
-      int64_t now = now_ns();
-      if (start == 0)
-        start = now;
-      else if (now - start > POOL_SPIN_NS)
-        return 0;
-      sched_yield();
-    }
-  }
-}
-
 /* ---- futures ---- */
 
 static void future_destroy (LoomObj *o) {
@@ -185,7 +123,6 @@ static void future_destroy (LoomObj *o) {
   loomi_msg_free(f->results);
   loomi_msg_free(f->error);
   pthread_mutex_destroy(&f->mu);
-  pthread_cond_destroy(&f->cv);
 }
 
 static Future *future_create (void) {
@@ -193,7 +130,7 @@ static Future *future_create (void) {
                                       future_destroy);
   if (f == NULL)
     return NULL;
-  if (loomi_mutex_init(&f->mu) != 0 || loomi_cond_init(&f->cv) != 0) {
+  if (loomi_mutex_init(&f->mu) != 0) {
     f->obj.destroy = NULL;
     loomi_obj_release(&f->obj);
     return NULL;
@@ -206,19 +143,26 @@ static int finished (int state) {
   return state >= F_DONE;
 }
 
-/* Wakes result() callers and registered waiters.  f->mu held. */
+/* Wakes result() callers and registered waiters.  f->mu held.  Each
+** link leaves the list as its waiter is told, and a link is told once
+** (`linked`, under the waiter's mu), so that a notifier killed half-way
+** leaves the rest for whoever notifies again (proc_reaped). */
 static void future_notify (Future *f, int state) {
-  if (f->nwaiting > 0)
-    pthread_cond_broadcast(&f->cv);
-  for (WaitLink *l = f->links; l != NULL; l = l->next) {
+  loomi_wake_all(&f->q);
+  while (f->links != NULL) {
+    WaitLink *l = f->links;
     Waiter *w = l->w;
     loomi_mutex_lock(&w->mu);
-    w->ready[w->nready++] = l->index;
-    if (state == F_FAILED)
-      w->nfailed++;
-    if (w->sleeping)
-      pthread_cond_signal(&w->cv);
+    if (l->linked) {
+      w->ready[w->nready] = l->index;
+      w->nready++;
+      if (state == F_FAILED)
+        w->nfailed++;
+      l->linked = 0;
+      loomi_wake(&w->q, 1);
+    }
     loomi_mutex_unlock(&w->mu);
+    f->links = l->next;
   }
 }
 
@@ -277,8 +221,6 @@ static void queue_destroy (LoomObj *o) {
   loomi_heap_free(q->cpath);
   loomi_heap_free(q->claimed);
   pthread_mutex_destroy(&q->mu);
-  pthread_cond_destroy(&q->cv);
-  pthread_cond_destroy(&q->exit_cv);
 }
 
 static TaskQueue *queue_create (void) {
@@ -286,8 +228,7 @@ static TaskQueue *queue_create (void) {
                                             LOOM_TASKQUEUE, queue_destroy);
   if (q == NULL)
     return NULL;
-  if (loomi_mutex_init(&q->mu) != 0 || loomi_cond_init(&q->cv) != 0 ||
-      loomi_cond_init(&q->exit_cv) != 0) {
+  if (loomi_mutex_init(&q->mu) != 0) {
     q->obj.destroy = NULL;
     loomi_obj_release(&q->obj);
     return NULL;
@@ -296,10 +237,26 @@ static TaskQueue *queue_create (void) {
   return q;
 }
 
+/* Takes the queue's mutex.  A worker process killed while it held it may
+** have left the list half-linked: the tail and the count are rebuilt
+** from the head, which every step keeps reachable. */
+static void queue_lock (TaskQueue *q) {
+  if (loomi_mutex_lock(&q->mu) != EOWNERDEAD)
+    return;
+  Future *last = NULL;
+  size_t n = 0;
+  for (Future *f = q->head; f != NULL; f = f->next) {
+    last = f;
+    n++;
+  }
+  q->tail = last;
+  atomic_store(&q->nqueued, n);
+}
+
 /* Appends f, which gains the queue's reference; EPIPE after shutdown,
 ** EIO when broken. */
 static int queue_push (TaskQueue *q, Future *f) {
-  loomi_mutex_lock(&q->mu);
+  queue_lock(q);
   int err = q->broken ? EIO : q->shutdown ? EPIPE : 0;
   if (err == 0) {
     loomi_obj_retain(&f->obj);
@@ -309,8 +266,7 @@ static int queue_push (TaskQueue *q, Future *f) {
       q->head = f;
     q->tail = f;
     atomic_fetch_add(&q->nqueued, 1);
-    if (q->nidle > 0 && q->nspinning == 0)   /* a poller takes it */
-      pthread_cond_signal(&q->cv);
+    loomi_wake(&q->task_q, 1);
   }
   loomi_mutex_unlock(&q->mu);
   return err;
@@ -330,39 +286,48 @@ static int worker_collect (lua_State *L) {
   return 0;
 }
 
+static int task_ready (const void *arg) {
+  const TaskQueue *q = arg;
+  return atomic_load_explicit(&q->nqueued, memory_order_relaxed) != 0 ||
+         atomic_load_explicit(&q->shutdown, memory_order_relaxed);
+}
+
 /* The next task, blocking; NULL once the queue is shut down and empty, or
-** broken.  The caller inherits the queue's reference.  Before sleeping, a
+** broken.  The caller inherits the queue's reference; a process worker's
+** is recorded in claimed[] before the task leaves the list, so that no
+** moment exists at which its death would lose the task.  Before sleeping, a
 ** worker whose state ran tasks since it last slept (*dirty) collects it:
 ** what those tasks left behind may hold loom objects, this pool's own
 ** handle among them, which must not stay alive for as long as it idles. */
-static Future *queue_pop (TaskQueue *q, lua_State *L, int *dirty) {
+static Future *queue_pop (TaskQueue *q, lua_State *L, int *dirty,
+                          int worker) {
   Future *f = NULL;
   int polled = 0;
-  loomi_mutex_lock(&q->mu);
+  queue_lock(q);
   for (;;) {
     if (q->broken)
       break;
     f = q->head;
     if (f != NULL) {
+      if (q->claimed != NULL)
+        q->claimed[worker - 1] = f;
       q->head = f->next;
       if (q->head == NULL)
         q->tail = NULL;
       atomic_fetch_sub(&q->nqueued, 1);
       f->next = NULL;
       /* more work than this worker: pass the wake-up on */
-      if (q->head != NULL && q->nidle > 0 && q->nspinning == 0)
-        pthread_cond_signal(&q->cv);
+      if (q->head != NULL)
+        loomi_wake(&q->task_q, 1);
       break;
     }
     if (q->shutdown)
       break;
     if (!polled) {
       polled = 1;
-      q->nspinning++;
       loomi_mutex_unlock(&q->mu);
-      spin_while_size(&q->nqueued, 0, &q->shutdown);
-      loomi_mutex_lock(&q->mu);
-      q->nspinning--;
+      loomi_spin(task_ready, q);
+      queue_lock(q);
       continue;
     }
     if (*dirty) {
@@ -371,12 +336,10 @@ static Future *queue_pop (TaskQueue *q, lua_State *L, int *dirty) {
       lua_pushcfunction(L, worker_collect);
       if (lua_pcall(L, 0, 0, 0) != LUA_OK)
         lua_pop(L, 1);
-      loomi_mutex_lock(&q->mu);
+      queue_lock(q);
       continue;
     }
-    q->nidle++;
-    loomi_wait(&q->cv, &q->mu, &q->obj, NULL);
-    q->nidle--;
+    loomi_wait(&q->task_q, &q->mu, &q->obj, NULL);
     polled = 0;
   }
   loomi_mutex_unlock(&q->mu);
@@ -387,11 +350,11 @@ static Future *queue_pop (TaskQueue *q, lua_State *L, int *dirty) {
 ** blocks beyond the queue's mutex. */
 static void queue_shutdown (TaskQueue *q, int cancel) {
   Future *all = NULL;
-  loomi_mutex_lock(&q->mu);
+  queue_lock(q);
   q->shutdown = 1;
   if (cancel)
     all = queue_take_all(q);
-  pthread_cond_broadcast(&q->cv);
+  loomi_wake_all(&q->task_q);
   loomi_mutex_unlock(&q->mu);
   while (all != NULL) {
     Future *next = all->next;
@@ -402,12 +365,12 @@ static void queue_shutdown (TaskQueue *q, int cancel) {
   }
 }
 
-/* Waits until every worker has left; 0, ETIMEDOUT or ECANCELED. */
+/* Waits until every worker has left; 0, ETIMEDOUT, ECANCELED or EINTR. */
 static int queue_join (TaskQueue *q, const LoomDeadline *dl) {
   int rc = 0;
   loomi_mutex_lock(&q->mu);
   while (q->nalive > 0 && rc == 0)
-    rc = loomi_wait(&q->exit_cv, &q->mu, &q->obj, dl);
+    rc = loomi_wait(&q->exit_q, &q->mu, &q->obj, dl);
   if (q->nalive == 0)
     rc = 0;
   loomi_mutex_unlock(&q->mu);
@@ -417,7 +380,7 @@ static int queue_join (TaskQueue *q, const LoomDeadline *dl) {
 static void queue_worker_gone (TaskQueue *q) {
   loomi_mutex_lock(&q->mu);
   q->nalive--;
-  pthread_cond_broadcast(&q->exit_cv);
+  loomi_wake_all(&q->exit_q);
   loomi_mutex_unlock(&q->mu);
 }
 
@@ -443,10 +406,10 @@ static int task_run (lua_State *L) {
 ** traceback on top of L's stack, or with a fixed text when L is NULL (no
 ** state could be made). */
 static void queue_break (TaskQueue *q, lua_State *L) {
-  loomi_mutex_lock(&q->mu);
+  queue_lock(q);
   q->broken = 1;
   Future *all = queue_take_all(q);
-  pthread_cond_broadcast(&q->cv);
+  loomi_wake_all(&q->task_q);
   loomi_mutex_unlock(&q->mu);
   while (all != NULL) {
     Future *f = all;
@@ -528,11 +491,9 @@ static void queue_serve (TaskQueue *q, lua_State *L, int worker) {
   }
   Future *f;
   int dirty = 0;
-  while ((f = queue_pop(q, L, &dirty)) != NULL) {
+  while ((f = queue_pop(q, L, &dirty, worker)) != NULL) {
     dirty = 1;
     Task t = { f, NULL, NULL };
-    if (q->claimed != NULL)
-      q->claimed[worker - 1] = f;   /* before the claim: no gap to die in */
     if (future_claim(f, &t.call)) {
       f->pool_id = q->id;
       f->worker = worker;
@@ -558,16 +519,15 @@ static void queue_serve (TaskQueue *q, lua_State *L, int worker) {
 
 /* ---- the thread runner ---- */
 
-typedef struct Worker {
-  TaskQueue *q;              /* the worker's reference */
-  int index;
-} Worker;
-
+/* arg is the queue, with a reference taken for the worker.  The worker
+** takes its index itself: a block malloc'd for it would be lost in a
+** process forked before the worker ran, which owns the block but no
+** thread that could free it. */
 static void *worker_main (void *arg) {
-  Worker *w = arg;
-  TaskQueue *q = w->q;
-  int index = w->index;
-  free(w);
+  TaskQueue *q = arg;
+  loomi_mutex_lock(&q->mu);
+  int index = ++q->nnamed;
+  loomi_mutex_unlock(&q->mu);
   char err[160];
   lua_State *L = loomi_newstate(q->path, q->cpath, err, sizeof err);
   if (L == NULL)
@@ -593,21 +553,13 @@ static int start_threads (TaskQueue *q, int n) {
   pthread_sigmask(SIG_SETMASK, &all, &old);
   int err = 0;
   for (int i = 0; i < n && err == 0; i++) {
-    Worker *w = malloc(sizeof *w);
-    if (w == NULL) {
-      err = ENOMEM;
-      break;
-    }
-    w->q = q;
-    w->index = i + 1;
     loomi_obj_retain(&q->obj);
     loomi_mutex_lock(&q->mu);
     q->nalive++;
     loomi_mutex_unlock(&q->mu);
     pthread_t tid;
-    err = pthread_create(&tid, &attr, worker_main, w);
+    err = pthread_create(&tid, &attr, worker_main, q);
     if (err != 0) {
-      free(w);
       queue_worker_gone(q);
       loomi_obj_release(&q->obj);
     }
@@ -656,6 +608,7 @@ static void proc_worker_child (TaskQueue *q, int index, pid_t parent) {
     queue_serve(q, L, index);
     lua_close(L);            /* the worker's own files and objects only */
   }
+  loomi_heap_flush();
   fflush(stdout);
   fflush(stderr);
   _exit(0);
@@ -710,15 +663,27 @@ static void proc_reaped (Supervisor *s, int i, int status) {
   /* Under the queue's lock, which the worker held when it took f: this
   ** orders the submitter's writes to f before ours for a race checker,
   ** which cannot follow the dead child. */
-  loomi_mutex_lock(&q->mu);
+  queue_lock(q);
   Future *f = q->claimed[i];
   q->claimed[i] = NULL;
+  /* killed inside queue_pop before f left the list: f is still queued,
+  ** with the queue's reference, for another worker */
+  for (Future *g = q->head; g != NULL && f != NULL; g = g->next)
+    if (g == f)
+      f = NULL;
   loomi_mutex_unlock(&q->mu);
   if (f != NULL) {
     LoomMsg *call = NULL;
     if (future_claim(f, &call))   /* taken from the queue, never started */
       loomi_msg_free(call);
-    if (atomic_load(&f->state) == F_RUNNING) {
+    int state = atomic_load(&f->state);
+    if (finished(state)) {
+      /* it may have died inside future_finish: tell whoever it had not */
+      loomi_mutex_lock(&f->mu);
+      future_notify(f, state);
+      loomi_mutex_unlock(&f->mu);
+    }
+    else if (state == F_RUNNING) {
       LoomMsg *err = NULL;
       lua_settop(s->L, 0);
       lua_pushcfunction(s->L, encode_crash);
@@ -841,7 +806,6 @@ static void pool_destroy (LoomObj *o) {
 static void waiter_destroy (LoomObj *o) {
   Waiter *w = (Waiter *)o;
   pthread_mutex_destroy(&w->mu);
-  pthread_cond_destroy(&w->cv);
 }
 
 static Waiter *waiter_create (uint32_t n) {
@@ -850,7 +814,7 @@ static Waiter *waiter_create (uint32_t n) {
   Waiter *w = (Waiter *)loomi_obj_new(size, LOOM_WAITER, waiter_destroy);
   if (w == NULL)
     return NULL;
-  if (loomi_mutex_init(&w->mu) != 0 || loomi_cond_init(&w->cv) != 0) {
+  if (loomi_mutex_init(&w->mu) != 0) {
     w->obj.destroy = NULL;
     loomi_obj_release(&w->obj);
     return NULL;
@@ -916,16 +880,13 @@ static int waiter_satisfied (const Waiter *w, int mode, uint32_t count) {
 }
 
 /* Sleeps until the mode is satisfied (count: how many ready futures "all"
-** needs); 0, ETIMEDOUT or ECANCELED. */
+** needs); 0, ETIMEDOUT, ECANCELED or EINTR. */
 static int waiter_wait (Waiter *w, int mode, uint32_t count,
                         const LoomDeadline *dl) {
   int rc = 0;
   loomi_mutex_lock(&w->mu);
-  while (!waiter_satisfied(w, mode, count) && rc == 0) {
-    w->sleeping = 1;
-    rc = loomi_wait(&w->cv, &w->mu, &w->obj, dl);
-    w->sleeping = 0;
-  }
+  while (!waiter_satisfied(w, mode, count) && rc == 0)
+    rc = loomi_wait(&w->q, &w->mu, &w->obj, dl);
   if (waiter_satisfied(w, mode, count))
     rc = 0;
   loomi_mutex_unlock(&w->mu);
@@ -945,23 +906,33 @@ static Future *checkself (lua_State *L) {
   return o != NULL ? (Future *)o : checkfuture(L, 1);
 }
 
-/* Waits for f to finish; 0, ETIMEDOUT, or raises when the caller is
-** cancelled. */
+static int future_settled (const void *arg) {
+  return finished(atomic_load_explicit(&((const Future *)arg)->state,
+                                       memory_order_acquire));
+}
+
+/* Waits for f to finish; 0, ETIMEDOUT, EINTR, or raises when the caller
+** is cancelled.  No mutex: the state is read after the sequence (see
+** loomi_wait_prepare), and a worker that died after finishing f but
+** before waking anyone costs a slice of the wait layer, never a hang. */
 static int future_await (lua_State *L, Future *f, const LoomDeadline *dl) {
-  if (finished(atomic_load(&f->state)))
+  if (future_settled(f))
     return 0;
   int rc = 0;
   loomi_block_begin(L);
   if (dl->forever || !loomi_deadline_passed(dl))
-    spin_while_int(&f->state, F_DONE);
-  loomi_mutex_lock(&f->mu);
-  f->nwaiting++;
-  while (!finished(atomic_load(&f->state)) && rc == 0)
-    rc = loomi_wait(&f->cv, &f->mu, &f->obj, dl);
-  f->nwaiting--;
-  if (finished(atomic_load(&f->state)))
+    loomi_spin(future_settled, f);
+  while (rc == 0) {
+    unsigned seq = loomi_wait_prepare(&f->q);
+    if (future_settled(f)) {
+      loomi_wait_finish(&f->q);
+      break;
+    }
+    rc = loomi_wait_seq(&f->q, seq, NULL, &f->obj, dl);
+    loomi_wait_finish(&f->q);
+  }
+  if (future_settled(f))
     rc = 0;
-  loomi_mutex_unlock(&f->mu);
   loomi_block_end(L);
   if (rc == ECANCELED)
     return loomi_raise_cancelled(L);
@@ -987,7 +958,10 @@ static int future_result (lua_State *L) {
   Future *f = checkself(L);
   LoomDeadline dl;
   loomi_opttimeout(L, 2, &dl);
-  if (future_await(L, f, &dl) == ETIMEDOUT) {
+  int rc = future_await(L, f, &dl);
+  if (rc == EINTR)
+    return loomi_push_interrupted(L);
+  if (rc == ETIMEDOUT) {
     luaL_pushfail(L);
     lua_pushliteral(L, LOOM_TIMEOUT);
     return 2;
@@ -1135,6 +1109,8 @@ static int pool_wait (lua_State *L) {
   loomi_obj_release(&w->obj);
   if (rc == ECANCELED)
     return loomi_raise_cancelled(L);
+  if (rc == EINTR)
+    return loomi_push_interrupted(L);
   lua_createtable(L, (int)n, 0);
   lua_createtable(L, 0, 0);
   lua_Integer nd = 0, nn = 0;
@@ -1196,6 +1172,8 @@ static int ascompleted_next (lua_State *L) {
   loomi_block_end(L);
   if (rc == ECANCELED)
     return loomi_raise_cancelled(L);
+  if (rc == EINTR)
+    return loomi_push_interrupted(L);
   if (rc == ETIMEDOUT) {
     lua_pushliteral(L, LOOM_TIMEOUT);
     return lua_error(L);
@@ -1426,6 +1404,8 @@ static int pool_shutdown (lua_State *L) {
     loomi_block_end(L);
     if (rc == ECANCELED)
       return loomi_raise_cancelled(L);
+    if (rc == EINTR)
+      return loomi_push_interrupted(L);
     if (rc != 0) {           /* the workers are still finishing */
       lua_pushboolean(L, 0);
       return 1;

@@ -144,8 +144,11 @@ static int exitcode_of (int status) {
 }
 
 /* Waits until p has ended and is reaped: 0, ETIMEDOUT, or ECANCELED when
-** `cancellable` and the calling loom thread was cancelled.  A wait with
-** neither a deadline nor a cancel to notice blocks in waitid until the
+** `cancellable` and the calling loom thread was cancelled, or EINTR when
+** Ctrl-C reached the main thread meanwhile (see wait.c; a child's end is
+** no futex word, so this wait keeps its own sleep, in the wait layer's
+** short main-thread slices).  A wait with neither a deadline, a cancel
+** nor a Ctrl-C to notice blocks in waitid until the
 ** child ends, leaving it to be reaped here (WNOWAIT, so other waiters see
 ** it too); others poll a pidfd, opened on first need, in short slices so a
 ** cancel is seen; without a pidfd, they back off from 1 to 20 ms.  No
@@ -154,6 +157,7 @@ static int process_wait_done (LoomProcess *p, const LoomDeadline *dl,
                               int cancellable) {
   int rc = 0;
   long backoff_us = 1000;
+  int watched = cancellable && loomi_intr_watched();
   loomi_mutex_lock(&p->mu);
   for (;;) {
     process_reap(p);
@@ -168,10 +172,11 @@ static int process_wait_done (LoomProcess *p, const LoomDeadline *dl,
       rc = ETIMEDOUT;
       break;
     }
-    long slice_us = 50000;
+    long slice_us = watched ? 20000 : 50000;
     if (left > 0 && left * 1e6 < slice_us)
       slice_us = (long)(left * 1e6) + 1;
-    int block = left < 0 && !(cancellable && loomi_cancellable());
+    int block = left < 0 && !watched &&
+                !(cancellable && loomi_cancellable());
     if (!block && p->pidfd < 0)
       p->pidfd = open_pidfd(p->pid);   /* not reaped yet: still our child */
     int fd = p->pidfd;
@@ -198,8 +203,17 @@ static int process_wait_done (LoomProcess *p, const LoomDeadline *dl,
       if (backoff_us < 20000)
         backoff_us *= 2;
     }
+    /* without p->mu: the check may take back a GIL, whose holder may be
+    ** about to lock p->mu */
+    int intr = watched && loomi_interrupted();
     loomi_mutex_lock(&p->mu);
     p->waiters--;
+    if (intr) {
+      process_reap(p);
+      if (p->state != PR_DONE)
+        rc = EINTR;
+      break;
+    }
   }
   if (p->state == PR_DONE && p->waiters == 0 && p->pidfd >= 0) {
     close(p->pidfd);
@@ -378,6 +392,7 @@ static void child_leave (lua_State *L, int code, int quick) {
                                         LEAVE_TO_REAPER))
       process_release_held(self_process);   /* orphaned: nobody reaps us */
   }
+  loomi_heap_flush();
   fflush(NULL);
   _exit(code);
 }
@@ -637,7 +652,10 @@ static int process_await (lua_State *L, LoomProcess *p, int arg) {
 
 static int process_join (lua_State *L) {
   LoomProcess *p = checkprocess(L, 1);
-  lua_pushboolean(L, process_await(L, p, 2) == 0);
+  int rc = process_await(L, p, 2);
+  if (rc == EINTR)
+    return loomi_push_interrupted(L);
+  lua_pushboolean(L, rc == 0);
   return 1;
 }
 
@@ -666,7 +684,10 @@ static int push_failure (lua_State *L, LoomProcess *p) {
 
 static int process_result (lua_State *L) {
   LoomProcess *p = checkprocess(L, 1);
-  if (process_await(L, p, 2) == ETIMEDOUT) {
+  int rc = process_await(L, p, 2);
+  if (rc == EINTR)
+    return loomi_push_interrupted(L);
+  if (rc == ETIMEDOUT) {
     luaL_pushfail(L);
     lua_pushliteral(L, LOOM_TIMEOUT);
     return 2;

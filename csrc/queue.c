@@ -15,7 +15,6 @@
 
 #define QUEUE_MINCAP  16
 #define QUEUE_INLINE  48     /* payload bytes an item may keep in its slot */
-#define QUEUE_SPIN    128    /* polls before a get or put goes to sleep */
 
 /* One item: a small one lives in the slot itself, so the common case costs
 ** no heap allocation; a larger one (or one holding loom objects) is a
@@ -27,30 +26,47 @@ typedef struct Slot {
   unsigned char data[QUEUE_INLINE];
 } Slot;
 
+/* A ring carries its own size, so that growing it is published by one
+** store of the ring pointer. */
+typedef struct Ring {
+  size_t cap;
+  Slot slots[];
+} Ring;
+
+/* head and tail count gets and puts from the start and never wrap back
+** (2^64 of them would take centuries); item i sits in slots[i % cap].
+** Every change a put, a get or a growth makes is published by a single
+** release store (tail, head, ring) after the data it covers is written,
+** so a process killed while it holds mu leaves the queue as it was before
+** or after its operation, never in between: the next holder, told
+** EOWNERDEAD, finds it consistent.  An item a killed getter had taken is
+** gone with it; a killed grower's old ring is leaked, never freed twice. */
 typedef struct LoomQueue {
   LoomObj obj;
   pthread_mutex_t mu;        /* guards every field below but maxsize */
-  pthread_cond_t not_empty;  /* getters wait here */
-  pthread_cond_t not_full;   /* putters wait here */
+  LoomWaitq not_empty;       /* getters wait here */
+  LoomWaitq not_full;        /* putters wait here */
   size_t maxsize;            /* 0: unbounded */
-  Slot *ring;                /* cap slots, count items from head */
-  size_t cap, head, count;
-  atomic_size_t avail;       /* count, written under mu, polled without it */
+  _Atomic(Ring *) ring;      /* NULL until the first put */
+  _Atomic size_t head, tail;
+  atomic_size_t avail;       /* tail - head, polled without mu */
   int closed;
-  int getters, putters;      /* threads waiting, so a signal is only sent
-                                when someone listens */
 } LoomQueue;
 
 /* ---- C core ---- */
 
+static size_t qcount (LoomQueue *q) {
+  return atomic_load_explicit(&q->tail, memory_order_relaxed) -
+         atomic_load_explicit(&q->head, memory_order_relaxed);
+}
+
 static void queue_destroy (LoomObj *o) {
   LoomQueue *q = (LoomQueue *)o;
-  for (size_t i = 0; i < q->count; i++)
-    loomi_msg_free(q->ring[(q->head + i) % q->cap].msg);
-  loomi_heap_free(q->ring);
+  Ring *r = atomic_load(&q->ring);
+  for (size_t i = atomic_load(&q->head); i != atomic_load(&q->tail); i++)
+    loomi_msg_free(r->slots[i % r->cap].msg);
+  loomi_heap_free(r);
   pthread_mutex_destroy(&q->mu);
-  pthread_cond_destroy(&q->not_empty);
-  pthread_cond_destroy(&q->not_full);
 }
 
 static LoomQueue *queue_create (size_t maxsize) {
@@ -58,40 +74,47 @@ static LoomQueue *queue_create (size_t maxsize) {
                                             queue_destroy);
   if (q == NULL)
     return NULL;
-  if (loomi_mutex_init(&q->mu) != 0 || loomi_cond_init(&q->not_empty) != 0 ||
-      loomi_cond_init(&q->not_full) != 0) {
+  if (loomi_mutex_init(&q->mu) != 0) {
     q->obj.destroy = NULL;
     loomi_obj_release(&q->obj);
     return NULL;
   }
   q->maxsize = maxsize;
+  atomic_init(&q->ring, NULL);
+  atomic_init(&q->head, 0);
+  atomic_init(&q->tail, 0);
   atomic_init(&q->avail, 0);
+  loomi_waitq_init(&q->not_empty);
+  loomi_waitq_init(&q->not_full);
   return q;
 }
 
-/* Makes room for one more item; 0 or ENOMEM.  q->mu held. */
+/* Makes room for one more item; 0 or ENOMEM.  q->mu held.  The new ring
+** is filled, then published, then the old one freed. */
 static int queue_reserve (LoomQueue *q) {
-  if (q->count < q->cap)
+  Ring *old = atomic_load_explicit(&q->ring, memory_order_relaxed);
+  size_t count = qcount(q), oldcap = old != NULL ? old->cap : 0;
+  if (count < oldcap)
     return 0;
-  size_t cap = q->cap ? q->cap * 2 : QUEUE_MINCAP;
+  size_t cap = oldcap ? oldcap * 2 : QUEUE_MINCAP;
   if (q->maxsize != 0 && cap > q->maxsize)
-    cap = q->maxsize > q->count ? q->maxsize : q->count + 1;
-  Slot *ring = loomi_heap_alloc(cap * sizeof *ring);
-  if (ring == NULL)
+    cap = q->maxsize > count ? q->maxsize : count + 1;
+  Ring *r = loomi_heap_alloc(sizeof(Ring) + cap * sizeof(Slot));
+  if (r == NULL)
     return ENOMEM;
-  for (size_t i = 0; i < q->count; i++)
-    ring[i] = q->ring[(q->head + i) % q->cap];
-  loomi_heap_free(q->ring);
-  q->ring = ring;
-  q->cap = cap;
-  q->head = 0;
+  r->cap = cap;
+  size_t head = atomic_load_explicit(&q->head, memory_order_relaxed);
+  for (size_t i = head; i != head + count; i++)
+    r->slots[i % cap] = old->slots[i % oldcap];
+  atomic_store_explicit(&q->ring, r, memory_order_release);
+  loomi_heap_free(old);
   return 0;
 }
 
 /* Appends the item in `it`, waiting for room when `wait` is set.  Returns 0
 ** (the queue owns it->msg), EAGAIN (full and not waiting), ETIMEDOUT,
-** ECANCELED, EPIPE (closed) or ENOMEM; it->msg stays the caller's on any
-** error. */
+** ECANCELED, EINTR, EPIPE (closed) or ENOMEM; it->msg stays the caller's
+** on any error. */
 static int queue_push (LoomQueue *q, const Slot *it, const LoomDeadline *dl,
                        int wait) {
   int rc = 0;
@@ -101,19 +124,21 @@ static int queue_push (LoomQueue *q, const Slot *it, const LoomDeadline *dl,
       rc = EPIPE;
       break;
     }
-    if (q->maxsize == 0 || q->count < q->maxsize) {
+    size_t count = qcount(q);
+    if (q->maxsize == 0 || count < q->maxsize) {
       rc = queue_reserve(q);
       if (rc == 0) {
-        Slot *s = &q->ring[(q->head + q->count) % q->cap];
+        Ring *r = atomic_load_explicit(&q->ring, memory_order_relaxed);
+        size_t tail = atomic_load_explicit(&q->tail, memory_order_relaxed);
+        Slot *s = &r->slots[tail % r->cap];
         s->msg = it->msg;
         s->pid = it->pid;
         s->len = it->len;
         if (it->msg == NULL)
           memcpy(s->data, it->data, it->len);
-        q->count++;
-        atomic_store_explicit(&q->avail, q->count, memory_order_relaxed);
-        if (q->getters > 0)
-          pthread_cond_signal(&q->not_empty);
+        atomic_store_explicit(&q->tail, tail + 1, memory_order_release);
+        atomic_store_explicit(&q->avail, count + 1, memory_order_relaxed);
+        loomi_wake(&q->not_empty, 1);
       }
       break;
     }
@@ -121,14 +146,12 @@ static int queue_push (LoomQueue *q, const Slot *it, const LoomDeadline *dl,
       rc = EAGAIN;
       break;
     }
-    q->putters++;
     rc = loomi_wait(&q->not_full, &q->mu, &q->obj, dl);
-    q->putters--;
     if (rc != 0) {
-      /* a putter that gives up may have swallowed a signal meant for
+      /* a putter that gives up may have swallowed a wakeup meant for
       ** another */
-      if (q->count < q->maxsize && q->putters > 0)
-        pthread_cond_signal(&q->not_full);
+      if (qcount(q) < q->maxsize)
+        loomi_wake(&q->not_full, 1);
       break;
     }
   }
@@ -137,26 +160,26 @@ static int queue_push (LoomQueue *q, const Slot *it, const LoomDeadline *dl,
 }
 
 /* Takes the oldest item into *it, waiting for one when `wait` is set.
-** Returns 0, EAGAIN (empty and not waiting), ETIMEDOUT, ECANCELED or
-** EPIPE (closed and drained). */
+** Returns 0, EAGAIN (empty and not waiting), ETIMEDOUT, ECANCELED, EINTR
+** or EPIPE (closed and drained). */
 static int queue_pop (LoomQueue *q, Slot *it, const LoomDeadline *dl,
                       int wait) {
   int rc = 0;
   loomi_mutex_lock(&q->mu);
   for (;;) {
-    if (q->count > 0) {
-      Slot *s = &q->ring[q->head];
+    size_t count = qcount(q);
+    if (count > 0) {
+      Ring *r = atomic_load_explicit(&q->ring, memory_order_relaxed);
+      size_t head = atomic_load_explicit(&q->head, memory_order_relaxed);
+      const Slot *s = &r->slots[head % r->cap];
       it->msg = s->msg;
       it->pid = s->pid;
       it->len = s->len;
       if (s->msg == NULL)
         memcpy(it->data, s->data, s->len);
-      s->msg = NULL;
-      q->head = (q->head + 1) % q->cap;
-      q->count--;
-      atomic_store_explicit(&q->avail, q->count, memory_order_relaxed);
-      if (q->putters > 0)
-        pthread_cond_signal(&q->not_full);
+      atomic_store_explicit(&q->head, head + 1, memory_order_release);
+      atomic_store_explicit(&q->avail, count - 1, memory_order_relaxed);
+      loomi_wake(&q->not_full, 1);
       break;
     }
     if (q->closed) {
@@ -167,41 +190,34 @@ static int queue_pop (LoomQueue *q, Slot *it, const LoomDeadline *dl,
       rc = EAGAIN;
       break;
     }
-    q->getters++;
     rc = loomi_wait(&q->not_empty, &q->mu, &q->obj, dl);
-    q->getters--;
     if (rc != 0)
       break;
   }
-  /* a getter that gives up may have swallowed a signal meant for another */
-  if (rc != 0 && rc != EAGAIN && q->count > 0 && q->getters > 0)
-    pthread_cond_signal(&q->not_empty);
+  /* a getter that gives up may have swallowed a wakeup meant for another */
+  if (rc != 0 && rc != EAGAIN && qcount(q) > 0)
+    loomi_wake(&q->not_empty, 1);
   loomi_mutex_unlock(&q->mu);
   return rc;
 }
 
-static void cpu_relax (void) {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  __asm__ __volatile__("yield");
-#endif
+typedef struct Ready { LoomQueue *q; int want_items; } Ready;
+
+static int queue_ready (const void *arg) {
+  const Ready *r = arg;
+  size_t n = atomic_load_explicit(&r->q->avail, memory_order_relaxed);
+  return r->want_items ? n > 0 : (r->q->maxsize == 0 || n < r->q->maxsize);
 }
 
-/* Before sleeping, polls briefly for the state a get (want_items) or put
-** waits for: with a producer and a consumer on two cores the other side
-** usually gets there within a microsecond, and a sleep plus wake-up costs
-** far more.  True when it is worth trying again. */
+/* Before sleeping, polls briefly (the wait layer's policy) for the state a
+** get (want_items) or put waits for: with a producer and a consumer on two
+** cores the other side usually gets there within a microsecond, and a
+** sleep plus wake-up costs far more.  True when it is worth trying again. */
 static int queue_spin (LoomQueue *q, int want_items, const LoomDeadline *dl) {
   if (dl != NULL && !dl->forever && loomi_deadline_passed(dl))
     return 0;
-  for (int i = 0; i < QUEUE_SPIN; i++) {
-    size_t n = atomic_load_explicit(&q->avail, memory_order_relaxed);
-    if (want_items ? n > 0 : (q->maxsize == 0 || n < q->maxsize))
-      return 1;
-    cpu_relax();
-  }
-  return 0;
+  Ready r = { q, want_items };
+  return loomi_spin(queue_ready, &r);
 }
 
 /* ---- Lua bindings ---- */
@@ -238,6 +254,7 @@ static int push_failed (lua_State *L, LoomMsg *m, int rc) {
   switch (rc) {
     case EPIPE: return luaL_error(L, "put to a closed queue");
     case ECANCELED: return loomi_raise_cancelled(L);
+    case EINTR: return loomi_push_interrupted(L);
     case ENOMEM: return luaL_error(L, "cannot put: shared heap exhausted");
     case EAGAIN:
       lua_pushboolean(L, 0);
@@ -314,6 +331,7 @@ static int decode_item (lua_State *L, const Slot *it) {
 static int pop_failed (lua_State *L, int rc) {
   switch (rc) {
     case ECANCELED: return loomi_raise_cancelled(L);
+    case EINTR: return loomi_push_interrupted(L);
     case EAGAIN:
       luaL_pushfail(L);
       return 1;
@@ -364,10 +382,8 @@ static int queue_close (lua_State *L) {
   LoomQueue *q = checkqueue(L, 1);
   loomi_mutex_lock(&q->mu);
   q->closed = 1;
-  if (q->getters > 0)
-    pthread_cond_broadcast(&q->not_empty);
-  if (q->putters > 0)
-    pthread_cond_broadcast(&q->not_full);
+  loomi_wake_all(&q->not_empty);
+  loomi_wake_all(&q->not_full);
   loomi_mutex_unlock(&q->mu);
   return 0;
 }
@@ -383,7 +399,7 @@ static int queue_closed (lua_State *L) {
 
 static size_t queue_count (LoomQueue *q) {
   loomi_mutex_lock(&q->mu);
-  size_t n = q->count;
+  size_t n = qcount(q);
   loomi_mutex_unlock(&q->mu);
   return n;
 }

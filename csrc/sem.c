@@ -12,32 +12,19 @@ typedef struct Sem {
   LoomObj obj;
   atomic_long value;        /* never negative */
   long bound;               /* the initial value of a bounded one, else -1 */
-  atomic_int waiters;       /* in the slow path, mu held to raise */
-  pthread_mutex_t mu;       /* only to sleep on cv */
-  pthread_cond_t cv;
+  LoomWaitq q;              /* waiters sleep here, without a mutex */
 } Sem;
 
 /* ---- C core ---- */
 
-static void sem_destroy (LoomObj *o) {
-  Sem *s = (Sem *)o;
-  pthread_mutex_destroy(&s->mu);
-  pthread_cond_destroy(&s->cv);
-}
-
 static Sem *sem_create (long value, int bounded) {
   Sem *s = (Sem *)loomi_obj_new(sizeof(Sem),
                                 bounded ? LOOM_BSEMAPHORE : LOOM_SEMAPHORE,
-                                sem_destroy);
+                                NULL);
   if (s == NULL)
     return NULL;
-  if (loomi_mutex_init(&s->mu) != 0 || loomi_cond_init(&s->cv) != 0) {
-    s->obj.destroy = NULL;
-    loomi_obj_release(&s->obj);
-    return NULL;
-  }
+  loomi_waitq_init(&s->q);
   atomic_init(&s->value, value);
-  atomic_init(&s->waiters, 0);
   s->bound = bounded ? value : -1;
   return s;
 }
@@ -51,13 +38,15 @@ static int sem_try (Sem *s) {
   return 0;
 }
 
-/* 0 taken, ETIMEDOUT, ECANCELED.  Every waiter that wakes, even by its
-** deadline, tries once more before leaving, so a wakeup is never lost. */
+/* 0 taken, ETIMEDOUT, ECANCELED, EINTR.  No mutex: the sequence is read
+** before the value is tried (loomi_wait_prepare), so a release between
+** the two makes the sleep return at once.  Every waiter that wakes, even
+** by its deadline, tries once more before leaving, so a wakeup is never
+** lost; one that leaves without taking passes a wakeup on. */
 static int sem_take (Sem *s, const LoomDeadline *dl) {
   int rc = 0;
-  loomi_mutex_lock(&s->mu);
-  atomic_fetch_add(&s->waiters, 1);
   for (;;) {
+    unsigned seq = loomi_wait_prepare(&s->q);
     if (sem_try(s)) {
       rc = 0;
       break;
@@ -66,28 +55,20 @@ static int sem_take (Sem *s, const LoomDeadline *dl) {
       rc = ETIMEDOUT;
       break;
     }
-    rc = loomi_wait(&s->cv, &s->mu, &s->obj, dl);
-    if (rc == ECANCELED)
-      break;
+    rc = loomi_wait_seq(&s->q, seq, NULL, &s->obj, dl);
+    loomi_wait_finish(&s->q);
+    if (rc == ECANCELED || rc == EINTR) {
+      if (atomic_load(&s->value) > 0)
+        loomi_wake(&s->q, 1);
+      return rc;
+    }
   }
-  atomic_fetch_sub(&s->waiters, 1);
-  if (rc == ECANCELED && atomic_load(&s->value) > 0)
-    pthread_cond_signal(&s->cv);   /* pass on a wakeup this waiter took */
-  loomi_mutex_unlock(&s->mu);
+  loomi_wait_finish(&s->q);
   return rc;
 }
 
-/* Pairs with sem_take as the lock does: value is raised before waiters is
-** read, both sequentially consistent. */
 static void sem_wake (Sem *s, long n) {
-  if (atomic_load(&s->waiters) > 0) {
-    loomi_mutex_lock(&s->mu);
-    if (n == 1)
-      pthread_cond_signal(&s->cv);
-    else
-      pthread_cond_broadcast(&s->cv);
-    loomi_mutex_unlock(&s->mu);
-  }
+  loomi_wake(&s->q, n >= INT_MAX ? INT_MAX : (int)n);
 }
 
 /* ---- Lua bindings ---- */
@@ -148,6 +129,8 @@ static int sem_acquire (lua_State *L) {
   }
   if (rc == ECANCELED)
     return loomi_raise_cancelled(L);
+  if (rc == EINTR)
+    return loomi_push_interrupted(L);
   lua_pushboolean(L, rc == 0);
   return 1;
 }

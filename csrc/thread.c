@@ -19,7 +19,8 @@ enum { TH_NEW, TH_RUNNING, TH_DONE };
 typedef struct LoomThread {
   LoomObj obj;
   pthread_mutex_t mu;        /* guards every field below but cancel */
-  pthread_cond_t cv;         /* done, and the thread's own sleeps */
+  LoomWaitq done_q;          /* done, and native_id known */
+  LoomWaitq sleep_q;         /* the thread's own sleeps */
   int state;
   int daemon;
   int failed;                /* error holds (error value, traceback) */
@@ -45,8 +46,7 @@ typedef struct LoomThread {
   char name[64];
   /* the wait this thread is blocked in, for cancel() */
   pthread_mutex_t reg_mu;
-  pthread_cond_t *wait_cv;
-  pthread_mutex_t *wait_mu;
+  LoomWaitq *wait_q;
   LoomObj *wait_obj;
 } LoomThread;
 
@@ -79,7 +79,6 @@ static void thread_destroy (LoomObj *o) {
   free(t->path);
   free(t->cpath);
   pthread_mutex_destroy(&t->mu);
-  pthread_cond_destroy(&t->cv);
   pthread_mutex_destroy(&t->reg_mu);
 }
 
@@ -88,8 +87,7 @@ static LoomThread *thread_create (void) {
                                               thread_destroy);
   if (t == NULL)
     return NULL;
-  if (loomi_mutex_init(&t->mu) != 0 || loomi_cond_init(&t->cv) != 0 ||
-      loomi_mutex_init(&t->reg_mu) != 0) {
+  if (loomi_mutex_init(&t->mu) != 0 || loomi_mutex_init(&t->reg_mu) != 0) {
     t->obj.destroy = NULL;
     loomi_obj_release(&t->obj);
     return NULL;
@@ -109,43 +107,32 @@ static int cancel_due (LoomThread *t) {
   return atomic_load(&t->cancel) && t->closing_L == NULL;
 }
 
-int loomi_wait (pthread_cond_t *cv, pthread_mutex_t *mu, LoomObj *obj,
-                const LoomDeadline *dl) {
+int loomi_thread_wait_enter (LoomWaitq *q, LoomObj *obj) {
   LoomThread *t = self_thread;
-  loomi_gil_pin(obj);
-  if (t != NULL) {
-    if (cancel_due(t))
-      return ECANCELED;
-    pthread_mutex_lock(&t->reg_mu);
-    t->wait_cv = cv;
-    t->wait_mu = mu;
-    t->wait_obj = obj;
-    pthread_mutex_unlock(&t->reg_mu);
-    if (cancel_due(t)) {
-      pthread_mutex_lock(&t->reg_mu);
-      t->wait_cv = NULL;
-      t->wait_mu = NULL;
-      t->wait_obj = NULL;
-      pthread_mutex_unlock(&t->reg_mu);
-      return ECANCELED;
-    }
+  if (t == NULL)
+    return 0;
+  if (cancel_due(t))
+    return ECANCELED;
+  pthread_mutex_lock(&t->reg_mu);
+  t->wait_q = q;
+  t->wait_obj = obj;
+  pthread_mutex_unlock(&t->reg_mu);
+  if (cancel_due(t)) {
+    loomi_thread_wait_leave();
+    return ECANCELED;
   }
-  int rc = dl == NULL || dl->forever ? pthread_cond_wait(cv, mu)
-                                     : pthread_cond_timedwait(cv, mu, &dl->at);
-  if (rc == EOWNERDEAD) {
-    pthread_mutex_consistent(mu);
-    rc = 0;
-  }
-  if (t != NULL) {
-    pthread_mutex_lock(&t->reg_mu);
-    t->wait_cv = NULL;
-    t->wait_mu = NULL;
-    t->wait_obj = NULL;
-    pthread_mutex_unlock(&t->reg_mu);
-    if (cancel_due(t))
-      return ECANCELED;
-  }
-  return rc == ETIMEDOUT ? ETIMEDOUT : 0;
+  return 0;
+}
+
+int loomi_thread_wait_leave (void) {
+  LoomThread *t = self_thread;
+  if (t == NULL)
+    return 0;
+  pthread_mutex_lock(&t->reg_mu);
+  t->wait_q = NULL;
+  t->wait_obj = NULL;
+  pthread_mutex_unlock(&t->reg_mu);
+  return cancel_due(t);
 }
 
 int loomi_cancel_requested (void) {
@@ -174,11 +161,13 @@ int loomi_raise_cancelled (lua_State *L) {
 
 /* Shared-interpreter threads release their lock here (gil.c). */
 void loomi_block_begin (lua_State *L) {
+  loomi_intr_begin(L);
   loomi_gil_block_begin(L);
 }
 
 void loomi_block_end (lua_State *L) {
   loomi_gil_block_end(L);
+  loomi_intr_end();
 }
 
 /* The number of active calls in L: an upper bound found by doubling, then
@@ -259,67 +248,27 @@ static void thread_request_cancel (LoomThread *t) {
     lua_sethook(c->co, cancel_hook, LUA_MASKCOUNT | LUA_MASKCALL, 1);
   pthread_mutex_unlock(&t->mu);
   pthread_mutex_lock(&t->reg_mu);
-  pthread_cond_t *cv = t->wait_cv;
-  pthread_mutex_t *mu = t->wait_mu;
+  LoomWaitq *q = t->wait_q;
   LoomObj *obj = t->wait_obj;
   if (obj != NULL)
     loomi_obj_retain(obj);
+  if (q != NULL)   /* the object's reference, or reg_mu, keeps q alive */
+    loomi_wake_all(q);
   pthread_mutex_unlock(&t->reg_mu);
-  if (cv != NULL) {
-    loomi_mutex_lock(mu);
-    pthread_cond_broadcast(cv);
-    loomi_mutex_unlock(mu);
-  }
   loomi_obj_release(obj);
 }
 
-/* Before a wait sleeps, it polls for a few microseconds: a thread that
-** ends that soon, or a job that comes that soon, costs no sleep and no
-** wake-up, the bulk of a short thread's cost.  Polls that come to nothing
-** (a busy machine, where they would take the CPU from the very thread
-** awaited) use up spin_credit, and polling stops but for a probe now and
-** then.  Process-global, a hint only: races on it are harmless. */
-#define SPIN_SECONDS 20e-6
-static atomic_int spin_credit = 0;
-static atomic_uint spin_probe = 0;
-
-/* Polls until *flag is nonzero or *ptr non-NULL (whichever is given);
-** 1 when it is. */
-static int spin_for (atomic_int *flag, void *_Atomic *ptr) {
-  int credit = atomic_load_explicit(&spin_credit, memory_order_relaxed);
-  if (credit <= 0 &&
-      (atomic_fetch_add_explicit(&spin_probe, 1, memory_order_relaxed) & 63))
-    return 0;
-  double until = 0;
-  for (unsigned i = 0;; i++) {
-    if (flag != NULL ? atomic_load(flag) != 0 : atomic_load(ptr) != NULL) {
-      if (credit < 64)
-        atomic_fetch_add_explicit(&spin_credit, 1, memory_order_relaxed);
-      return 1;
-    }
-    if ((i & 31) == 0) {
-      double now = loomi_now();
-      if (until == 0)
-        until = now + SPIN_SECONDS;
-      else if (now >= until)
-        break;
-    }
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
-  }
-  if (credit > -64)
-    atomic_fetch_sub_explicit(&spin_credit, 4, memory_order_relaxed);
-  return 0;
+static int flag_set (const void *arg) {
+  return atomic_load((const atomic_int *)arg) != 0;
 }
 
 /* Waits until t is done; 0, ETIMEDOUT or ECANCELED. */
 static int thread_wait_done (LoomThread *t, const LoomDeadline *dl) {
   int rc = 0;
-  spin_for(&t->done, NULL);
+  loomi_spin(flag_set, &t->done);
   loomi_mutex_lock(&t->mu);
   while (t->state != TH_DONE && rc == 0)
-    rc = loomi_wait(&t->cv, &t->mu, &t->obj, dl);
+    rc = loomi_wait(&t->done_q, &t->mu, &t->obj, dl);
   if (t->state == TH_DONE)
     rc = 0;
   loomi_mutex_unlock(&t->mu);
@@ -521,7 +470,7 @@ static void worker_run (Worker *w, LoomThread *t) {
   loomi_mutex_lock(&t->mu);
   t->native_id = os_thread_id();
   t->ident = (int64_t)pthread_self();
-  pthread_cond_broadcast(&t->cv);   /* a reader of native_id may wait */
+  loomi_wake_all(&t->done_q);   /* a reader of native_id may wait */
   loomi_mutex_unlock(&t->mu);
   lua_State *L = worker_state(w, t);
   if (L != NULL) {
@@ -567,7 +516,7 @@ static void worker_run (Worker *w, LoomThread *t) {
   }
   if (!last && refs - 1 == t->listed)
     drop_outcome(t);
-  pthread_cond_broadcast(&t->cv);
+  loomi_wake_all(&t->done_q);   /* under mu: our reference is gone */
   loomi_mutex_unlock(&t->mu);
   self_thread = NULL;
   if (last)
@@ -1142,10 +1091,14 @@ static int worker_offer (Worker *w) {
   return ok;
 }
 
+static int job_arrived (const void *arg) {
+  return atomic_load(&((const Worker *)arg)->job) != NULL;
+}
+
 /* Waits in the idle list for a thread to run; NULL after
 ** WORKER_IDLE_SECONDS, w out of the list. */
 static LoomThread *worker_wait (Worker *w) {
-  spin_for(NULL, (void *_Atomic *)&w->job);
+  loomi_spin(job_arrived, w);
   pthread_mutex_lock(&idle_mu);
   LoomDeadline dl;
   loomi_deadline_in(&dl, WORKER_IDLE_SECONDS);
@@ -1235,6 +1188,7 @@ static void *worker_main (void *arg) {
     if (!worker_offer(w))
       break;
     worker_clean(w);
+    loomi_heap_flush();      /* an idle worker holds no freed heap blocks */
     t = worker_wait(w);
   }
   worker_drop_state(w);
@@ -1417,7 +1371,7 @@ static int thread_start (lua_State *L) {
   return 1;
 }
 
-/* Common prologue of join and result: 0 done, ETIMEDOUT; raises when
+/* Common prologue of join and result: 0 done, ETIMEDOUT, EINTR; raises when
 ** cancelled itself or on misuse. */
 static int thread_await (lua_State *L, LoomThread *t, int arg) {
   LoomDeadline dl;
@@ -1441,7 +1395,10 @@ static int thread_await (lua_State *L, LoomThread *t, int arg) {
 
 static int thread_join (lua_State *L) {
   LoomThread *t = checkthread(L, 1);
-  lua_pushboolean(L, thread_await(L, t, 2) == 0);
+  int rc = thread_await(L, t, 2);
+  if (rc == EINTR)
+    return loomi_push_interrupted(L);
+  lua_pushboolean(L, rc == 0);
   return 1;
 }
 
@@ -1464,7 +1421,10 @@ static int was_cancelled (LoomThread *t) {
 
 static int thread_result (lua_State *L) {
   LoomThread *t = checkthread(L, 1);
-  if (thread_await(L, t, 2) == ETIMEDOUT) {
+  int rc = thread_await(L, t, 2);
+  if (rc == EINTR)
+    return loomi_push_interrupted(L);
+  if (rc == ETIMEDOUT) {
     luaL_pushfail(L);
     lua_pushliteral(L, LOOM_TIMEOUT);
     return 2;
@@ -1576,7 +1536,7 @@ static int thread_index (lua_State *L) {
     int rc = 0;
     while (key[0] == 'n' && t->native_id == 0 && t->state == TH_RUNNING &&
            rc == 0)
-      rc = loomi_wait(&t->cv, &t->mu, &t->obj, NULL);
+      rc = loomi_wait(&t->done_q, &t->mu, &t->obj, NULL);
     int64_t id = key[0] == 'i' ? t->ident : t->native_id;
     loomi_mutex_unlock(&t->mu);
     if (id != 0)
@@ -1771,19 +1731,18 @@ static int thread_sleep (lua_State *L) {
   LoomThread *t = self_thread;
   int rc = 0;
   loomi_block_begin(L);
-  if (t != NULL) {
-    loomi_mutex_lock(&t->mu);
-    while (rc == 0 && !loomi_deadline_passed(&dl))
-      rc = loomi_wait(&t->cv, &t->mu, &t->obj, &dl);
-    loomi_mutex_unlock(&t->mu);
-  }
+  if (t != NULL)
+    rc = loomi_sleep_until(&t->sleep_q, &t->obj, &dl);
   else {
-    while (!loomi_deadline_passed(&dl))
-      clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &dl.at, NULL);
+    LoomWaitq q;   /* nobody wakes it: a cut-short sleep for Ctrl-C */
+    loomi_waitq_init(&q);
+    rc = loomi_sleep_until(&q, NULL, &dl);
   }
   loomi_block_end(L);
   if (rc == ECANCELED)
     return loomi_raise_cancelled(L);
+  if (rc == EINTR)
+    return loomi_push_interrupted(L);
   return 0;
 }
 
@@ -1824,8 +1783,8 @@ void loomi_thread_leave (LoomObj *o) {
   LoomThread *t = (LoomThread *)o;
   loomi_mutex_lock(&t->mu);
   t->state = TH_DONE;
-  pthread_cond_broadcast(&t->cv);
   loomi_mutex_unlock(&t->mu);
+  loomi_wake_all(&t->done_q);
   self_thread = NULL;
 }
 

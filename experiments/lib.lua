@@ -27,6 +27,13 @@ io.stdout:setvbuf("line")
 
 local lib = { root = root, dir = here, loom = loom }
 
+-- How much slower than an idle machine of the project's kind this run may
+-- be: under the specs, their machine and checker factors (spec/helpers.lua
+-- passes them down).  Upper bounds on time are scaled by it; a lower bound
+-- never is.
+lib.slowdown = math.max(1, tonumber(os.getenv("LOOM_SPEC_MACHINE")) or 1)
+  * math.max(1, tonumber(os.getenv("LOOM_SPEC_SLOWDOWN")) or 1)
+
 --- lib.print(...): print for tasks; the whole line goes out in one write,
 -- so lines printed by parallel tasks never merge.
 function lib.print(...)
@@ -236,6 +243,7 @@ end
 function Context:check_time(key, lo, hi, what)
   local t = self:time(key)
   if t == nil then return end
+  hi = hi and hi * lib.slowdown
   local ok = t >= lo and (hi == nil or t <= hi)
   local bounds = hi and string.format("%.2f .. %.2f s", lo, hi)
     or string.format(">= %.2f s", lo)
@@ -275,6 +283,8 @@ end
 function Context:check_faster(fast, slow, factor, why, parallel)
   local a, b = self:time(fast), self:time(slow)
   if a == nil or b == nil then return end
+  -- a parallel claim has its own test of busy cores below
+  if not parallel then factor = factor * lib.slowdown end
   local text = string.format("%s (%s) < %.2f x %s (%s): %s",
     self.byvar[fast].label, lib.fmt_time(a), factor,
     self.byvar[slow].label, lib.fmt_time(b), why)

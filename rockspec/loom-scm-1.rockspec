@@ -37,6 +37,7 @@ build = {
         "csrc/sem.c",
         "csrc/shared.c",
         "csrc/thread.c",
+        "csrc/wait.c",
         "csrc/xfer.c",
       },
       incdirs = { "csrc" },

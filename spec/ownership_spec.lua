@@ -23,7 +23,7 @@ describe("ownership", function()
         local ev = loom.event()
         local fs = {}
         for i = 1, 4 do
-          fs[i] = pool:submit(function(e, x) e:wait(60) return x end, ev, i)
+          fs[i] = pool:submit(function(e, x) H.wait(e, 60) return x end, ev, i)
         end
         local iter, st, _, closing = loom.as_completed(fs, H.t(60))
         local p = loom.process(function()
@@ -93,7 +93,7 @@ describe("ownership", function()
           -- finished thread must not be released from here
           for _ = 1, 20 do
             local u = loom.thread(function() end):start()
-            u:join(30)
+            H.join(u, 30)
           end
           rawfork.exit(0)
         end
@@ -150,6 +150,26 @@ describe("ownership", function()
       assert.equal(1, n)
       assert.equal("thread", kind)
       assert.matches("^loom.Pool", s)
+    end)
+  end)
+
+  describe("a shared thread in a forked child", function()
+    it("is another interpreter's: its methods refuse there", function()
+      local ev = loom.event()
+      local t = loom.thread{target = function(e) e:wait(60) return "parent" end,
+                            args = {ev}, shared = true}:start()
+      local p = loom.process(function()
+        local ok, err = pcall(function() return t:join(0.1) end)
+        local ok2, err2 = pcall(function() return t:result(0.1) end)
+        return ok, err, ok2, err2
+      end):start()
+      local ok, err, ok2, err2 = H.result(p, 60)
+      ev:set()
+      assert.is_false(ok)
+      assert.matches("shared thread used from another interpreter", err, 1, true)
+      assert.is_false(ok2)
+      assert.matches("shared thread used from another interpreter", err2, 1, true)
+      assert.equal("parent", H.result(t, 60))
     end)
   end)
 
