@@ -278,8 +278,10 @@ local function cores_taken()
 end
 
 --- x:check_faster(fast, slow, factor, why [, parallel]): time(fast) <
--- factor * time(slow).  A parallel claim needs idle cores: when it fails on
--- a machine whose other work keeps them busy, it becomes a note instead.
+-- factor * time(slow).  Two timings taken one after the other compare only
+-- while nothing else competes for the cores, and a parallel claim needs
+-- them idle besides: when a claim fails on a machine whose other work
+-- keeps them busy, it becomes a note instead.
 function Context:check_faster(fast, slow, factor, why, parallel)
   local a, b = self:time(fast), self:time(slow)
   if a == nil or b == nil then return end
@@ -288,13 +290,15 @@ function Context:check_faster(fast, slow, factor, why, parallel)
   local text = string.format("%s (%s) < %.2f x %s (%s): %s",
     self.byvar[fast].label, lib.fmt_time(a), factor,
     self.byvar[slow].label, lib.fmt_time(b), why)
-  if parallel and a >= factor * b then
+  if a >= factor * b then
     local load = lib.load()
     if load and load >= loom.cpu_count() * 0.75 then
       self:note("not checked, the cores were busy (load %.2f on %d): %s",
         load, loom.cpu_count(), text)
       return
     end
+  end
+  if parallel and a >= factor * b then
     local taken, one, both = cores_taken()
     if taken then
       self:note("not checked, the cores were busy (two plain Lua loops took %s side by side, %s alone): %s",
