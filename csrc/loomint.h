@@ -114,6 +114,16 @@ int    loomi_heap_configure (size_t size);   /* 0 | EBUSY once used | EINVAL */
 int    loomi_heap_env (size_t *size);
 size_t loomi_heap_size (void);
 size_t loomi_heap_used (void);               /* bytes handed out, for specs */
+/* A snapshot of the arena: used and free count whole blocks, headers
+** included; largest_free is the largest request that would succeed;
+** recovered counts repairs after a process died holding the heap's lock. */
+typedef struct LoomHeapStats {
+  size_t size, used, free, largest_free, free_blocks, recovered;
+} LoomHeapStats;
+void   loomi_heap_stats (LoomHeapStats *st);
+/* Gives the calling thread's cached blocks back: before a process leaves
+** by _exit, which runs no thread-exit destructors. */
+void   loomi_heap_flush (void);
 
 /* ---- obj.c: refcounted shared objects and their proxies ---- */
 typedef struct LoomObj LoomObj;

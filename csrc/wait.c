@@ -7,6 +7,7 @@
 #include "loomint.h"
 
 #include <limits.h>
+#include <sched.h>
 #include <linux/futex.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -67,37 +68,51 @@ void loomi_wake_all (LoomWaitq *q) {
 }
 
 /* ---- the spin policy ----
-** Before a wait sleeps, it polls for a few microseconds: a thread that
-** ends that soon, a lock released that soon or an item that comes that
-** soon costs no sleep and no wake-up.  Polls that come to nothing (a busy
-** machine, where they would take the CPU from the very thread awaited) use
-** up spin_credit, and polling stops but for a probe now and then.
+** Before a wait sleeps, it polls: a thread that ends that soon, a lock
+** released that soon, an item or a task's result that comes that soon
+** costs no sleep and no wake-up, several microseconds each.  First a burst
+** of SPIN_BURST polls, always (a producer and a consumer on two cores, or a
+** lock handed over, usually get there within it); then up to SPIN_SECONDS
+** more, yielding the processor now and then so that on a busy machine the
+** thread awaited gets it.  Long polls that come to nothing (a busy machine,
+** where they take the CPU from the very thread awaited) use up
+** spin_credit, and then only a probe now and then polls long.
 ** Process-global, a hint only: races on it are harmless. */
+#define SPIN_BURST 128
 static atomic_int spin_credit = 0;
 static atomic_uint spin_probe = 0;
 
+static void cpu_relax (void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
 int loomi_spin (int (*ready) (const void *arg), const void *arg) {
+  for (int i = 0; i < SPIN_BURST; i++) {
+    if (ready(arg))
+      return 1;
+    cpu_relax();
+  }
   int credit = atomic_load_explicit(&spin_credit, memory_order_relaxed);
   if (credit <= 0 &&
       (atomic_fetch_add_explicit(&spin_probe, 1, memory_order_relaxed) & 63))
     return 0;
-  double until = 0;
-  for (unsigned i = 0;; i++) {
+  double until = loomi_now() + SPIN_SECONDS;
+  for (unsigned i = 1;; i++) {
     if (ready(arg)) {
       if (credit < 64)
         atomic_fetch_add_explicit(&spin_credit, 1, memory_order_relaxed);
       return 1;
     }
-    if ((i & 31) == 0) {
-      double now = loomi_now();
-      if (until == 0)
-        until = now + SPIN_SECONDS;
-      else if (now >= until)
+    if ((i & 63) == 0) {
+      if (loomi_now() >= until)
         break;
+      sched_yield();
     }
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
+    cpu_relax();
   }
   if (credit > -64)
     atomic_fetch_sub_explicit(&spin_credit, 4, memory_order_relaxed);
