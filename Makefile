@@ -48,21 +48,32 @@ deps:
 	  fi; \
 	fi
 
+# The machine's speed factor for the specs' time bounds (spec/helpers.lua),
+# measured once here and passed down, so that every interpreter of the run
+# (threads, subprocesses) scales by the same figure.
+SPEC_MACHINE = $(LUA) -e 'package.path = "spec/?.lua;" .. package.path \
+  package.cpath = "./?.so;" .. package.cpath io.write(require("helpers").machine)'
+
 test: deps
 	@$(MAKE) --no-print-directory all
-	@$(LUA) $(BUSTED) --run=default
+	@LOOM_SPEC_MACHINE=$${LOOM_SPEC_MACHINE:-$$($(SPEC_MACHINE))} $(LUA) $(BUSTED) --run=default
 
 experiments: deps
 	@$(MAKE) --no-print-directory all
 	@$(LUA) experiments/run.lua $(ARGS)
 
 # The machine's raw limits, the reference column of the bench table.
-build/limits: bench/limits.c
+build/limits: bench/limits.c bench/heap_pair.h
 	@mkdir -p build
 	$(CC) -std=c11 -pthread -I$(LUA_INCDIR) $(WARN) -O2 -o $@ $< -llua5.4 -lm
 
+# The heap rows' loom side: the shared heap's own functions, linked in.
+build/heap_bench: bench/heap_bench.c bench/heap_pair.h $(SRC) csrc/loomint.h
+	@mkdir -p build
+	$(CC) $(HOST_FLAGS) -O2 -o $@ bench/heap_bench.c $(SRC) -llua5.4 -lm -ldl
+
 bench: deps
-	@$(MAKE) --no-print-directory all build/limits
+	@$(MAKE) --no-print-directory all build/limits build/heap_bench
 	@$(LUA) bench/run.lua $(ARGS)
 
 clean:

@@ -17,6 +17,8 @@
 #include "lauxlib.h"
 #include "lualib.h"
 
+#include "heap_pair.h"
+
 #define REPS 5
 
 static double now (void) {
@@ -321,6 +323,28 @@ static double memcpy_bw (void) {
   return (double)ROUNDS * N * sizeof(double) / dt / 1e6;
 }
 
+/* ---- glibc malloc + free, the heap rows' reference ---- */
+
+static void *plain_malloc (size_t n) {
+  return malloc(n);
+}
+
+static double malloc_64 (void) {
+  return pair_time(plain_malloc, free, 64, 1);
+}
+
+static double malloc_64_2t (void) {
+  return pair_time(plain_malloc, free, 64, 2);
+}
+
+static double malloc_64k (void) {
+  return pair_time(plain_malloc, free, 64 << 10, 1);
+}
+
+static double malloc_64k_2t (void) {
+  return pair_time(plain_malloc, free, 64 << 10, 2);
+}
+
 /* ---- driver ---- */
 
 static const struct {
@@ -340,6 +364,10 @@ static const struct {
   {"queue_1024", queue_1024, "msgs/s"},
   {"empty_cpair", empty_cpair, "ns"},
   {"memcpy", memcpy_bw, "MB/s"},
+  {"malloc_64", malloc_64, "ns"},
+  {"malloc_64_2t", malloc_64_2t, "ns"},
+  {"malloc_64k", malloc_64k, "ns"},
+  {"malloc_64k_2t", malloc_64k_2t, "ns"},
 };
 
 static int cmp_double (const void *a, const void *b) {

@@ -1,4 +1,4 @@
--- loom's side of the benchmark (rows B1..B10, listed in bench/results.md).
+-- loom's side of the benchmark (rows B1..B11, listed in bench/results.md).
 -- Usage: lua5.4 bench/loom_rows.lua ROW [VARIANT] [--quick]
 -- Runs one repetition of one row in this fresh process and prints
 -- `key value` lines, the first being the row's figure, or one line
@@ -336,9 +336,56 @@ function rows.B10(kind)
   emit("mb_per_s", rounds * #payload * 8 / dt / 1e6)
 end
 
+-- The shared heap's allocate+free pair, in C (build/heap_bench links the
+-- heap in): a Lua call around each pair would be most of what is timed.
+function rows.B11(size, threads)
+  local p = assert(io.popen(string.format("build/heap_bench %d %d",
+                                          math.tointeger(tonumber(size)),
+                                          math.tointeger(tonumber(threads)))))
+  local out = p:read("a")
+  if not p:close() then
+    print("na build/heap_bench failed (run `make build/heap_bench`)")
+    return
+  end
+  io.write(out)
+end
+
+-- Resident memory around one large transfer: a `bytes` string through a
+-- queue to a thread worker and its length back; RSS (this process, its
+-- share of the heap included) before, while the item is in the heap, and
+-- after it was taken and freed.
+local function rss_mb()
+  local f = assert(io.open("/proc/self/status"))
+  local s = f:read("a")
+  f:close()
+  return tonumber(s:match("VmRSS:%s*(%d+)")) / 1024
+end
+
+function rows.B11rss(mb)
+  local n = math.tointeger(tonumber(mb)) * 1000000
+  local q = loom.queue()
+  assert(q:put(1) and q:get() == 1)
+  local before = rss_mb()
+  local payload = string.rep("x", n)
+  q:put(payload)
+  local during = rss_mb()
+  payload = nil
+  collectgarbage()
+  local during_heap = rss_mb()
+  local t = loom.thread(function(inq) return #inq:get() end, q):start()
+  assert(t:result() == n)
+  collectgarbage()
+  local after = rss_mb()
+  emit("rss_after_mb", after)
+  emit("rss_before_mb", before)
+  emit("rss_during_mb", during)
+  emit("rss_during_heap_only_mb", during_heap)
+  emit("heap_used_after", loom.heap_used())
+end
+
 local row = rows[args[1]]
 if row == nil then
-  io.stderr:write("usage: lua5.4 bench/loom_rows.lua B1..B10|B4hook [variant] [--quick]\n")
+  io.stderr:write("usage: lua5.4 bench/loom_rows.lua B1..B11|B4hook [variant] [--quick]\n")
   os.exit(2)
 end
 row(table.unpack(args, 2))

@@ -1,4 +1,4 @@
--- `make bench`: runs the workloads B1..B10 for loom and for Python in
+-- `make bench`: runs the workloads B1..B11 for loom and for Python in
 -- one run and prints one table (median of 5 repetitions, min-max shown,
 -- the ratio, the machine's raw limit where one applies, the target).
 --
@@ -123,6 +123,20 @@ local ROWS = {
   { id = "B10", name = "transfer 800 KB, process worker", unit = "MB/s", key = "mb_per_s",
     loom = { "B10", "processes" }, py = { "B10", "processes" }, ref = "memcpy",
     target = ">= 500", ok = at_least(500) },
+  { id = "B11", name = "heap alloc+free 64 B", unit = "ns/pair", key = "ns_per_pair",
+    lower = true, loom = { "B11", "64", "1" }, ref = "malloc_64",
+    target = "<= 2x ref", ok = within_ref(2) },
+  { id = "B11", name = "heap alloc+free 64 B, 2 threads", unit = "ns/pair", key = "ns_per_pair",
+    lower = true, loom = { "B11", "64", "2" }, ref = "malloc_64_2t",
+    target = "<= 2x ref", ok = within_ref(2) },
+  { id = "B11", name = "heap alloc+free 64 KB", unit = "ns/pair", key = "ns_per_pair",
+    lower = true, loom = { "B11", "65536", "1" }, ref = "malloc_64k",
+    target = "<= 2x ref", ok = within_ref(2) },
+  { id = "B11", name = "heap alloc+free 64 KB, 2 threads", unit = "ns/pair", key = "ns_per_pair",
+    lower = true, loom = { "B11", "65536", "2" }, ref = "malloc_64k_2t",
+    target = "<= 2x ref", ok = within_ref(2) },
+  { id = "B11", name = "RSS after a 600 MB transfer", unit = "MB", key = "rss_after_mb",
+    lower = true, loom = { "B11rss", "600" }, reps = 1 },
 }
 
 -- What each row runs, for readers of results.md.
@@ -137,6 +151,7 @@ local WORKLOADS = {
   { "B8", "2 workers x 500000 increments of one shared counter: loom.lock + loom.value / Value:add / Value:get_lock in 2 processes (threading.Lock over an int; multiprocessing.Value + get_lock in 2 processes); the final count is checked" },
   { "B9", "1 producer -> 1 consumer, 1e6 small integers through a queue of capacity 1024 (queue.Queue; multiprocessing.Queue)" },
   { "B10", "20 x (send a table of 100000 floats to a worker, get its sum back); payload MB/s (ThreadPoolExecutor, no copy; multiprocessing Pipe, pickled copy)" },
+  { "B11", "the shared heap's allocate+free pair (loomi_heap_alloc/free, in C: build/heap_bench) of 64 B and of 64 KB, 2e6 / 5e5 pairs, in one thread or in each of 2 at once, against glibc malloc/free timed by the same loop (build/limits); ns per pair as each thread sees it. RSS: a 600 MB string put in a queue and taken by a thread worker; the process's VmRSS once the item is freed (before/during figures in the run's output)" },
 }
 
 local function loadavg()
@@ -160,6 +175,10 @@ local REF_NAMES = {
   mutex_pair = "mutex lock+unlock",
   mutex_pair_robust = "robust pshared mutex",
   queue_1024 = "C mutex+cond ring",
+  malloc_64 = "glibc malloc+free",
+  malloc_64_2t = "glibc malloc+free",
+  malloc_64k = "glibc malloc+free",
+  malloc_64k_2t = "glibc malloc+free",
 }
 
 local function shell_quote(s)

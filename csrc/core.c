@@ -1,6 +1,6 @@
 /* core.c: luaopen_loom_core, the states loom creates, small utilities.
 ** Lua: loom.core.now(), cpu_count(), configure{heap_size=}, heap_size(),
-**      heap_used(); every primitive's functions are added by its open.
+**      heap_used(), heap(); every primitive's functions are added by its open.
 ** SPDX-License-Identifier: MIT */
 #include "loomint.h"
 
@@ -174,12 +174,34 @@ static int core_heap_used (lua_State *L) {
   return 1;
 }
 
+/* {size=, used=, free=, largest_free=, free_blocks=, recovered=}: the stats are taken
+** first, under the heap's lock, and pushed after it is released. */
+static int core_heap (lua_State *L) {
+  LoomHeapStats st;
+  loomi_heap_stats(&st);
+  lua_createtable(L, 0, 6);
+  lua_pushinteger(L, (lua_Integer)st.size);
+  lua_setfield(L, -2, "size");
+  lua_pushinteger(L, (lua_Integer)st.used);
+  lua_setfield(L, -2, "used");
+  lua_pushinteger(L, (lua_Integer)st.free);
+  lua_setfield(L, -2, "free");
+  lua_pushinteger(L, (lua_Integer)st.largest_free);
+  lua_setfield(L, -2, "largest_free");
+  lua_pushinteger(L, (lua_Integer)st.free_blocks);
+  lua_setfield(L, -2, "free_blocks");
+  lua_pushinteger(L, (lua_Integer)st.recovered);
+  lua_setfield(L, -2, "recovered");
+  return 1;
+}
+
 static const luaL_Reg core_funcs[] = {
   {"now", core_now},
   {"cpu_count", core_cpu_count},
   {"configure", core_configure},
   {"heap_size", core_heap_size},
   {"heap_used", core_heap_used},
+  {"heap", core_heap},
   {NULL, NULL}
 };
 

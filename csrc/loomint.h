@@ -43,8 +43,10 @@
 **      Queue/Future/Process/thread's mu.  Two only as: a Future's mu then
 **      a waiter's (pool.c); a SharedThread's mu then its GIL's (gil.c).  A
 **      Condition never holds its own mu and its lock's together.
-**   3. A loom thread's reg_mu, taken under one of (2) by loomi_wait; a
-**      canceller takes reg_mu alone, then the object's mutex.
+**   3. A loom thread's reg_mu, taken under one of (2) while its wait
+**      registers (thread.c); a canceller takes the thread's mu, lets it
+**      go, then takes reg_mu alone and only wakes the wait queue under it
+**      (a futex needs no mutex).
 **   4. The heap's locks (heap.c), last: anything may allocate or free
 **      under the locks above; the heap takes nothing else.
 ** No Lua API call that can raise or allocate is made under any of them. */
@@ -112,6 +114,16 @@ int    loomi_heap_configure (size_t size);   /* 0 | EBUSY once used | EINVAL */
 int    loomi_heap_env (size_t *size);
 size_t loomi_heap_size (void);
 size_t loomi_heap_used (void);               /* bytes handed out, for specs */
+/* A snapshot of the arena: used and free count whole blocks, headers
+** included; largest_free is the largest request that would succeed;
+** recovered counts repairs after a process died holding the heap's lock. */
+typedef struct LoomHeapStats {
+  size_t size, used, free, largest_free, free_blocks, recovered;
+} LoomHeapStats;
+void   loomi_heap_stats (LoomHeapStats *st);
+/* Gives the calling thread's cached blocks back: before a process leaves
+** by _exit, which runs no thread-exit destructors. */
+void   loomi_heap_flush (void);
 
 /* ---- obj.c: refcounted shared objects and their proxies ---- */
 typedef struct LoomObj LoomObj;

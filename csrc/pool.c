@@ -93,6 +93,7 @@ typedef struct TaskQueue {
                                 worker process could be forked */
   char broken_why[160];      /* else why no worker could start, if known */
   int nalive;                /* workers not yet gone */
+  int nnamed;                /* thread kind: workers that took an index */
   int id;
   LoomMsg *init;             /* (init, initargs...) or NULL */
   char *path, *cpath;        /* package paths for worker states (heap) */
@@ -518,16 +519,15 @@ static void queue_serve (TaskQueue *q, lua_State *L, int worker) {
 
 /* ---- the thread runner ---- */
 
-typedef struct Worker {
-  TaskQueue *q;              /* the worker's reference */
-  int index;
-} Worker;
-
+/* arg is the queue, with a reference taken for the worker.  The worker
+** takes its index itself: a block malloc'd for it would be lost in a
+** process forked before the worker ran, which owns the block but no
+** thread that could free it. */
 static void *worker_main (void *arg) {
-  Worker *w = arg;
-  TaskQueue *q = w->q;
-  int index = w->index;
-  free(w);
+  TaskQueue *q = arg;
+  loomi_mutex_lock(&q->mu);
+  int index = ++q->nnamed;
+  loomi_mutex_unlock(&q->mu);
   char err[160];
   lua_State *L = loomi_newstate(q->path, q->cpath, err, sizeof err);
   if (L == NULL)
@@ -553,21 +553,13 @@ static int start_threads (TaskQueue *q, int n) {
   pthread_sigmask(SIG_SETMASK, &all, &old);
   int err = 0;
   for (int i = 0; i < n && err == 0; i++) {
-    Worker *w = malloc(sizeof *w);
-    if (w == NULL) {
-      err = ENOMEM;
-      break;
-    }
-    w->q = q;
-    w->index = i + 1;
     loomi_obj_retain(&q->obj);
     loomi_mutex_lock(&q->mu);
     q->nalive++;
     loomi_mutex_unlock(&q->mu);
     pthread_t tid;
-    err = pthread_create(&tid, &attr, worker_main, w);
+    err = pthread_create(&tid, &attr, worker_main, q);
     if (err != 0) {
-      free(w);
       queue_worker_gone(q);
       loomi_obj_release(&q->obj);
     }
@@ -616,6 +608,7 @@ static void proc_worker_child (TaskQueue *q, int index, pid_t parent) {
     queue_serve(q, L, index);
     lua_close(L);            /* the worker's own files and objects only */
   }
+  loomi_heap_flush();
   fflush(stdout);
   fflush(stderr);
   _exit(0);

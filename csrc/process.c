@@ -392,6 +392,7 @@ static void child_leave (lua_State *L, int code, int quick) {
                                         LEAVE_TO_REAPER))
       process_release_held(self_process);   /* orphaned: nobody reaps us */
   }
+  loomi_heap_flush();
   fflush(NULL);
   _exit(code);
 }

@@ -1188,6 +1188,7 @@ static void *worker_main (void *arg) {
     if (!worker_offer(w))
       break;
     worker_clean(w);
+    loomi_heap_flush();      /* an idle worker holds no freed heap blocks */
     t = worker_wait(w);
   }
   worker_drop_state(w);

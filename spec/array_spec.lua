@@ -1,8 +1,9 @@
 -- loom.Array
+local H = require "helpers"
 local loom = require "loom"
 
 local function join_all(ts)
-  for _, t in ipairs(ts) do t:join(30) end
+  for _, t in ipairs(ts) do H.join(t, 30) end
 end
 
 describe("loom.Array", function()
@@ -172,7 +173,7 @@ describe("loom.Array", function()
           return #arr
         end, a, k):start()
       end
-      for k = 1, 4 do assert.equal(8, ts[k]:result(10)) end
+      for k = 1, 4 do assert.equal(8, H.result(ts[k], 10)) end
       assert.same({ 1, 2, 3, 4, 10, 20, 30, 40 }, a:totable())
     end)
 
@@ -192,7 +193,7 @@ describe("loom.Array", function()
           return true
         end, a, 2000):start()
       end
-      for k = 1, 4 do assert.is_true(ts[k]:result(60)) end
+      for k = 1, 4 do assert.is_true(H.result(ts[k], 60)) end
       assert.same({ 8000, 8000 }, a:totable())
     end)
   end)
@@ -202,11 +203,11 @@ describe("loom.Array", function()
     it("is shared with forked children", function()
       local a = loom.array("double", 3)
       local ps = {}
-      finally(function() for _, p in ipairs(ps) do p:join(10) end end)
+      finally(function() for _, p in ipairs(ps) do p:join(H.t(10)) end end)
       for k = 1, 3 do
         ps[k] = loom.process(function(i) a[i] = i + 0.5 end, k):start()
       end
-      for k = 1, 3 do assert.is_true(ps[k]:join(30)) end
+      for k = 1, 3 do assert.is_true(H.join(ps[k], 30)) end
       assert.same({ 1.5, 2.5, 3.5 }, a:totable())
     end)
   end)

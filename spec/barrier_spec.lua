@@ -1,4 +1,5 @@
 -- loom.Barrier
+local H = require "helpers"
 local loom = require "loom"
 -- thread functions see these as upvalues: a spec file's environment is
 -- busted's, not a table a thread could rebuild
@@ -7,7 +8,7 @@ local pcall, concat = pcall, table.concat
 -- Passes the barrier `gens` times; returns the indices joined by commas.
 local function passer(b, gens)
   local got = {}
-  for g = 1, gens do got[g] = b:wait(10) end
+  for g = 1, gens do got[g] = H.wait(b, 10) end
   return concat(got, ",")
 end
 
@@ -15,12 +16,12 @@ local function run_generations(parties, gens, spawn)
   spawn = spawn or loom.thread
   local b = loom.barrier(parties)
   local ts = {}
-  finally(function() for _, t in ipairs(ts) do t:join(10) end end)
+  finally(function() for _, t in ipairs(ts) do t:join(H.t(10)) end end)
   for i = 1, parties do ts[i] = spawn(passer, b, gens):start() end
   local per_gen = {}
   for i = 1, parties do
     local g = 0
-    for idx in ts[i]:result(60):gmatch("%d+") do
+    for idx in H.result(ts[i], 60):gmatch("%d+") do
       g = g + 1
       per_gen[g] = per_gen[g] or {}
       per_gen[g][#per_gen[g] + 1] = tonumber(idx)
@@ -70,13 +71,13 @@ describe("loom.Barrier", function()
 
     it("counts the parties waiting", function()
       local b = loom.barrier(2)
-      local t = loom.thread(function(bar) return bar:wait(5) end, b):start()
-      finally(function() t:join(5) end)
-      local deadline = loom.now() + 5
+      local t = loom.thread(function(bar) return H.wait(bar, 5) end, b):start()
+      finally(function() t:join(H.t(5)) end)
+      local deadline = loom.now() + H.t(5)
       while b.n_waiting < 1 and loom.now() < deadline do loom.sleep(0.005) end
       assert.equal(1, b.n_waiting)
-      local mine = b:wait(5)
-      local theirs = t:result(5)
+      local mine = H.wait(b, 5)
+      local theirs = H.result(t, 5)
       assert.same({0, 1}, mine < theirs and {mine, theirs} or {theirs, mine})
     end)
 
@@ -85,7 +86,7 @@ describe("loom.Barrier", function()
       assert.has_error(function() b:wait(0.02) end, "broken barrier")
       assert.is_true(b.broken)
       assert.matches("broken", tostring(b))
-      assert.has_error(function() b:wait(1) end, "broken barrier")
+      assert.has_error(function() H.wait(b, 1) end, "broken barrier")
     end)
 
     it("uses the default timeout given to barrier()", function()
@@ -102,12 +103,12 @@ describe("loom.Barrier", function()
 
     it("wakes the others with 'broken barrier' when one times out", function()
       local b = loom.barrier(3)
-      local t = loom.thread(function(bar) return pcall(bar.wait, bar, 5) end, b):start()
-      finally(function() t:join(5) end)
-      local deadline = loom.now() + 5
+      local t = loom.thread(function(bar) return pcall(bar.wait, bar, H.t(5)) end, b):start()
+      finally(function() t:join(H.t(5)) end)
+      local deadline = loom.now() + H.t(5)
       while b.n_waiting < 1 and loom.now() < deadline do loom.sleep(0.005) end
       assert.has_error(function() b:wait(0.02) end, "broken barrier")
-      local ok, err = t:result(5)
+      local ok, err = H.result(t, 5)
       assert.is_false(ok)
       assert.equal("broken barrier", err)
     end)
@@ -115,10 +116,10 @@ describe("loom.Barrier", function()
     it("is woken by cancel(), which breaks it", function()
       local b = loom.barrier(2)
       local t = loom.thread(function(bar) return bar:wait() end, b):start()
-      finally(function() t:join(5) end)
+      finally(function() t:join(H.t(5)) end)
       assert.is_false(t:join(0.05))
       t:cancel()
-      local r, err = t:result(5)
+      local r, err = H.result(t, 5)
       assert.is_nil(r)
       assert.equal("cancelled", err)
       assert.is_true(b.broken)
@@ -134,12 +135,12 @@ describe("loom.Barrier", function()
   describe(":abort()", function()
     it("breaks the barrier for waiters and later callers", function()
       local b = loom.barrier(2)
-      local t = loom.thread(function(bar) return pcall(bar.wait, bar, 5) end, b):start()
-      finally(function() t:join(5) end)
-      local deadline = loom.now() + 5
+      local t = loom.thread(function(bar) return pcall(bar.wait, bar, H.t(5)) end, b):start()
+      finally(function() t:join(H.t(5)) end)
+      local deadline = loom.now() + H.t(5)
       while b.n_waiting < 1 and loom.now() < deadline do loom.sleep(0.005) end
       b:abort()
-      local ok, err = t:result(5)
+      local ok, err = H.result(t, 5)
       assert.is_false(ok)
       assert.equal("broken barrier", err)
       assert.is_true(b.broken)
@@ -154,20 +155,20 @@ describe("loom.Barrier", function()
       b:abort()
       b:reset()
       assert.is_false(b.broken)
-      local t = loom.thread(function(bar) return bar:wait(5) end, b):start()
-      finally(function() t:join(5) end)
-      local mine = b:wait(5)
-      assert.equal(1, mine + t:result(5))
+      local t = loom.thread(function(bar) return H.wait(bar, 5) end, b):start()
+      finally(function() t:join(H.t(5)) end)
+      local mine = H.wait(b, 5)
+      assert.equal(1, mine + H.result(t, 5))
     end)
 
     it("raises 'broken barrier' in the parties waiting", function()
       local b = loom.barrier(3)
-      local t = loom.thread(function(bar) return pcall(bar.wait, bar, 5) end, b):start()
-      finally(function() t:join(5) end)
-      local deadline = loom.now() + 5
+      local t = loom.thread(function(bar) return pcall(bar.wait, bar, H.t(5)) end, b):start()
+      finally(function() t:join(H.t(5)) end)
+      local deadline = loom.now() + H.t(5)
       while b.n_waiting < 1 and loom.now() < deadline do loom.sleep(0.005) end
       b:reset()
-      local ok, err = t:result(5)
+      local ok, err = H.result(t, 5)
       assert.is_false(ok)
       assert.equal("broken barrier", err)
       assert.is_false(b.broken)

@@ -1,4 +1,5 @@
 -- loom.Condition
+local H = require "helpers"
 local loom = require "loom"
 -- thread functions see these as upvalues: a spec file's environment is
 -- busted's, not a table a thread could rebuild
@@ -8,7 +9,7 @@ local pcall = pcall
 local function waiter(c, ready)
   c:acquire()
   ready:release()
-  local r = c:wait(5)
+  local r = H.wait(c, 5)
   c:release()
   return r
 end
@@ -80,23 +81,23 @@ describe("loom.Condition", function()
     it("returns true when notified by another thread", function()
       local c, ready = loom.condition(), loom.semaphore(0)
       local t = loom.thread(waiter, c, ready):start()
-      finally(function() t:join(5) end)
-      assert.is_true(ready:acquire(true, 5))
+      finally(function() t:join(H.t(5)) end)
+      assert.is_true(H.acquire(ready, 5))
       c:acquire()
       c:notify()
       c:release()
-      assert.is_true(t:result(5))
+      assert.is_true(H.result(t, 5))
     end)
 
     it("works over a plain Lock", function()
       local c, ready = loom.condition(loom.lock()), loom.semaphore(0)
       local t = loom.thread(waiter, c, ready):start()
-      finally(function() t:join(5) end)
-      assert.is_true(ready:acquire(true, 5))
+      finally(function() t:join(H.t(5)) end)
+      assert.is_true(H.acquire(ready, 5))
       c:acquire()
       c:notify()
       c:release()
-      assert.is_true(t:result(5))
+      assert.is_true(H.result(t, 5))
     end)
 
     it("is woken by cancel(), and takes the lock back first", function()
@@ -106,15 +107,15 @@ describe("loom.Condition", function()
         r:release()
         return cv:wait()
       end, c, ready):start()
-      finally(function() t:join(5) end)
-      assert.is_true(ready:acquire(true, 5))
+      finally(function() t:join(H.t(5)) end)
+      assert.is_true(H.acquire(ready, 5))
       c:acquire()   -- the waiter released the lock while it waits
       c:release()
       t:cancel()
-      local r, err = t:result(5)
+      local r, err = H.result(t, 5)
       assert.is_nil(r)
       assert.equal("cancelled", err)
-      assert.is_true(c:acquire(true, 5))   -- released again by the guard
+      assert.is_true(H.acquire(c, 5))   -- released again by the guard
       c:release()
     end)
   end)
@@ -141,14 +142,14 @@ describe("loom.Condition", function()
     it("wakes n waiters, and notify_all the rest", function()
       local c, ready = loom.condition(), loom.semaphore(0)
       local ts = {}
-      finally(function() for _, t in ipairs(ts) do t:join(5) end end)
+      finally(function() for _, t in ipairs(ts) do t:join(H.t(5)) end end)
       for i = 1, 4 do ts[i] = loom.thread(waiter, c, ready):start() end
-      for _ = 1, 4 do assert.is_true(ready:acquire(true, 5)) end
+      for _ = 1, 4 do assert.is_true(H.acquire(ready, 5)) end
       c:acquire()
       c:notify(2)
       c:release()
       local done = 0
-      local deadline = loom.now() + 5
+      local deadline = loom.now() + H.t(5)
       while done < 2 and loom.now() < deadline do
         done = 0
         for i = 1, 4 do if not ts[i]:is_alive() then done = done + 1 end end
@@ -161,7 +162,7 @@ describe("loom.Condition", function()
       c:acquire()
       c:notify_all()
       c:release()
-      for i = 1, 4 do assert.is_true(ts[i]:result(5)) end
+      for i = 1, 4 do assert.is_true(H.result(ts[i], 5)) end
     end)
   end)
 
@@ -199,7 +200,7 @@ describe("loom.Condition", function()
         local got = 0
         for _ = 1, count do
           local g <close> = cv:hold()
-          if not cv:wait_for(function() return it:get_value() > 0 end, 5) then
+          if not cv:wait_for(function() return it:get_value() > 0 end, H.t(5)) then
             return got
           end
           it:acquire(false)
@@ -207,13 +208,13 @@ describe("loom.Condition", function()
         end
         return got
       end, c, items, n):start()
-      finally(function() consumer:join(5) end)
+      finally(function() consumer:join(H.t(5)) end)
       for _ = 1, n do
         local g <close> = c:hold()
         items:release()
         c:notify()
       end
-      assert.equal(n, consumer:result(10))
+      assert.equal(n, H.result(consumer, 10))
       assert.equal(0, items:get_value())
     end)
   end)
@@ -222,12 +223,12 @@ describe("loom.Condition", function()
     it("notifies a waiting child", function()
       local c, ready = loom.condition(), loom.semaphore(0)
       local p = loom.process(waiter, c, ready):start()
-      finally(function() p:join(5) end)
-      assert.is_true(ready:acquire(true, 5))
+      finally(function() p:join(H.t(5)) end)
+      assert.is_true(H.acquire(ready, 5))
       c:acquire()
       c:notify()
       c:release()
-      assert.is_true(p:result(5))
+      assert.is_true(H.result(p, 5))
     end)
 
     it("drives a producer child and a consumer parent", function()
@@ -240,15 +241,15 @@ describe("loom.Condition", function()
           c:notify()
         end
       end):start()
-      finally(function() p:join(5) end)
+      finally(function() p:join(H.t(5)) end)
       local got = 0
       while got < n do
         local g <close> = c:hold()
-        assert.is_true(c:wait_for(function() return items.value > 0 end, 5))
+        assert.is_true(c:wait_for(function() return items.value > 0 end, H.t(5)))
         items.value = items.value - 1
         got = got + 1
       end
-      p:result(5)
+      H.result(p, 5)
       assert.equal(0, items.value)
     end)
 
@@ -257,29 +258,29 @@ describe("loom.Condition", function()
       local dead = loom.process(function()
         c:acquire()
         ready:release()
-        c:wait(5)
+        H.wait(c, 5)
       end)
       dead:start()
-      finally(function() dead:join(5) end)
-      assert.is_true(ready:acquire(true, 5))
+      finally(function() dead:join(H.t(5)) end)
+      assert.is_true(H.acquire(ready, 5))
       c:acquire()   -- the child is inside wait() once it let go of the lock
       c:release()
       dead:kill()   -- killed while it waits: its entry stays listed
-      dead:join(5)
+      H.join(dead, 5)
       local t = loom.thread(waiter, c, ready):start()
-      finally(function() t:join(5) end)
-      assert.is_true(ready:acquire(true, 5))
+      finally(function() t:join(H.t(5)) end)
+      assert.is_true(H.acquire(ready, 5))
       c:acquire()
       c:notify()   -- one notification: must reach the live waiter
       c:release()
-      assert.is_true(t:result(5))
+      assert.is_true(H.result(t, 5))
     end)
   end)
 
   it("passes through a thread that waits with pcall", function()
     local c = loom.condition()
     local t = loom.thread(function(cv) return pcall(cv.wait, cv, 0) end, c):start()
-    local ok, err = t:result(5)
+    local ok, err = H.result(t, 5)
     assert.is_false(ok)
     assert.equal("cannot wait on un-acquired lock", err)
   end)

@@ -1,4 +1,5 @@
 -- loom.Event
+local H = require "helpers"
 local loom = require "loom"
 
 describe("loom.Event", function()
@@ -44,38 +45,38 @@ describe("loom.Event", function()
     it("wakes every waiting thread on set()", function()
       local e = loom.event()
       local ts = {}
-      finally(function() for _, t in ipairs(ts) do t:join(5) end end)
-      for i = 1, 3 do ts[i] = loom.thread(function(ev) return ev:wait(5) end, e):start() end
+      finally(function() for _, t in ipairs(ts) do t:join(H.t(5)) end end)
+      for i = 1, 3 do ts[i] = loom.thread(function(ev) return H.wait(ev, 5) end, e):start() end
       loom.sleep(0.02)
       e:set()
-      for i = 1, 3 do assert.is_true(ts[i]:result(5)) end
+      for i = 1, 3 do assert.is_true(H.result(ts[i], 5)) end
     end)
 
     it("wakes waiters even when cleared right after set()", function()
       local e, ready = loom.event(), loom.semaphore(0)
-      local t = loom.thread(function(ev, r) r:release(); return ev:wait(5) end, e, ready):start()
-      finally(function() t:join(5) end)
-      assert.is_true(ready:acquire(true, 5))
+      local t = loom.thread(function(ev, r) r:release(); return H.wait(ev, 5) end, e, ready):start()
+      finally(function() t:join(H.t(5)) end)
+      assert.is_true(H.acquire(ready, 5))
       loom.sleep(0.02)
       e:set()
       e:clear()
-      assert.is_true(t:result(5))
+      assert.is_true(H.result(t, 5))
     end)
 
     it("is set by another thread", function()
       local e = loom.event()
       local t = loom.thread(function(ev) ev:set() end, e):start()
-      assert.is_true(e:wait(5))
-      t:join(5)
+      assert.is_true(H.wait(e, 5))
+      H.join(t, 5)
     end)
 
     it("is woken by cancel() of the waiting thread", function()
       local e = loom.event()
       local t = loom.thread(function(ev) return ev:wait() end, e):start()
-      finally(function() t:join(5) end)
+      finally(function() t:join(H.t(5)) end)
       assert.is_false(t:join(0.05))
       t:cancel()
-      local r, err = t:result(5)
+      local r, err = H.result(t, 5)
       assert.is_nil(r)
       assert.equal("cancelled", err)
     end)
@@ -85,15 +86,15 @@ describe("loom.Event", function()
     it("wakes a waiting child, and a child's set() wakes the parent", function()
       local go, back = loom.event(), loom.event()
       local p = loom.process(function()
-        local ok = go:wait(5)
+        local ok = H.wait(go, 5)
         back:set()
         return ok
       end):start()
-      finally(function() p:join(5) end)
+      finally(function() p:join(H.t(5)) end)
       loom.sleep(0.02)
       go:set()
-      assert.is_true(back:wait(5))
-      assert.is_true(p:result(5))
+      assert.is_true(H.wait(back, 5))
+      assert.is_true(H.result(p, 5))
     end)
   end)
 

@@ -1,7 +1,7 @@
 -- The notebook experiments, each run with --quick: every claim a script
 -- checks must hold (exit status 0), and the output must show what the
--- notebook showed.  Timing claims carry generous margins; claims about
--- parallel speedup become notes when the machine's cores are busy.
+-- notebook showed.  Timing claims carry generous margins; a comparison of
+-- two timings becomes a note when the machine's cores are busy.
 
 local function run(cmd)
   local p = io.popen(cmd .. " 2>&1", "r")

@@ -1,5 +1,5 @@
 -- Fault injection: each fault ends in a clear error, nothing lost, no hang.
-local helpers = require "helpers"
+local H = require "helpers"
 
 local function sh(cmd)
   local p = assert(io.popen(cmd .. " 2>&1"))
@@ -11,7 +11,7 @@ end
 local function script(body)
   local path = os.tmpname()
   local f = assert(io.open(path, "w"))
-  f:write(helpers.prelude, "\n", body)
+  f:write(H.prelude, "\n", body)
   f:close()
   return path
 end
@@ -23,9 +23,9 @@ describe("fault injection", function()
       local loom = require "loom"
       local hog = loom.thread(function() local t = {} for i = 1, 1e8 do t[i] = i end end):start()
       local ok = loom.thread(function(x) return x + 1 end, 1):start()
-      print(ok:result(10))
-      print(pcall(hog.result, hog, 60))
-      print(loom.thread(function() return "still fine" end):start():result(10))
+      print(H.result(ok, 10))
+      print(pcall(hog.result, hog, H.t(60)))
+      print(H.result(loom.thread(function() return "still fine" end):start(), 10))
     ]]
     finally(function() os.remove(path) end)
     local ok, out = sh("LOOM_HOST_MEMLIMIT=8000000 build/host " .. path)
@@ -44,12 +44,12 @@ describe("fault injection", function()
         local ok, err, errno = t:start()
         if ok then started[#started + 1] = t else failed, msg, code = failed + 1, err, errno; break end
       end
-      for _, t in ipairs(started) do assert(t:join(30)) end
+      for _, t in ipairs(started) do assert(H.join(t, 30)) end
       print(failed > 0, msg, math.type(code))
-      print(loom.thread(function() return "after" end):start():result(10))
+      print(H.result(loom.thread(function() return "after" end):start(), 10))
     ]]
     finally(function() os.remove(path) end)
-    local ok, out = sh("ulimit -v 600000; MALLOC_ARENA_MAX=2 LOOM_HEAP_SIZE=16M " .. helpers.lua .. " " .. path)
+    local ok, out = sh("ulimit -v 600000; MALLOC_ARENA_MAX=2 LOOM_HEAP_SIZE=16M " .. H.lua .. " " .. path)
     assert(ok, out)
     assert.are.equal("true\tcannot start thread: Resource temporarily unavailable\tinteger\nafter\n", out)
   end)
@@ -65,8 +65,8 @@ describe("fault injection", function()
     local function run(fails, body)
       local path = script(body)
       finally(function() os.remove(path) end)
-      return sh(string.format("timeout 60 env LOOM_FAIL_FORKS=%s LD_PRELOAD=%s %s %s",
-                              fails, shim, helpers.lua, path))
+      return sh(string.format("timeout %d env LOOM_FAIL_FORKS=%s LD_PRELOAD=%s %s %s",
+                              math.ceil(H.t(60)), fails, shim, H.lua, path))
     end
 
     it("makes start return fail, message, errno; the handle can start later", function()
@@ -76,7 +76,7 @@ describe("fault injection", function()
         print(p:start())
         print(p:is_alive(), p.pid, p.exitcode)
         assert(p:start() == p)
-        print(p:result(30), p.exitcode)
+        print(H.result(p, 30), p.exitcode)
       ]])
       assert(ok, out)
       assert.are.equal("nil\tcannot start process: Resource temporarily unavailable\t11\n" ..
@@ -89,7 +89,7 @@ describe("fault injection", function()
         local pool <close> = loom.pool{ workers = 2, kind = "process" }
         -- the supervisor may have given up before this submit or after it
         local queued, f = pcall(pool.submit, pool, function() return 1 end)
-        if queued then print(pcall(f.result, f, 30)) end
+        if queued then print(pcall(f.result, f, H.t(30))) end
         print(pcall(pool.submit, pool, function() end))
       ]])
       assert(ok, out)
@@ -124,7 +124,7 @@ describe("fault injection", function()
       print(ok, err)
     ]]
     finally(function() os.remove(path) end)
-    local ok, out = sh("LOOM_HEAP_SIZE=4M " .. helpers.lua .. " " .. path)
+    local ok, out = sh("LOOM_HEAP_SIZE=4M " .. H.lua .. " " .. path)
     assert(ok, out)
     assert.matches("false\t.*cannot transfer args: shared heap exhausted", out)
   end)

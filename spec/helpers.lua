@@ -116,12 +116,13 @@ function M.below(x, s, what)
   return x
 end
 
-M.prelude = string.format("package.path=%q..package.path;package.cpath=%q..package.cpath;",
+-- The first line of a chunk run by H.run: the paths, and H itself.
+M.prelude = string.format("package.path=%q..package.path;package.cpath=%q..package.cpath;local H=require'helpers';",
   root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;" .. root .. "/spec/?.lua;", root .. "/?.so;")
 
--- Runs a Lua chunk in a fresh interpreter (which may require "helpers":
--- it gets this process's machine factor); returns its stdout+stderr and
--- its exit status (true on success).
+-- Runs a Lua chunk in a fresh interpreter, where H is this module with
+-- this process's machine factor; returns its stdout+stderr and its exit
+-- status (true on success).
 function M.run(chunk)
   local path = os.tmpname()
   local f = assert(io.open(path, "w"))

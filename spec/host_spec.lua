@@ -1,4 +1,5 @@
 -- The embedding host in examples/host.c: Lua and loom linked statically.
+local H = require "helpers"
 local function sh(cmd)
   local p = assert(io.popen(cmd .. " 2>&1"))
   local out = p:read("a")
@@ -25,11 +26,11 @@ describe("examples/host.c", function()
   end)
 
   it("lets worker threads call the host's C function through the state hook", function()
-    local path = script [[
+    local path = script(string.format([[
       local loom = require "loom"
       local t = loom.thread(function(a) return host_add(a, 2) end, 40):start()
-      print(host_add(1, 2), t:result(5))
-    ]]
+      print(host_add(1, 2), t:result(%.17g))
+    ]], H.t(5)))
     finally(function() os.remove(path) end)
     local ok, out = sh("LUA_PATH='lua/?.lua;lua/?/init.lua;;' build/host " .. path)
     assert(ok, out)

@@ -23,7 +23,7 @@ describe("ownership", function()
         local ev = loom.event()
         local fs = {}
         for i = 1, 4 do
-          fs[i] = pool:submit(function(e, x) e:wait(60) return x end, ev, i)
+          fs[i] = pool:submit(function(e, x) H.wait(e, 60) return x end, ev, i)
         end
         local iter, st, _, closing = loom.as_completed(fs, H.t(60))
         local p = loom.process(function()
@@ -93,7 +93,7 @@ describe("ownership", function()
           -- finished thread must not be released from here
           for _ = 1, 20 do
             local u = loom.thread(function() end):start()
-            u:join(30)
+            H.join(u, 30)
           end
           rawfork.exit(0)
         end

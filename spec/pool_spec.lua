@@ -1,3 +1,4 @@
+local H = require "helpers"
 local loom = require "loom"
 
 local function inc(x) return x + 1 end
@@ -47,7 +48,7 @@ describe("loom.Pool", function()
     it("runs the function with its arguments in a worker", function()
       local pool <close> = loom.pool(2)
       local f = pool:submit(function(a, b) return a + b, a .. b end, 2, 3)
-      local s, c = f:result(5)
+      local s, c = H.result(f, 5)
       assert.equal(5, s)
       assert.equal("23", c)
     end)
@@ -57,21 +58,21 @@ describe("loom.Pool", function()
       local fs = {}
       for i = 1, 100000 do fs[i] = pool:submit(inc, i) end
       local sum = 0
-      for i = 1, 100000 do sum = sum + fs[i]:result(30) end
+      for i = 1, 100000 do sum = sum + H.result(fs[i], 30) end
       assert.equal(100000 * 100001 / 2 + 100000, sum)
     end)
 
     it("keeps a worker alive after its task fails", function()
       local pool <close> = loom.pool(1)
       local f = pool:submit(function() error("boom") end)
-      assert.has_error(function() f:result(5) end)
-      assert.equal(2, pool:submit(inc, 1):result(5))
+      assert.has_error(function() H.result(f, 5) end)
+      assert.equal(2, H.result(pool:submit(inc, 1), 5))
     end)
 
     it("keeps worker state between tasks", function()
       local pool <close> = loom.pool(1)
-      pool:submit(function() counter = 41 end):result(5)   -- luacheck: ignore
-      assert.equal(42, pool:submit(function() return counter + 1 end):result(5))   -- luacheck: ignore
+      H.result(pool:submit(function() counter = 41 end), 5)   -- luacheck: ignore
+      assert.equal(42, H.result(pool:submit(function() return counter + 1 end), 5))   -- luacheck: ignore
     end)
 
     it("rejects a non-function", function()
@@ -96,9 +97,9 @@ describe("loom.Pool", function()
     it("can be called from a task of the same pool", function()
       local pool <close> = loom.pool(2)
       local f = pool:submit(function(p)
-        return p:submit(function(x) return x * 3 end, 5):result(5)
+        return H.result(p:submit(function(x) return x * 3 end, 5), 5)
       end, pool)
-      assert.equal(15, f:result(5))
+      assert.equal(15, H.result(f, 5))
     end)
   end)
 
@@ -109,21 +110,21 @@ describe("loom.Pool", function()
         initargs = { 40, 2 } }
       local fs = {}
       for i = 1, 10 do fs[i] = pool:submit(function(x) return base + x end, i) end   -- luacheck: ignore
-      for i = 1, 10 do assert.equal(42 + i, fs[i]:result(5)) end
+      for i = 1, 10 do assert.equal(42 + i, H.result(fs[i], 5)) end
     end)
 
     it("breaks the pool when it fails", function()
       local go = loom.event()   -- the task is queued before init fails
       local pool <close> = loom.pool{ workers = 1,
-        init = function(ev) ev:wait(5); error("no config", 0) end,
+        init = function(ev) H.wait(ev, 5); error("no config", 0) end,
         initargs = { go } }
       local f = pool:submit(inc, 1)
       go:set()
-      local ok, err = pcall(f.result, f, 5)
+      local ok, err = pcall(f.result, f, H.t(5))
       assert.is_false(ok)
       assert.matches("^pool initializer failed: no config", err)
-      assert.is_true(loom.wait({ f }, 5) ~= nil)
-      local deadline = loom.now() + 5
+      assert.is_true(loom.wait({ f }, H.t(5)) ~= nil)
+      local deadline = loom.now() + H.t(5)
       while not tostring(pool):find("broken") and loom.now() < deadline do
         loom.sleep(0.01)
       end
@@ -151,10 +152,10 @@ describe("loom.Pool", function()
       local ev = pool:submit(function() require("loom").sleep(0.5) return "first" end)
       local fs = {}
       for i = 1, 5 do fs[i] = pool:submit(inc, i) end
-      local deadline = loom.now() + 5
+      local deadline = loom.now() + H.t(5)
       while not ev:running() and loom.now() < deadline do loom.sleep(0.001) end
       pool:shutdown(true, true)
-      assert.equal("first", ev:result(5))
+      assert.equal("first", H.result(ev, 5))
       for i = 1, 5 do
         assert.is_true(fs[i]:cancelled())
         local v, err = fs[i]:result(0)
@@ -167,7 +168,7 @@ describe("loom.Pool", function()
       local pool = loom.pool(1)
       local f = pool:submit(function() require("loom").sleep(0.1) return 1 end)
       pool:shutdown(false)
-      assert.equal(1, f:result(5))
+      assert.equal(1, H.result(f, 5))
     end)
 
     it("is called by <close>", function()
@@ -189,13 +190,13 @@ describe("loom.Pool", function()
     it("returns false when its timeout passes before the workers leave", function()
       local pool = loom.pool(1)
       local ev = loom.event()
-      local f = pool:submit(function(e) e:wait(30) return "late" end, ev)
+      local f = pool:submit(function(e) H.wait(e, 30) return "late" end, ev)
       assert.is_false(pool:shutdown(true, false, 0.05))
       assert.is_false(f:done())
       assert.has_error(function() pool:submit(inc, 1) end,
         "cannot submit to a pool after shutdown")
       ev:set()
-      assert.is_true(pool:shutdown(true, false, 30))
+      assert.is_true(pool:shutdown(true, false, H.t(30)))
       assert.equal("late", f:result(0))
     end)
 
@@ -208,7 +209,7 @@ describe("loom.Pool", function()
     it("refuses to wait from one of its own workers", function()
       local pool <close> = loom.pool(1)
       local f = pool:submit(function(p) p:shutdown(true) end, pool)
-      local ok, err = pcall(f.result, f, 5)
+      local ok, err = pcall(f.result, f, H.t(5))
       assert.is_false(ok)
       assert.matches("cannot wait for a pool from one of its own workers", err, 1, true)
     end)
@@ -223,7 +224,7 @@ describe("loom.Pool", function()
       end
       collectgarbage()
       collectgarbage()
-      assert.equal("done", f:result(5))
+      assert.equal("done", H.result(f, 5))
     end)
   end)
 
@@ -343,11 +344,11 @@ describe("loom.Pool lifetime", function()
     local before = threads()
     do
       local pool = loom.pool(2)
-      pool:submit(function(p) return p.workers end, pool):result(5)
+      H.result(pool:submit(function(p) return p.workers end, pool), 5)
     end
     collectgarbage()
     collectgarbage()
-    local deadline = loom.now() + 10
+    local deadline = loom.now() + H.t(10)
     -- threads of earlier specs may still be leaving: never more than before
     while threads() > before and loom.now() < deadline do loom.sleep(0.01) end
     assert.is_true(threads() <= before)

@@ -1,9 +1,9 @@
 local loom = require "loom"
-local helpers = require "helpers"
+local H = require "helpers"
 
 -- Runs a script in a fresh interpreter whose stdout is a pipe (fully
 -- buffered, as in a notebook); returns its output and exit status.
-local run_script = helpers.run
+local run_script = H.run
 
 local function exists(pid)
   local f = io.open("/proc/" .. pid .. "/stat")
@@ -40,13 +40,13 @@ describe("loom.Process", function()
       assert.equal("worker", p.name)
       assert.is_true(p.daemon)
       p:start()
-      assert.equal("xy", p:result(10))
+      assert.equal("xy", H.result(p, 10))
     end)
 
     it("keeps nil holes in args", function()
       local p = loom.process{target = function(...) return select("#", ...), ... end,
                              args = table.pack(1, nil, 3)}:start()
-      local n, a, b, c = p:result(10)
+      local n, a, b, c = H.result(p, 10)
       assert.equal(3, n)
       assert.equal(1, a)
       assert.is_nil(b)
@@ -73,7 +73,7 @@ describe("loom.Process", function()
       assert.equal("renamed", p.name)
       assert.is_true(p.daemon)
       p:start()
-      finally(function() p:join(10) end)
+      finally(function() p:join(H.t(10)) end)
       assert.has_error(function() p.daemon = false end,
         "cannot set daemon status of a started process")
       assert.has_error(function() p.other = 1 end,
@@ -85,7 +85,7 @@ describe("loom.Process", function()
     it("returns the process, with a pid", function()
       local p = loom.process(function() end)
       assert.equal(p, p:start())
-      finally(function() p:join(10) end)
+      finally(function() p:join(H.t(10)) end)
       assert.is_number(p.pid)
       assert.equal(p.pid, p.ident)
       assert.is_not.equal(0, p.pid)
@@ -93,7 +93,7 @@ describe("loom.Process", function()
 
     it("cannot start twice", function()
       local p = loom.process(function() end):start()
-      finally(function() p:join(10) end)
+      finally(function() p:join(H.t(10)) end)
       assert.has_error(function() p:start() end, "cannot start a process twice")
     end)
 
@@ -105,7 +105,7 @@ describe("loom.Process", function()
         shared.n = shared.n + 1           -- the child's copy only
         return co() + co(), io.type(stdout), shared.n
       end):start()
-      local sum, kind, n = p:result(10)
+      local sum, kind, n = H.result(p, 10)
       assert.equal(3, sum)
       assert.equal("file", kind)
       assert.equal(11, n)
@@ -115,9 +115,9 @@ describe("loom.Process", function()
     it("names a child's own children after it", function()
       local p = loom.process{name = "outer", target = function()
         local q = loom.process(function() return "inner" end):start()
-        return q.name, q:result(10)
+        return q.name, H.result(q, 10)
       end}:start()
-      local name, r = p:result(10)
+      local name, r = H.result(p, 10)
       assert.equal("outer:1", name)
       assert.equal("inner", r)
     end)
@@ -126,7 +126,7 @@ describe("loom.Process", function()
       local p = loom.process{daemon = true, target = function()
         return pcall(function() loom.process(function() end):start() end)
       end}:start()
-      local ok, err = p:result(10)
+      local ok, err = H.result(p, 10)
       assert.is_false(ok)
       assert.matches("daemonic processes are not allowed to have children", err, 1, true)
     end)
@@ -137,7 +137,7 @@ describe("loom.Process", function()
         local ok, err = pcall(p.start, p)
         return ok, err
       end):start()
-      local ok, err = q:result(10)
+      local ok, err = H.result(q, 10)
       assert.is_false(ok)
       assert.matches("can only start a process object created by current process", err, 1, true)
     end)
@@ -148,7 +148,7 @@ describe("loom.Process", function()
       local p = loom.process(function(a, b)
         return a + b, "two", {x = {1, 2, 3}}, nil, 2.5
       end, 20, 22):start()
-      local a, b, c, d, e = p:result(10)
+      local a, b, c, d, e = H.result(p, 10)
       assert.equal(42, a)
       assert.equal("two", b)
       assert.same({x = {1, 2, 3}}, c)
@@ -160,13 +160,13 @@ describe("loom.Process", function()
 
     it("returns nothing for a child that returns nothing", function()
       local p = loom.process(function() end):start()
-      assert.equal(0, select("#", p:result(10)))
+      assert.equal(0, select("#", H.result(p, 10)))
     end)
 
     it("re-raises the child's error with its traceback", function()
       local function deep() error("boom") end
       local p = loom.process(function() deep() end):start()
-      local ok, err = pcall(p.result, p, 10)
+      local ok, err = pcall(p.result, p, H.t(10))
       assert.is_false(ok)
       assert.matches("process_spec.lua:%d+: boom\n%[process " .. p.name:gsub("%-", "%%-") ..
                      "%] stack traceback:\n", err)
@@ -176,20 +176,20 @@ describe("loom.Process", function()
 
     it("re-raises a non-string error value as it is", function()
       local p = loom.process(function() error({code = 7}) end):start()
-      local ok, err = pcall(p.result, p, 10)
+      local ok, err = pcall(p.result, p, H.t(10))
       assert.is_false(ok)
       assert.same({code = 7}, err)
     end)
 
     it("fails with a clear message when results cannot travel", function()
       local p = loom.process(function() return coroutine.create(print) end):start()
-      assert.has_error(function() p:result(10) end, "cannot transfer results: coroutine")
+      assert.has_error(function() H.result(p, 10) end, "cannot transfer results: coroutine")
       assert.equal(1, p.exitcode)
     end)
 
     it("returns fail, 'timeout' while the child runs", function()
       local p = loom.process(function() loom.sleep(30) end):start()
-      finally(function() p:kill(); p:join(10) end)
+      finally(function() p:kill(); p:join(H.t(10)) end)
       local r, err = p:result(0.05)
       assert.is_nil(r)
       assert.equal("timeout", err)
@@ -197,11 +197,11 @@ describe("loom.Process", function()
 
     it("raises for an exit code or a signal", function()
       local p = loom.process(function() os.exit(3) end):start()
-      assert.has_error(function() p:result(10) end,
+      assert.has_error(function() H.result(p, 10) end,
         "process " .. p.name .. " exited with code 3")
       local k = loom.process(function() loom.sleep(30) end):start()
       k:kill()
-      assert.has_error(function() k:result(10) end,
+      assert.has_error(function() H.result(k, 10) end,
         "process " .. k.name .. " was killed by signal 9")
     end)
 
@@ -209,7 +209,7 @@ describe("loom.Process", function()
       local p = loom.process(function() end)
       assert.has_error(function() p:result() end, "can only join a started process")
       p:start()
-      finally(function() p:join(10) end)
+      finally(function() p:join(H.t(10)) end)
       assert.has_error(function() p:result(-1) end,
         "bad argument #1 to 'result' (timeout must be non-negative)")
     end)
@@ -220,13 +220,13 @@ describe("loom.Process", function()
       local p = loom.process(function() return 1 end)
       assert.is_nil(p:error())
       p:start()
-      p:join(10)
+      H.join(p, 10)
       assert.is_nil(p:error())
     end)
 
     it("gives the error value and traceback without raising", function()
       local p = loom.process(function() error("bad", 0) end):start()
-      p:join(10)
+      H.join(p, 10)
       local err, tb = p:error()
       assert.equal("bad", err)
       assert.matches("^stack traceback:\n", tb)
@@ -234,7 +234,7 @@ describe("loom.Process", function()
 
     it("describes an exit code or a signal", function()
       local p = loom.process(function() os.exit(5) end):start()
-      p:join(10)
+      H.join(p, 10)
       assert.equal("process " .. p.name .. " exited with code 5", p:error())
     end)
   end)
@@ -242,14 +242,14 @@ describe("loom.Process", function()
   describe(":join()", function()
     it("returns true once the child has ended", function()
       local p = loom.process(function() end):start()
-      assert.is_true(p:join(10))
+      assert.is_true(H.join(p, 10))
       assert.is_true(p:join(), "joining again is fine")
       assert.equal(0, p.exitcode)
     end)
 
     it("returns false on timeout", function()
       local p = loom.process(function() loom.sleep(30) end):start()
-      finally(function() p:kill(); p:join(10) end)
+      finally(function() p:kill(); p:join(H.t(10)) end)
       assert.is_false(p:join(0))
       assert.is_false(p:join(0.05))
       assert.is_true(p:is_alive())
@@ -259,7 +259,7 @@ describe("loom.Process", function()
       local p = loom.process(function() end)
       assert.has_error(function() p:join() end, "can only join a started process")
       p:start()
-      finally(function() p:join(10) end)
+      finally(function() p:join(H.t(10)) end)
       assert.has_error(function() p:join(-1) end,
         "bad argument #1 to 'join' (timeout must be non-negative)")
       assert.has_error(function() p:join("x") end,
@@ -270,31 +270,31 @@ describe("loom.Process", function()
       local p = loom.process(function() return 1 end)
       p:start()
       local q = loom.process(function()
-        return pcall(p.join, p, 1)
+        return pcall(p.join, p, H.t(1))
       end):start()
-      local ok, err = q:result(10)
+      local ok, err = H.result(q, 10)
       assert.is_false(ok)
       assert.matches("can only join a child process", err, 1, true)
-      assert.is_true(p:join(10))
+      assert.is_true(H.join(p, 10))
     end)
 
     it("works from another thread of the parent", function()
       local p = loom.process(function() return "done" end):start()
       local t = loom.thread(function(proc)
-        return proc:join(10), proc:result()
+        return H.join(proc, 10), proc:result()
       end, p):start()
-      local joined, r = t:result(10)
+      local joined, r = H.result(t, 10)
       assert.is_true(joined)
       assert.equal("done", r)
     end)
 
     it("is woken by cancel() in a loom thread", function()
       local p = loom.process(function() loom.sleep(30) end):start()
-      finally(function() p:kill(); p:join(10) end)
+      finally(function() p:kill(); p:join(H.t(10)) end)
       local t = loom.thread(function(proc) return proc:join() end, p):start()
       assert.is_false(t:join(0.1))
       t:cancel()
-      assert.is_true(t:join(10))
+      assert.is_true(H.join(t, 10))
       local r, err = t:result()
       assert.is_nil(r)
       assert.equal("cancelled", err)
@@ -307,7 +307,7 @@ describe("loom.Process", function()
       local p = loom.process(function() loom.sleep(30) end):start()
       assert.is_nil(p.exitcode)
       p:kill()
-      p:join(10)
+      H.join(p, 10)
       assert.equal(-9, p.exitcode)
     end)
 
@@ -322,7 +322,7 @@ describe("loom.Process", function()
       }
       for i, case in ipairs(cases) do
         local p = loom.process(case[1]):start()
-        assert.is_true(p:join(10))
+        assert.is_true(H.join(p, 10))
         assert.equal(case[2], p.exitcode, "case " .. i)
         p:error()   -- collected: not reported as lost
       end
@@ -333,8 +333,8 @@ describe("loom.Process", function()
       local b = loom.process(function() while true do end end):start()
       assert.is_true(a:terminate())
       assert.is_true(b:kill())
-      assert.is_true(a:join(10))
-      assert.is_true(b:join(10))
+      assert.is_true(H.join(a, 10))
+      assert.is_true(H.join(b, 10))
       assert.equal(-15, a.exitcode)
       assert.equal(-9, b.exitcode)
       assert.matches("stopped, exitcode %-9", tostring(b))
@@ -346,7 +346,7 @@ describe("loom.Process", function()
       local p = loom.process(function() loom.sleep(30) end):start()
       assert.is_true(p:is_alive())
       p:terminate()
-      assert.is_true(p:join(10))
+      assert.is_true(H.join(p, 10))
       assert.is_false(p:is_alive())
     end)
 
@@ -355,7 +355,7 @@ describe("loom.Process", function()
       local q
       q = loom.process(function() return pcall(function() return q:is_alive() end) end)
       q:start()
-      local ok, err = q:result(10)
+      local ok, err = H.result(q, 10)
       assert.is_false(ok)
       assert.matches("can only test a child process", err, 1, true)
       assert.is_false(p:is_alive())
@@ -373,7 +373,7 @@ describe("loom.Process", function()
 
     it("return false once the child is gone", function()
       local p = loom.process(function() end):start()
-      p:join(10)
+      H.join(p, 10)
       assert.is_false(p:terminate())
       assert.is_false(p:kill())
       assert.equal(0, p.exitcode)
@@ -384,10 +384,10 @@ describe("loom.Process", function()
         local lm = require "loom"
         local p = lm.process(function() lm.sleep(30) end):start()
         p:terminate()
-        p:join(10)
+        H.join(p, 10)
         return p.exitcode
       end):start()
-      assert.equal(-15, t:result(20))
+      assert.equal(-15, H.result(t, 20))
     end)
   end)
 
@@ -396,14 +396,14 @@ describe("loom.Process", function()
       collectgarbage()
       collectgarbage()
       local t = loom.thread(function() return 7 end):start()
-      t:join(10)
+      H.join(t, 10)
       local p = loom.process(function()
         t = nil
         collectgarbage()
         collectgarbage()
         return true
       end):start()
-      assert.is_true(p:result(10))
+      assert.is_true(H.result(p, 10))
       collectgarbage()
       collectgarbage()
       assert.equal(7, t:result())
@@ -412,14 +412,14 @@ describe("loom.Process", function()
 
     it("gives back the child's references when it leaves", function()
       local p = loom.process(function() end):start()   -- the first fork is warm-up
-      p:join(10)
+      H.join(p, 10)
       collectgarbage()
       collectgarbage()
       local t = loom.thread(function() return 1 end):start()
-      t:join(10)
+      H.join(t, 10)
       for _ = 1, 5 do
         local q = loom.process(function() return t ~= nil end):start()
-        assert.is_true(q:result(10))
+        assert.is_true(H.result(q, 10))
       end
       local before = loom.heap_used()
       t = nil
@@ -430,16 +430,16 @@ describe("loom.Process", function()
 
     it("gives back the references taken for a child that was killed", function()
       local p = loom.process(function() end):start()   -- the first fork is warm-up
-      p:join(10)
+      H.join(p, 10)
       local v, ready = loom.value("int64", 1), loom.event()
       local q = loom.process(function()
         ready:set()
         require("loom").sleep(30)
         return v.value
       end):start()
-      assert.is_true(ready:wait(10))
+      assert.is_true(H.wait(ready, 10))
       q:kill()
-      assert.is_true(q:join(10))
+      assert.is_true(H.join(q, 10))
       assert.equal(-9, q.exitcode)
       collectgarbage()
       collectgarbage()
@@ -452,18 +452,18 @@ describe("loom.Process", function()
 
     it("lets an orphaned child give back its references itself", function()
       local p = loom.process(function() end):start()   -- the first fork is warm-up
-      p:join(10)
+      H.join(p, 10)
       local go, gone = loom.event(), loom.value("int64", 0)
       local v = loom.value("int64", 1)
       local mid = loom.process(function()
         local lm = require "loom"
         lm.process(function()
-          go:wait(10)
+          H.wait(go, 10)
           gone:add(v.value)
         end):start()
         os.exit(0)     -- without close: the grandchild is not waited for
       end):start()
-      assert.is_true(mid:join(10))
+      assert.is_true(H.join(mid, 10))
       collectgarbage()
       collectgarbage()
       local before = loom.heap_used()
@@ -471,7 +471,7 @@ describe("loom.Process", function()
       collectgarbage()
       collectgarbage()
       go:set()
-      local deadline = loom.now() + 10
+      local deadline = loom.now() + H.t(10)
       while loom.heap_used() >= before and loom.now() < deadline do
         loom.sleep(0.01)
       end
@@ -481,9 +481,9 @@ describe("loom.Process", function()
 
     it("does not wait for the parent's threads", function()
       local t = loom.thread(function() require("loom").sleep(60) end):start()
-      finally(function() t:cancel(); t:join(10) end)
+      finally(function() t:cancel(); t:join(H.t(10)) end)
       local p = loom.process(function() return t:is_alive() end):start()
-      assert.is_true(p:join(20))
+      assert.is_true(H.join(p, 20))
       assert.equal(0, p.exitcode)
     end)
 
@@ -498,7 +498,7 @@ describe("loom.Process", function()
           f:close()
         end, file):start()
       end):start()
-      assert.is_true(p:join(20))
+      assert.is_true(H.join(p, 20))
       local f = assert(io.open(file))
       assert.equal("written", f:read("a"))
       f:close()
@@ -511,8 +511,8 @@ describe("loom.Process", function()
         workers[i] = loom.thread(function(queue, done, id)
           local n = 0
           while not done:is_set() do
-            queue:put({id, n, ("z"):rep(n % 100)}, 10)
-            local item = queue:get(10)
+            queue:put({id, n, ("z"):rep(n % 100)}, H.t(10))
+            local item = H.get(queue, 10)
             if type(item) ~= "table" then error("lost an item") end
             n = n + 1
           end
@@ -521,20 +521,20 @@ describe("loom.Process", function()
       end
       finally(function()
         stop:set()
-        for _, w in ipairs(workers) do w:join(20) end
+        for _, w in ipairs(workers) do H.join(w, 20) end
       end)
       for i = 1, 50 do
         local p = loom.process(function(x)
-          q:put({"child", x}, 10)         -- the queue's lock and the heap's
-          return x * 2, q:get(10) ~= nil  -- work in the child as well
+          q:put({"child", x}, H.t(10))         -- the queue's lock and the heap's
+          return x * 2, H.get(q, 10) ~= nil  -- work in the child as well
         end, i):start()
-        local v, got = p:result(20 * helpers.slowdown)
+        local v, got = H.result(p, 20)
         assert.equal(i * 2, v)
         assert.is_true(got)
       end
       stop:set()
       for _, w in ipairs(workers) do
-        assert.is_true(w:join(20))
+        assert.is_true(H.join(w, 20))
         assert.is_true(w:result() > 0)
       end
     end)
@@ -551,8 +551,8 @@ describe("loom.Process", function()
         make = function() return loom.lock() end,
         child = function(l) return l:acquire() end,           -- and dies holding it
         parent = function(l, p)
-          assert.is_true(p:result(10))
-          local ok, why = l:acquire(true, 10)
+          assert.is_true(H.result(p, 10))
+          local ok, why = H.acquire(l, 10)
           assert.is_true(ok)
           assert.equal("owner died", why)
           l:release()
@@ -562,8 +562,8 @@ describe("loom.Process", function()
         make = function() return loom.rlock() end,
         child = function(r) r:acquire(); r:acquire(); r:release(); return r:locked() end,
         parent = function(r, p)
-          assert.is_true(p:result(10))
-          local ok, why = r:acquire(true, 10)
+          assert.is_true(H.result(p, 10))
+          local ok, why = H.acquire(r, 10)
           assert.is_true(ok)
           assert.equal("owner died", why)
           r:release()
@@ -574,9 +574,9 @@ describe("loom.Process", function()
         make = function() return loom.semaphore(0) end,
         child = function(s) s:release(2) end,
         parent = function(s, p)
-          assert.is_true(s:acquire(true, 10))
-          assert.is_true(s:acquire(true, 10))
-          p:result(10)
+          assert.is_true(H.acquire(s, 10))
+          assert.is_true(H.acquire(s, 10))
+          H.result(p, 10)
           assert.equal(0, s:get_value())
         end,
       },
@@ -589,33 +589,33 @@ describe("loom.Process", function()
         end,
         parent = function(o, p)
           do
-            local g <close> = o.c:hold(10)
-            assert.is_true(o.c:wait_for(function() return o.flag.value == 1 end, 10))
+            local g <close> = o.c:hold(H.t(10))
+            assert.is_true(o.c:wait_for(function() return o.flag.value == 1 end, H.t(10)))
           end
-          p:result(10)
+          H.result(p, 10)
         end,
       },
       event = {
         make = function() return loom.event() end,
         child = function(e) e:set() end,
         parent = function(e, p)
-          assert.is_true(e:wait(10))
-          p:result(10)
+          assert.is_true(H.wait(e, 10))
+          H.result(p, 10)
         end,
       },
       barrier = {
         make = function() return loom.barrier(2) end,
-        child = function(b) return b:wait(10) end,
+        child = function(b) return H.wait(b, 10) end,
         parent = function(b, p)
-          local mine = b:wait(10)
-          assert.equal(1, mine + p:result(10))
+          local mine = H.wait(b, 10)
+          assert.equal(1, mine + H.result(p, 10))
         end,
       },
       value = {
         make = function() return loom.value("int64", 10) end,
         child = function(v) return v:add(5) end,
         parent = function(v, p)
-          assert.equal(15, p:result(10))
+          assert.equal(15, H.result(p, 10))
           assert.equal(15, v.value)
         end,
       },
@@ -623,17 +623,17 @@ describe("loom.Process", function()
         make = function() return loom.array("double", 3) end,
         child = function(a) a[2] = 7.5; return #a end,
         parent = function(a, p)
-          assert.equal(3, p:result(10))
+          assert.equal(3, H.result(p, 10))
           assert.equal(7.5, a[2])
         end,
       },
       queue = {
         make = function() return {up = loom.queue(), down = loom.queue(1)} end,
-        child = function(o) o.up:put("from child"); return o.down:get(10) end,
+        child = function(o) o.up:put("from child"); return H.get(o.down, 10) end,
         parent = function(o, p)
-          assert.equal("from child", o.up:get(10))
+          assert.equal("from child", H.get(o.up, 10))
           o.down:put("from parent")
-          assert.equal("from parent", p:result(10))
+          assert.equal("from parent", H.result(p, 10))
         end,
       },
     }
@@ -650,19 +650,19 @@ describe("loom.Process", function()
           local p = loom.process(function()
             local o = obj
             if way == "after" then
-              o = chan:get(10)
+              o = H.get(chan, 10)
             elseif way == "child" then
               o = case.make()
               chan:put(o)
             end
             return case.child(o)
           end):start()
-          finally(function() p:kill(); p:join(10) end)
+          finally(function() p:kill(); p:join(H.t(10)) end)
           if way == "after" then
             obj = case.make()
             chan:put(obj)
           elseif way == "child" then
-            obj = chan:get(10)
+            obj = H.get(chan, 10)
           end
           case.parent(obj, p)
         end)
@@ -679,8 +679,8 @@ describe("loom.Process", function()
       end
       local a = loom.process(work, 20000):start()
       local b = loom.process(work, 20000):start()
-      assert.is_true(a:join(60))
-      assert.is_true(b:join(60))
+      assert.is_true(H.join(a, 60))
+      assert.is_true(H.join(b, 60))
       assert.equal(0, a.exitcode + b.exitcode)
       assert.equal(40000, v.value)
     end)
@@ -692,13 +692,13 @@ describe("loom.Process", function()
       for _ = 1, 5 do
         local v, start = loom.value("int64", 0), loom.barrier(2)
         local function work(n)
-          start:wait(10)
+          H.wait(start, 10)
           for _ = 1, n do v.value = v.value + 1 end
         end
         local a = loom.process(work, 1000000):start()
         local b = loom.process(work, 1000000):start()
-        assert.is_true(a:join(60))
-        assert.is_true(b:join(60))
+        assert.is_true(H.join(a, 60))
+        assert.is_true(H.join(b, 60))
         assert.is_true(v.value <= 2000000)
         if v.value < 2000000 then lost = true; break end
       end
@@ -710,16 +710,16 @@ describe("loom.Process", function()
       local producers = {}
       for k = 1, 2 do
         producers[k] = loom.process(function(id)
-          for i = 1, 200 do q:put({id = id, i = i}, 10) end
+          for i = 1, 200 do q:put({id = id, i = i}, H.t(10)) end
         end, k):start()
       end
       local last = {0, 0}
       for _ = 1, 400 do
-        local item = q:get(10)
+        local item = H.get(q, 10)
         assert.equal(last[item.id] + 1, item.i, "each producer's items in order")
         last[item.id] = item.i
       end
-      for _, p in ipairs(producers) do assert.equal(0, select(2, p:join(10), p.exitcode)) end
+      for _, p in ipairs(producers) do assert.equal(0, select(2, H.join(p, 10), p.exitcode)) end
       assert.same({200, 200}, last)
     end)
 
@@ -730,14 +730,14 @@ describe("loom.Process", function()
         held:set()
         loom.sleep(60)
       end):start()
-      finally(function() p:kill(); p:join(10) end)
-      assert.is_true(held:wait(10))
+      finally(function() p:kill(); p:join(H.t(10)) end)
+      assert.is_true(H.wait(held, 10))
       assert.is_false(l:acquire(false))
       p:kill()
-      local ok, why = l:acquire(true, 10)   -- not joined yet: a zombie
+      local ok, why = H.acquire(l, 10)   -- not joined yet: a zombie
       assert.is_true(ok)
       assert.equal("owner died", why)
-      assert.is_true(p:join(10))
+      assert.is_true(H.join(p, 10))
       assert.equal(-9, p.exitcode)
       l:release()
     end)
@@ -749,7 +749,7 @@ describe("loom.Process", function()
         local loom = require "loom"
         io.write("parent before\n")
         local p = loom.process(function(x) print("child says", x) end, 42):start()
-        p:join(10)
+        H.join(p, 10)
         io.write("parent after\n")
       ]])
       assert.equal("parent before\nchild says\t42\nparent after\n", out)
@@ -759,7 +759,7 @@ describe("loom.Process", function()
       local out = run_script([[
         local loom = require "loom"
         local p = loom.process(function() io.write("no newline"); os.exit(4) end):start()
-        p:join(10)
+        H.join(p, 10)
         io.write(" exit ", p.exitcode, "\n")
       ]])
       assert.equal("no newline exit 4\n", out)
@@ -792,12 +792,12 @@ describe("loom.Process", function()
       local pid = p.pid
       p = nil
       collectgarbage()
-      local deadline = loom.now() + 20
+      local deadline = loom.now() + H.t(20)
       while proc_state(pid) ~= "Z" and loom.now() < deadline do loom.sleep(0.01) end
       assert.equal("Z", proc_state(pid))
       local q = loom.process(function() end):start()
       assert.is_nil(proc_state(pid))
-      q:join(10)
+      H.join(q, 10)
       assert.is_nil(proc_state(q.pid), "joined means reaped")
     end)
 
@@ -823,7 +823,7 @@ describe("loom.Process", function()
       assert.equal("process", pool.kind)
       assert.equal(2, pool.workers)
       local f = pool:submit(mypid)
-      local pid = f:result(20)
+      local pid = H.result(f, 20)
       assert.is_number(pid)
       assert.is_not.equal(mypid(), pid)
       assert.same({2, 3, 4}, {table.unpack(pool:map(function(x) return x + 1 end, {1, 2, 3}))})
@@ -832,7 +832,7 @@ describe("loom.Process", function()
     it("re-raises a task's error with the worker's traceback", function()
       local pool <close> = loom.pool{workers = 1, kind = "process"}
       local f = pool:submit(function() error("task failed") end)
-      local ok, err = pcall(f.result, f, 20)
+      local ok, err = pcall(f.result, f, H.t(20))
       assert.is_false(ok)
       assert.matches("task failed\n%[process Pool%-%d+%-worker%-1%] stack traceback:", err)
     end)
@@ -844,15 +844,15 @@ describe("loom.Process", function()
         require("loom").sleep(30)
       end, mypid)
       local exited = pool:submit(function() os.exit(7) end)
-      local ok, err = pcall(killed.result, killed, 20)
+      local ok, err = pcall(killed.result, killed, H.t(20))
       assert.is_false(ok)
       assert.equal("pool worker process killed by signal 9", err)
-      ok, err = pcall(exited.result, exited, 20)
+      ok, err = pcall(exited.result, exited, H.t(20))
       assert.is_false(ok)
       assert.equal("pool worker process exited with code 7", err)
       local fs = {}
       for i = 1, 8 do fs[i] = pool:submit(function(x) return x * 10 end, i) end
-      for i = 1, 8 do assert.equal(i * 10, fs[i]:result(20)) end
+      for i = 1, 8 do assert.equal(i * 10, H.result(fs[i], 20)) end
     end)
 
     it("shares loom objects with its workers", function()
@@ -860,7 +860,7 @@ describe("loom.Process", function()
       local pool <close> = loom.pool{workers = 2, kind = "process"}
       local fs = {}
       for i = 1, 20 do fs[i] = pool:submit(function(v, n) return v:add(n) end, total, i) end
-      for i = 1, 20 do fs[i]:result(20) end
+      for i = 1, 20 do H.result(fs[i], 20) end
       assert.equal(210, total.value)
     end)
 
@@ -868,7 +868,7 @@ describe("loom.Process", function()
       local pool = loom.pool{workers = 2, kind = "process"}
       local pids = {}
       for i = 1, 6 do pids[i] = pool:submit(mypid) end
-      for i = 1, 6 do pids[i] = pids[i]:result(20) end
+      for i = 1, 6 do pids[i] = H.result(pids[i], 20) end
       pool:shutdown(true)
       for _, pid in ipairs(pids) do assert.is_nil(proc_state(pid)) end
     end)

@@ -1,5 +1,5 @@
 -- The rockspec builds offline with the builtin type and lists every source.
-local helpers = require "helpers"
+local H = require "helpers"
 
 local function read(path)
   local f = assert(io.open(path))
@@ -43,10 +43,10 @@ describe("rockspec/loom-scm-1.rockspec", function()
       package.cpath = %q
       local loom = require "loom"
       assert(package.searchpath("loom.core", package.cpath):find(%q, 1, true))
-      print(loom.thread(function(x) return x + 1 end, 41):start():result(5))
+      print(loom.thread(function(x) return x + 1 end, 41):start():result(%.17g))
     ]], tmp .. "/tree/share/lua/5.4/?.lua;" .. tmp .. "/tree/share/lua/5.4/?/init.lua",
-        tmp .. "/tree/lib/lua/5.4/?.so", tmp .. "/tree")
-    local ok2, out2 = sh(helpers.lua .. " -e " .. string.format("%q", script))
+        tmp .. "/tree/lib/lua/5.4/?.so", tmp .. "/tree", H.t(5))
+    local ok2, out2 = sh(H.lua .. " -e " .. string.format("%q", script))
     assert(ok2, out2)
     assert.are.equal("42\n", out2)
   end)

@@ -270,7 +270,7 @@ describe("memory safety", function()
           return {x = 1}, "two", 3
         end, shared = true}
         t:start()
-        assert(t:join(60))
+        assert(H.join(t, 60))
         q:put(t)
         local t2 = q:get()
         t = nil
@@ -291,7 +291,7 @@ describe("memory safety", function()
         local q = loom.queue()
         local ev = loom.event()
         local t = loom.thread{target = function(e)
-          e:wait(60)
+          H.wait(e, 60)
           return "done"
         end, args = {ev}, shared = true}
         t:start()
@@ -300,7 +300,7 @@ describe("memory safety", function()
         for _ = 1, 4 do collectgarbage() end
         ev:set()
         local t2 = q:get()
-        assert(t2:result(60) == "done")
+        assert(H.result(t2, 60) == "done")
         for _ = 1, 4 do collectgarbage() end
         assert(t2:result() == "done")
         print("survived")
@@ -326,11 +326,11 @@ describe("memory safety", function()
         local go, last = loom.event(), loom.event()
         local fillers = {}
         for i = 1, idle_max do
-          fillers[i] = loom.thread(function(e) e:wait(60) end, go):start()
+          fillers[i] = loom.thread(function(e) H.wait(e, 60) end, go):start()
         end
         local t = loom.thread(function(e)
           local f = require("lfs").currentdir
-          e:wait(60)
+          H.wait(e, 60)
           return f
         end, last):start()
         go:set()
@@ -355,7 +355,7 @@ describe("memory safety", function()
       local n = 4
       local b = loom.barrier(n)
       local ts = {}
-      for i = 1, n do ts[i] = loom.thread(function(bar) bar:wait(60) end, b):start() end
+      for i = 1, n do ts[i] = loom.thread(function(bar) H.wait(bar, 60) end, b):start() end
       for i = 1, n do H.join(ts[i], 30) end
       local t0 = core.now()
       loom.sleep(4.8)

@@ -1,4 +1,5 @@
 -- loom.Semaphore and loom.BoundedSemaphore
+local H = require "helpers"
 local loom = require "loom"
 
 -- Each worker holds a unit for a moment and records, through a second
@@ -6,10 +7,10 @@ local loom = require "loom"
 local function holder(sem, inside, cap, n)
   local over = 0
   for _ = 1, n do
-    if not sem:acquire(true, 10) then return -1 end
+    if not H.acquire(sem, 10) then return -1 end
     inside:release()
     if inside:get_value() > cap then over = over + 1 end
-    if not inside:acquire(true, 10) then return -1 end
+    if not H.acquire(inside, 10) then return -1 end
     sem:release()
   end
   return over
@@ -18,9 +19,9 @@ end
 local function run_cap(cap, nthreads, n)
   local sem, inside = loom.semaphore(cap), loom.semaphore(0)
   local ts = {}
-  finally(function() for _, t in ipairs(ts) do t:join(10) end end)
+  finally(function() for _, t in ipairs(ts) do t:join(H.t(10)) end end)
   for i = 1, nthreads do ts[i] = loom.thread(holder, sem, inside, cap, n):start() end
-  for i = 1, nthreads do assert.equal(0, ts[i]:result(60)) end
+  for i = 1, nthreads do assert.equal(0, H.result(ts[i], 60)) end
   assert.equal(cap, sem:get_value())
 end
 
@@ -60,21 +61,21 @@ describe("loom.Semaphore", function()
 
     it("blocks until another thread releases", function()
       local s = loom.semaphore(0)
-      local t = loom.thread(function(sem) return sem:acquire(true, 5) end, s):start()
-      finally(function() t:join(5) end)
+      local t = loom.thread(function(sem) return H.acquire(sem, 5) end, s):start()
+      finally(function() t:join(H.t(5)) end)
       assert.is_false(t:join(0.05))
       s:release()
-      assert.is_true(t:result(5))
+      assert.is_true(H.result(t, 5))
       assert.equal(0, s:get_value())
     end)
 
     it("is woken by cancel() of the blocked thread", function()
       local s = loom.semaphore(0)
       local t = loom.thread(function(sem) return sem:acquire() end, s):start()
-      finally(function() t:join(5) end)
+      finally(function() t:join(H.t(5)) end)
       assert.is_false(t:join(0.05))
       t:cancel()
-      local r, err = t:result(5)
+      local r, err = H.result(t, 5)
       assert.is_nil(r)
       assert.equal("cancelled", err)
       s:release()
@@ -86,10 +87,10 @@ describe("loom.Semaphore", function()
     it("adds n units and wakes as many waiters", function()
       local s = loom.semaphore(0)
       local ts = {}
-      finally(function() for _, t in ipairs(ts) do t:join(5) end end)
-      for i = 1, 3 do ts[i] = loom.thread(function(sem) return sem:acquire(true, 5) end, s):start() end
+      finally(function() for _, t in ipairs(ts) do t:join(H.t(5)) end end)
+      for i = 1, 3 do ts[i] = loom.thread(function(sem) return H.acquire(sem, 5) end, s):start() end
       s:release(3)
-      for i = 1, 3 do assert.is_true(ts[i]:result(5)) end
+      for i = 1, 3 do assert.is_true(H.result(ts[i], 5)) end
       assert.equal(0, s:get_value())
       s:release(5)
       assert.equal(5, s:get_value())
@@ -131,19 +132,19 @@ describe("loom.Semaphore", function()
     it("never lets more than its count in", function()
       local sem, inside = loom.semaphore(2), loom.semaphore(0)
       local ps = {}
-      finally(function() for _, p in ipairs(ps) do p:join(10) end end)
+      finally(function() for _, p in ipairs(ps) do p:join(H.t(10)) end end)
       for i = 1, 3 do ps[i] = loom.process(holder, sem, inside, 2, 200):start() end
-      for i = 1, 3 do assert.equal(0, ps[i]:result(30)) end
+      for i = 1, 3 do assert.equal(0, H.result(ps[i], 30)) end
       assert.equal(2, sem:get_value())
     end)
 
     it("wakes a child blocked in acquire", function()
       local s = loom.semaphore(0)
-      local p = loom.process(function() return s:acquire(true, 5) end):start()
-      finally(function() p:join(5) end)
+      local p = loom.process(function() return H.acquire(s, 5) end):start()
+      finally(function() p:join(H.t(5)) end)
       loom.sleep(0.05)
       s:release()
-      assert.is_true(p:result(5))
+      assert.is_true(H.result(p, 5))
     end)
   end)
 end)

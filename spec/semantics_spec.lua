@@ -317,7 +317,7 @@ describe("loom.current().name", function()
   it("keeps the forking thread's name in a forked child", function()
     local t = loom.thread{ name = "forker", target = function()
       local l = require "loom"
-      return l.process(function() return l.current().name end):start():result(30)
+      return H.result(l.process(function() return l.current().name end):start(), 30)
     end }:start()
     assert.equal("forker", t:result(H.t(30)))
     assert.equal("MainThread",

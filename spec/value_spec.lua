@@ -1,11 +1,12 @@
 -- loom.Value
+local H = require "helpers"
 local loom = require "loom"
 -- thread functions see these as upvalues: a spec file's environment is
 -- busted's, not a table a thread could rebuild
 local math_type = math.type
 
 local function join_all(ts)
-  for _, t in ipairs(ts) do t:join(30) end
+  for _, t in ipairs(ts) do H.join(t, 30) end
 end
 
 -- n threads each doing `iters` increments of v through step(v)
@@ -18,7 +19,7 @@ local function hammer(v, nthreads, iters, step)
       return true
     end, v, iters, step):start()
   end
-  for i = 1, nthreads do assert.is_true(ts[i]:result(60)) end
+  for i = 1, nthreads do assert.is_true(H.result(ts[i], 60)) end
 end
 
 describe("loom.Value", function()
@@ -283,7 +284,7 @@ describe("loom.Value", function()
     it("is passed by reference", function()
       local v = loom.value("int32", 1)
       local t = loom.thread(function(val) val.value = val.value + 41; return val end, v):start()
-      local back = t:result(10)
+      local back = H.result(t, 10)
       assert.equal(42, v.value)
       assert.equal(v, back)
     end)
@@ -295,8 +296,8 @@ describe("loom.Value", function()
         local made = require("loom").value("double", 2.5)
         return made
       end):start()
-      local made = t:result(10)
-      t:join(10)
+      local made = H.result(t, 10)
+      H.join(t, 10)
       collectgarbage()
       assert.equal(2, v.value)
       assert.equal(2.5, made.value)       -- outlives the thread's state
@@ -350,7 +351,7 @@ describe("loom.Value", function()
     it("is shared with forked children, lock and all", function()
       local v, plain = loom.value("int64"), loom.value("int64")
       local ps = {}
-      finally(function() for _, p in ipairs(ps) do p:join(10) end end)
+      finally(function() for _, p in ipairs(ps) do p:join(H.t(10)) end end)
       for k = 1, 2 do
         ps[k] = loom.process(function()
           for _ = 1, 1000 do
@@ -364,7 +365,7 @@ describe("loom.Value", function()
         local g <close> = plain:get_lock():hold()
         plain.value = plain.value + 1
       end
-      for k = 1, 2 do assert.is_true(ps[k]:join(30)) end
+      for k = 1, 2 do assert.is_true(H.join(ps[k], 30)) end
       assert.equal(2000, v.value)
       assert.equal(3000, plain.value)
     end)

@@ -1,9 +1,10 @@
 -- The transfer codec, seen through thread arguments and results.
+local H = require "helpers"
 local loom = require "loom"
 
 local function echo(...) return ... end
 local function roundtrip(...)
-  return loom.thread(echo, ...):start():result(10)
+  return H.result(loom.thread(echo, ...):start(), 10)
 end
 
 describe("transfer codec", function()
@@ -201,19 +202,19 @@ describe("transfer codec", function()
     it("copies a function with its upvalues", function()
       local n = 41
       local f = function() n = n + 1; return n end
-      assert.are.equal(42, loom.thread(function(g) return g() end, f):start():result(5))
+      assert.are.equal(42, H.result(loom.thread(function(g) return g() end, f):start(), 5))
       assert.are.equal(41, n)
     end)
 
     it("binds _ENV to the receiving state's globals", function()
       local t = loom.thread(function() x_global_in_thread = 1; return type(print) end)
-      assert.are.equal("function", t:start():result(5))
+      assert.are.equal("function", H.result(t:start(), 5))
       assert.is_nil(rawget(_G, "x_global_in_thread"))
     end)
 
     it("keeps a recursive local function", function()
       local function fact(n) if n <= 1 then return 1 end return n * fact(n - 1) end
-      assert.are.equal(3628800, loom.thread(fact, 10):start():result(5))
+      assert.are.equal(3628800, H.result(loom.thread(fact, 10):start(), 5))
     end)
 
     it("keeps upvalues shared between closures", function()
@@ -222,17 +223,17 @@ describe("transfer codec", function()
         return function() n = n + 1 end, function() return n end
       end
       local inc, get = counter()
-      local r = loom.thread(function(a, b) a(); a(); return b() end, inc, get):start():result(5)
+      local r = H.result(loom.thread(function(a, b) a(); a(); return b() end, inc, get):start(), 5)
       assert.are.equal(2, r)
     end)
 
     it("transfers C functions as themselves, with their upvalues", function()
-      local r = loom.thread(function(f) return f("%d", 7) end, string.format):start():result(5)
+      local r = H.result(loom.thread(function(f) return f("%d", 7) end, string.format):start(), 5)
       assert.are.equal("7", r)
     end)
 
     it("runs a C function as a thread target", function()
-      local r = loom.thread(select, "#", 1, 2, 3):start():result(5)
+      local r = H.result(loom.thread(select, "#", 1, 2, 3):start(), 5)
       assert.are.equal(3, r)
     end)
   end)
@@ -269,7 +270,7 @@ describe("transfer codec", function()
 
     it("reports an untransferable result as the thread's error", function()
       local t = loom.thread(function() return io.stdout end):start()
-      local ok, err = pcall(t.result, t, 5)
+      local ok, err = pcall(t.result, t, H.t(5))
       assert.is_false(ok)
       assert.matches("cannot transfer results%[1%]: userdata %(FILE%*%)", err)
     end)
@@ -281,10 +282,10 @@ describe("transfer codec", function()
       local inner = function(x) return x + 1 end
       local sum = 0
       for i = 1, 200 do
-        sum = sum + loom.thread(inner, i):start():result(5)
+        sum = sum + H.result(loom.thread(inner, i):start(), 5)
       end
       return sum
     end):start()
-    assert.are.equal(20300, t:result(60))
+    assert.are.equal(20300, H.result(t, 60))
   end)
 end)

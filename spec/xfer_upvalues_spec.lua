@@ -1,3 +1,4 @@
+local H = require "helpers"
 local loom = require "loom"
 
 describe("loom transfer codec", function()
@@ -7,8 +8,8 @@ describe("loom transfer codec", function()
       local function join(s) return io_.write ~= nil and table_.concat({ s, s }) end
       local function task(s) return join(s), loom.now() > 0 end
       local t = loom.thread(task, "ab"):start()
-      finally(function() t:join(5) end)
-      local a, b = t:result(5)
+      finally(function() t:join(H.t(5)) end)
+      local a, b = H.result(t, 5)
       assert.are.equal("abab", a)
       assert.is_true(b)
     end)

@@ -1,6 +1,7 @@
 -- Stress: queues, values and arrays under contention: producers and
 -- consumers racing on a small queue, timeouts and cancellations of blocked
 -- getters and putters, close() racing with waiters, atomic counters.
+local H = require "helpers"
 local loom = require "loom"
 
 local N = tonumber(arg and arg[1]) or 2000   -- a multiple of 4
@@ -12,7 +13,7 @@ for c = 1, 3 do
   ts[#ts + 1] = loom.thread(function(qq, cnt)
     local seen = {}
     while true do
-      local item = qq:get(30)
+      local item = H.get(qq, 30)
       if item == nil then return seen end
       assert(seen[item] == nil)
       seen[item] = true
@@ -27,16 +28,16 @@ for p = 1, 3 do
       if i % 7 == 0 then
         while not qq:try_put(base + i) do loom.sleep(0.0002) end
       else
-        assert(qq:put(base + i, 30))
+        assert(qq:put(base + i, H.t(30)))
       end
     end
   end, q, p * 1000000, N):start()
 end
-for p = 1, 3 do assert(producers[p]:join(600), "producer stuck") end
+for p = 1, 3 do assert(H.join(producers[p], 600), "producer stuck") end
 q:close()
 local all = {}
 for _, t in ipairs(ts) do
-  for item in pairs(t:result(60)) do
+  for item in pairs(H.result(t, 60)) do
     assert(all[item] == nil)
     all[item] = true
   end
@@ -62,7 +63,7 @@ for round = 1, 20 do
   if round % 2 == 0 then waiters[3]:cancel() end
   empty:close()
   qq:close()
-  for k = 1, 4 do waiters[k]:join(30) end
+  for k = 1, 4 do H.join(waiters[k], 30) end
   assert(#qq <= 1)
 end
 
@@ -71,11 +72,11 @@ local big = string.rep("abcdefgh", 1 << 17)   -- 1 MiB
 local bq = loom.queue(2)
 local reader = loom.thread(function(qq, n)
   local total = 0
-  for _ = 1, n do total = total + #qq:get(30) end
+  for _ = 1, n do total = total + #H.get(qq, 30) end
   return total
 end, bq, 20):start()
-for _ = 1, 20 do bq:put(big, 30) end
-assert(reader:result(60) == 20 * #big)
+for _ = 1, 20 do bq:put(big, H.t(30)) end
+assert(H.result(reader, 60) == 20 * #big)
 
 -- atomics on array elements against plain, locked updates
 local arr = loom.array("int32", 4)
@@ -92,7 +93,7 @@ for k = 1, 4 do
     end
   end, arr, N):start()
 end
-for k = 1, 4 do adders[k]:result(60) end
+for k = 1, 4 do H.result(adders[k], 60) end
 local sum = 0
 for _, x in ipairs(arr) do sum = sum + x end
 assert(sum <= 4 * N)

@@ -1,6 +1,7 @@
 -- Stress: interpreters handed from thread to thread.  Threads that dirty
 -- their state, threads that check theirs is clean, cancellations, other
 -- package paths and nested threads, mixed, many times.
+local H = require "helpers"
 local loom = require "loom"
 
 local N = tonumber(arg and arg[1]) or 300
@@ -55,11 +56,11 @@ for i = 1, N do
   for _, b in ipairs(batch) do
     local t, want = b[1], b[2]
     if want == "cancelled" then
-      assert(t:join(10))
+      assert(H.join(t, 10))
       local r, err = t:result()
       assert(r == nil and err == "cancelled", tostring(err))
     else
-      local got = t:result(10)
+      local got = H.result(t, 10)
       assert(got == want, tostring(got) .. " ~= " .. tostring(want))
     end
   end

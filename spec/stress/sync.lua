@@ -1,5 +1,6 @@
 -- Stress: contended locks, a semaphore's cap, condition handoffs, barrier
 -- generations and cancellation of blocked waiters, between threads.
+local H = require "helpers"
 local loom = require "loom"
 
 local N = tonumber(arg and arg[1]) or 5000
@@ -19,7 +20,7 @@ for _, make in ipairs { loom.lock, loom.rlock } do
       c.value = c.value + 1
     end
   end, lk, counter, N)
-  for _, t in ipairs(ts) do t:result(60) end
+  for _, t in ipairs(ts) do H.result(t, 60) end
   assert(counter.value == 4 * N, counter.value)
 end
 
@@ -32,7 +33,7 @@ local ts = spawn_all(4, function(s, ins, ov, n)
     ins:add(-1)
   end
 end, sem, inside, over, N)
-for _, t in ipairs(ts) do t:result(60) end
+for _, t in ipairs(ts) do H.result(t, 60) end
 assert(over.value == 0 and sem:get_value() == 2)
 
 -- condition: a ping-pong of N turns
@@ -42,19 +43,19 @@ for side = 0, 1 do
   ts[#ts + 1] = loom.thread(function(cv, tv, me, n)
     for _ = 1, n do
       local g <close> = cv:hold()
-      assert(cv:wait_for(function() return tv.value % 2 == me end, 10))
+      assert(cv:wait_for(function() return tv.value % 2 == me end, H.t(10)))
       tv.value = tv.value + 1
       cv:notify_all()
     end
   end, c, turn, side, N // 10):start()
 end
-for _, t in ipairs(ts) do t:result(60) end
+for _, t in ipairs(ts) do H.result(t, 60) end
 assert(turn.value == 2 * (N // 10))
 
 -- barrier generations
 local b = loom.barrier(3)
-ts = spawn_all(3, function(bar, n) for _ = 1, n do bar:wait(10) end end, b, N // 10)
-for _, t in ipairs(ts) do t:result(60) end
+ts = spawn_all(3, function(bar, n) for _ = 1, n do H.wait(bar, 10) end end, b, N // 10)
+for _, t in ipairs(ts) do H.result(t, 60) end
 assert(not b.broken)
 
 -- cancelling blocked waiters of every kind
@@ -69,7 +70,7 @@ for _ = 1, 20 do
   }
   loom.sleep(0.002)
   for _, w in ipairs(ws) do w:cancel() end
-  for _, w in ipairs(ws) do assert(w:join(10)) end
+  for _, w in ipairs(ws) do assert(H.join(w, 10)) end
   l:release()
   assert(cv:acquire(false))
   cv:release()
