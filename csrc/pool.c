@@ -151,6 +151,7 @@ static void future_notify (Future *f, int state) {
   loomi_wake_all(&f->q);
   while (f->links != NULL) {
     WaitLink *l = f->links;
+    WaitLink *next = l->next;  /* once told, the waiter may free l */
     Waiter *w = l->w;
     loomi_mutex_lock(&w->mu);
     if (l->linked) {
@@ -162,7 +163,7 @@ static void future_notify (Future *f, int state) {
       loomi_wake(&w->q, 1);
     }
     loomi_mutex_unlock(&w->mu);
-    f->links = l->next;
+    f->links = next;
   }
 }
 
@@ -854,16 +855,18 @@ static void waiter_register (Waiter *w, Future **fs) {
 static void waiter_unregister (Waiter *w, Future **fs) {
   for (uint32_t i = 0; i < w->n; i++) {
     WaitLink *l = &w->links[i];
-    if (!l->linked)
-      continue;
     Future *f = fs[i];
+    /* linked is cleared by a notifier under f->mu (and w->mu): read it
+    ** under f->mu too */
     loomi_mutex_lock(&f->mu);
-    for (WaitLink **p = &f->links; *p != NULL; p = &(*p)->next)
-      if (*p == l) {
-        *p = l->next;
-        break;
-      }
-    l->linked = 0;
+    if (l->linked) {
+      for (WaitLink **p = &f->links; *p != NULL; p = &(*p)->next)
+        if (*p == l) {
+          *p = l->next;
+          break;
+        }
+      l->linked = 0;
+    }
     loomi_mutex_unlock(&f->mu);
   }
 }
