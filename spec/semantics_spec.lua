@@ -412,7 +412,7 @@ describe("finished threads", function()
       for _ = 1, 10 do
         local t = loom.thread(function() return ("x"):rep(30 * 2^20) end)
         assert(t:start())
-        assert(t:join(60))
+        H.join(t, 60)
         t = nil
         collectgarbage(); collectgarbage()
       end
@@ -424,10 +424,10 @@ describe("finished threads", function()
           return r
         end, seen):start())
         collectgarbage(); collectgarbage()   -- the handle is gone while it runs
-        local deadline = loom.now() + 60
+        local deadline = loom.now() + H.t(60)
         while seen.value < i and loom.now() < deadline do loom.sleep(0.01) end
       end
-      local deadline = loom.now() + 60
+      local deadline = loom.now() + H.t(60)
       while loom.heap_used() > 2^20 and loom.now() < deadline do loom.sleep(0.01) end
       print("used", loom.heap_used() < 2^20, seen.value)
     ]])

@@ -6,6 +6,8 @@
 -- that every object is still usable.  The script itself must end.
 -- usage: lua5.4 spec/stress/kill.lua [rounds=12] [seed]
 local loom = require "loom"
+-- every wait that should end is bounded, scaled for a slow machine or checker
+local LONG = require("helpers").t(30)
 
 local ROUNDS = tonumber(arg and arg[1]) or 12
 math.randomseed(tonumber(arg and arg[2]) or os.time())
@@ -32,7 +34,7 @@ local function killsome(ps, n)
   end
   local k = 0
   for i, p in ipairs(ps) do
-    check(p:join(30), "process %d did not end", i)
+    check(p:join(LONG), "process %d did not end", i)
     if killed[i] then k = k + 1 end
   end
   return killed, k
@@ -57,7 +59,7 @@ local function round_lock()
   end
   loom.sleep(math.random() * 0.05)
   local _, k = killsome(ps, 2)
-  check(lk:acquire(true, 30), "lock: nobody could take it after the kills")
+  check(lk:acquire(true, LONG), "lock: nobody could take it after the kills")
   local sum = 0
   for i = 1, 4 do sum = sum + mine[i] end
   check(total.value >= sum and total.value - sum <= k,
@@ -76,13 +78,13 @@ local function round_waiters()
   end
   loom.sleep(math.random() * 0.05)
   for _, p in ipairs(ps) do p:kill() end
-  for _, p in ipairs(ps) do check(p:join(30), "waiter did not end") end
+  for _, p in ipairs(ps) do check(p:join(LONG), "waiter did not end") end
   local t = loom.thread(function(sem, ev)
-    return sem:acquire(true, 30) and ev:wait(30)
+    return sem:acquire(true, LONG) and ev:wait(LONG)
   end, s, e):start()
   loom.sleep(0.01)
   s:release(); e:set()
-  check(t:result(30) == true, "waiters: a live waiter was not served")
+  check(t:result(LONG) == true, "waiters: a live waiter was not served")
   check(s:get_value() == 0, "semaphore value %d", s:get_value())
 end
 
@@ -120,17 +122,17 @@ local function round_queue()
   -- the producers that live finish, whoever is left consuming
   local helper = loom.thread(function(qq, g)
     while true do
-      local v = qq:get(30)
+      local v = qq:get(LONG)
       if v == nil then return end
       g[v + 1] = g[v + 1] + 1
     end
   end, q, got):start()
   for i = 1, 3 do
-    check(ps[i]:join(60), "queue: producer %d did not finish", i)
+    check(ps[i]:join(2 * LONG), "queue: producer %d did not finish", i)
   end
   q:close()
-  for i = 4, 6 do check(ps[i]:join(30), "queue: consumer %d did not end", i) end
-  check(helper:join(30), "queue: the live consumer did not end")
+  for i = 4, 6 do check(ps[i]:join(LONG), "queue: consumer %d did not end", i) end
+  check(helper:join(LONG), "queue: the live consumer did not end")
   local lost, nk = 0, 0
   for _ in pairs(killed) do nk = nk + 1 end
   for id = 1, 1500 do
@@ -156,21 +158,21 @@ local function round_pool()
   loom.sleep(math.random() * 0.05)
   local victims = {}
   for _ = 1, 2 do
-    local pid = pids:get(30)
+    local pid = pids:get(LONG)
     if pid then victims[#victims + 1] = pid end
   end
   os.execute("kill -9 " .. table.concat(victims, " ") .. " 2>/dev/null")
   gate:set()
   for i = 1, 6 do
-    local ok, r = pcall(fs[i].result, fs[i], 30)
+    local ok, r = pcall(fs[i].result, fs[i], LONG)
     check((ok and r == i) or (not ok and tostring(r):match("killed by signal 9")),
       "pool: task %d gave %s", i, tostring(r))
   end
   for i = 1, 30 do
-    local r = pool:submit(function(x) return x + 1 end, i):result(30)
+    local r = pool:submit(function(x) return x + 1 end, i):result(LONG)
     check(r == i + 1, "pool: a later task gave %s", tostring(r))
   end
-  check(pool:shutdown(true, false, 30), "pool: shutdown did not return")
+  check(pool:shutdown(true, false, LONG), "pool: shutdown did not return")
 end
 
 -- A process pool forks from its supervisor thread while this one runs:
