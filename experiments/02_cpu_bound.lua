@@ -102,7 +102,7 @@ function experiment.run(x)
   -- Under one interpreter lock the two sums take turns, as under the GIL:
   -- no faster than one after the other.
   x:check_faster("shared_sequential", "shared_threads", 1.25,
-    "shared-interpreter threads take turns under one lock, like Python's")
+    "shared-interpreter threads take turns under one lock, like Python's", "quiet")
   local hooked, plain = x:time("shared_sequential"), x:time("sequential")
   if hooked and plain then
     x:note("the switching hook makes this loop %.2fx slower while shared threads exist",

@@ -277,16 +277,20 @@ local function cores_taken()
   return both > 1.4 * one, one, both
 end
 
---- x:check_faster(fast, slow, factor, why [, parallel]): time(fast) <
+--- x:check_faster(fast, slow, factor, why [, kind]): time(fast) <
 -- factor * time(slow).  Two timings taken one after the other compare only
--- while nothing else competes for the cores, and a parallel claim needs
--- them idle besides: when a claim fails on a machine whose other work
--- keeps them busy, it becomes a note instead.
-function Context:check_faster(fast, slow, factor, why, parallel)
+-- while nothing else competes for the cores: when a claim fails on a
+-- machine whose other work keeps them busy, it becomes a note instead.
+-- kind "parallel" (or true) marks a speedup claim, which needs both cores
+-- idle; kind "quiet" a claim that two runs took turns alike, which any
+-- competitor for a core upsets.  Both also ask the machine itself, since
+-- the load average lags, and are tagged so that the spec can retry them.
+function Context:check_faster(fast, slow, factor, why, kind)
+  if kind == true then kind = "parallel" end
   local a, b = self:time(fast), self:time(slow)
   if a == nil or b == nil then return end
   -- a parallel claim has its own test of busy cores below
-  if not parallel then factor = factor * lib.slowdown end
+  if kind ~= "parallel" then factor = factor * lib.slowdown end
   local text = string.format("%s (%s) < %.2f x %s (%s): %s",
     self.byvar[fast].label, lib.fmt_time(a), factor,
     self.byvar[slow].label, lib.fmt_time(b), why)
@@ -298,7 +302,7 @@ function Context:check_faster(fast, slow, factor, why, parallel)
       return
     end
   end
-  if parallel and a >= factor * b then
+  if kind and a >= factor * b then
     local taken, one, both = cores_taken()
     if taken then
       self:note("not checked, the cores were busy (two plain Lua loops took %s side by side, %s alone): %s",
@@ -306,7 +310,7 @@ function Context:check_faster(fast, slow, factor, why, parallel)
       return
     end
   end
-  self:check(a < factor * b, "%s%s", text, parallel and " [parallel]" or "")
+  self:check(a < factor * b, "%s%s", text, kind and (" [" .. kind .. "]") or "")
 end
 
 -- Runs the experiment's Python equivalent once; "##row key seconds" lines
