@@ -45,6 +45,7 @@ build = {
     },
     ["loom"] = "lua/loom/init.lua",
     ["loom.gil"] = "lua/loom/gil.lua",
+    ["loom.pipe"] = "lua/loom/pipe.lua",
     ["loom.pool"] = "lua/loom/pool.lua",
     ["loom.process"] = "lua/loom/process.lua",
   },

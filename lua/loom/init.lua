@@ -67,6 +67,7 @@ function M.excepthook(fn)
 end
 
 M.process = lproc.process
+M.pipe = require("loom.pipe").pipe
 require("loom.pool").install()
 
 setmetatable(M, { __name = "loom" })

@@ -1,0 +1,203 @@
+-- loom.pipe: multiprocessing.Pipe's two connections, between threads and
+-- processes.
+local loom = require "loom"
+local H = require "helpers"
+
+describe("loom.pipe", function()
+  it("gives two duplex ends by default", function()
+    local a, b = loom.pipe()
+    finally(function() a:close(); b:close() end)
+    assert.is_true(a.readable and a.writable and b.readable and b.writable)
+    a:send("to b")
+    b:send("to a")
+    assert.equal("to b", b:recv(0))
+    assert.equal("to a", a:recv(0))
+    assert.equal("loom.Connection (rw)", tostring(a))
+  end)
+
+  it("one-way: (r, w), each refusing the other direction", function()
+    local r, w = loom.pipe(false)
+    finally(function() r:close(); w:close() end)
+    assert.is_true(r.readable)
+    assert.is_false(r.writable)
+    assert.is_false(w.readable)
+    assert.is_true(w.writable)
+    w:send(1)
+    assert.equal(1, r:recv(0))
+    assert.has_error(function() r:send(1) end, "connection is read-only")
+    assert.has_error(function() w:recv(0) end, "connection is write-only")
+    assert.has_error(function() w:poll() end, "connection is write-only")
+  end)
+
+  it("carries several values, nils after the first included, and tables", function()
+    local a, b = loom.pipe()
+    a:send(1, nil, "three", nil)
+    assert.same({ n = 4, 1, nil, "three", nil }, table.pack(b:recv(0)))
+    a:send({ x = { 1, 2 }, s = string.rep("s", 100000) })
+    local t = b:recv(0)
+    assert.same({ 1, 2 }, t.x)
+    assert.equal(100000, #t.s)
+    a:send(false)
+    assert.is_false(b:recv(0))
+  end)
+
+  it("recv fails 'timeout' when nothing comes in time", function()
+    local a, b = loom.pipe()
+    assert.same({ nil, "timeout" }, { b:recv(0.01) })
+    assert.same({ nil, "timeout" }, { a:recv(0) })
+  end)
+
+  describe(":poll()", function()
+    it("says whether recv would wait, without taking the message away", function()
+      local a, b = loom.pipe()
+      assert.is_false(b:poll())
+      assert.is_false(b:poll(0.01))
+      a:send("m1", 2)
+      a:send("m2")
+      assert.is_true(b:poll())
+      assert.is_true(b:poll())
+      assert.same({ "m1", 2 }, { b:recv(0) })
+      assert.equal("m2", b:recv(0))
+    end)
+
+    it("waits up to its timeout for a message from another thread", function()
+      local a, b = loom.pipe()
+      local t = loom.thread(function(c) loom.sleep(0.05); c:send("late") end, a):start()
+      finally(function() t:join(H.t(10)) end)
+      assert.is_true(b:poll(H.t(20)))
+      assert.equal("late", b:recv(0))
+    end)
+
+    it("is true once the other end closed, as for select()", function()
+      local a, b = loom.pipe()
+      a:close()
+      assert.is_true(b:poll())
+      assert.same({ nil, "closed" }, { b:recv() })
+    end)
+  end)
+
+  describe(":close()", function()
+    it("the other end drains what was sent, then fails 'closed'; its send raises", function()
+      local a, b = loom.pipe()
+      a:send(1)
+      a:send(2)
+      a:close()
+      assert.is_true(a:closed())
+      assert.is_false(b:closed())
+      assert.equal(1, b:recv())
+      assert.equal(2, b:recv())
+      assert.same({ nil, "closed" }, { b:recv() })
+      assert.has_error(function() b:send(3) end, "send on a closed pipe")
+    end)
+
+    it("a closed end raises on use; close is idempotent", function()
+      local a = loom.pipe()
+      a:close()
+      a:close()
+      assert.has_error(function() a:send(1) end, "attempt to use a closed loom.Connection")
+      assert.has_error(function() a:recv() end, "attempt to use a closed loom.Connection")
+      assert.has_error(function() a:poll() end, "attempt to use a closed loom.Connection")
+      assert.equal("loom.Connection (rw, closed)", tostring(a))
+    end)
+
+    it("frees the messages this end never read", function()
+      local a, b = loom.pipe()
+      local used = loom.heap_used()
+      for _ = 1, 4 do a:send(string.rep("x", 100000)) end
+      assert.is_true(loom.heap_used() > used + 300000)
+      b:close()
+      assert.is_true(loom.heap_used() < used + 50000)
+      assert.has_error(function() a:send(1) end, "send on a closed pipe")
+    end)
+
+    it("closes the end as a <close> variable", function()
+      local a, b = loom.pipe()
+      do
+        local c <close> = a
+        c:send("last")
+      end
+      assert.is_true(a:closed())
+      assert.equal("last", b:recv(0))
+      assert.same({ nil, "closed" }, { b:recv(0) })
+    end)
+
+    it("closing one copy closes every copy of that end", function()
+      local a, b = loom.pipe()
+      local t = loom.thread(function(c) c:close() end, a):start()
+      H.join(t, 10)
+      assert.is_true(a:closed())
+      assert.same({ nil, "closed" }, { b:recv(0) })
+    end)
+  end)
+
+  it("raises on bad arguments and a wrong self", function()
+    assert.has_error(function() loom.pipe(1) end,
+                     "bad argument #1 to 'pipe' (boolean expected, got number)")
+    assert.has_error(function() loom.pipe(true, 2) end,
+                     "bad argument #2 to 'pipe' (no value expected)")
+    local a = loom.pipe()
+    assert.has_error(function() a:send() end, "bad argument #1 to 'send' (nil cannot be sent)")
+    assert.has_error(function() a:send(nil, 1) end, "bad argument #1 to 'send' (nil cannot be sent)")
+    assert.has_error(function() a.send({}, 1) end,
+                     "bad argument #1 to 'send' (loom.Connection expected, got table)")
+    assert.has_error(function() a.recv(loom.queue()) end,
+                     "bad argument #1 to 'recv' (loom.Connection expected, got userdata)")
+    assert.has_error(function() a:recv(-1) end, "bad argument #1 to 'recv' (timeout must be non-negative)")
+    assert.has_error(function() a:poll(0 / 0) end, "bad argument #1 to 'poll' (timeout must be non-negative)")
+    assert.has_error(function() a:recv("1") end, "bad argument #1 to 'recv' (number expected, got string)")
+    local f = io.tmpfile()
+    finally(function() f:close() end)
+    assert.has_error(function() a:send(f) end)
+  end)
+
+  it("works between threads, both ways", function()
+    local a, b = loom.pipe()
+    local t = loom.thread(function(c)
+      local n = 0
+      while true do
+        local v, err = c:recv(H.t(20))
+        if v == nil then return n, err end
+        n = n + 1
+        c:send(v * v)
+      end
+    end, b):start()
+    finally(function() a:close(); t:join(H.t(10)) end)
+    for i = 1, 200 do
+      a:send(i)
+      assert.equal(i * i, a:recv(H.t(20)))
+    end
+    a:close()
+    assert.same({ 200, "closed" }, { H.result(t, 20) })
+  end)
+
+  local describe_processes = loom.process and describe or pending
+  describe_processes("between processes", function()
+    it("a child answers through its end, and its close reaches the parent", function()
+      local parent, child = loom.pipe()
+      local p = loom.process(function()
+        while true do
+          local v = child:recv(60)
+          if v == nil then break end
+          child:send(v .. "!", #v)
+        end
+        child:close()
+      end):start()
+      finally(function() parent:close(); p:join(H.t(10)) end)
+      parent:send("ping")
+      assert.same({ "ping!", 4 }, { parent:recv(H.t(30)) })
+      parent:close()
+      H.join(p, 30)
+      assert.is_true(child:closed())
+    end)
+
+    it("a killed peer does not hang the reader for longer than its timeout", function()
+      local r, w = loom.pipe(false)
+      local p = loom.process(function() w:send("one"); loom.sleep(60) end):start()
+      finally(function() p:kill(); p:join(H.t(10)) end)
+      assert.equal("one", r:recv(H.t(30)))
+      p:kill()
+      H.join(p, 30)
+      assert.same({ nil, "timeout" }, { r:recv(0.05) })
+    end)
+  end)
+end)
