@@ -211,8 +211,8 @@ static int barrier_new (lua_State *L) {
   return 1;
 }
 
-/* Protected: decodes the action of the barrier at upvalue-free index 1 and
-** calls it with no arguments. */
+/* Protected: decodes the action of the barrier (a light userdata at index
+** 1) and calls it with no arguments. */
 static int barrier_call_action (lua_State *L) {
   Barrier *b = lua_touserdata(L, 1);
   lua_settop(L, 0);

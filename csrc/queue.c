@@ -229,9 +229,9 @@ static int queue_push (LoomQueue *q, const Slot *it, const LoomDeadline *dl,
                        int wait) {
   int rc = 0;
   loomi_mutex_lock(&q->mu);
-  if (q->kind == QUEUE_PRIORITY)
-    heap_repair(q);
   for (;;) {
+    if (q->kind == QUEUE_PRIORITY)
+      heap_repair(q);   /* mu may have come back from a holder that died */
     if (q->closed) {
       rc = EPIPE;
       break;
@@ -287,9 +287,9 @@ static int queue_pop (LoomQueue *q, Slot *it, const LoomDeadline *dl,
                       int wait) {
   int rc = 0;
   loomi_mutex_lock(&q->mu);
-  if (q->kind == QUEUE_PRIORITY)
-    heap_repair(q);
   for (;;) {
+    if (q->kind == QUEUE_PRIORITY)
+      heap_repair(q);   /* mu may have come back from a holder that died */
     size_t count = qcount(q);
     if (count > 0) {
       Ring *r = atomic_load_explicit(&q->ring, memory_order_relaxed);
