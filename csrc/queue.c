@@ -3,6 +3,7 @@
 ** Lua: loom.queue([maxsize]), lifo_queue([maxsize]), priority_queue([maxsize])
 **      -> Queue;  put(v, [t]) -> true | nil,"timeout";
 **      get([t]) -> v | nil,"timeout" | nil,"closed";  try_put(v), try_get(),
+**      poll([t]) -> whether get would not wait,
 **      close(), shutdown([immediate]), closed(), task_done(), join([t]),
 **      size(), #q, empty(), full();  q.maxsize (settable), q.kind.
 ** Each item is encoded once by put and decoded once by get: a small one
@@ -336,6 +337,24 @@ static int queue_pop (LoomQueue *q, Slot *it, const LoomDeadline *dl,
   return rc;
 }
 
+/* Waits until a get would not wait (an item, or closed), taking nothing:
+** 0, ETIMEDOUT, ECANCELED or EINTR.  A waiter woken for an item it does
+** not take passes the wake-up on to the next getter. */
+static int queue_wait_ready (LoomQueue *q, const LoomDeadline *dl) {
+  int rc = 0, waited = 0;
+  loomi_mutex_lock(&q->mu);
+  while (qcount(q) == 0 && !q->closed && rc == 0) {
+    rc = loomi_wait(&q->not_empty, &q->mu, &q->obj, dl);
+    waited = 1;
+  }
+  if (waited && qcount(q) > 0)
+    loomi_wake(&q->not_empty, 1);
+  if (rc != 0 && (qcount(q) > 0 || q->closed))
+    rc = 0;
+  loomi_mutex_unlock(&q->mu);
+  return rc;
+}
+
 typedef struct Ready { LoomQueue *q; int want_items; } Ready;
 
 static int queue_ready (const void *arg) {
@@ -546,6 +565,27 @@ static int queue_try_get (lua_State *L) {
   return decode_item(L, &it);
 }
 
+/* poll([timeout]) -> true when get would not wait (an item is there, or
+** the queue is closed) | false when the timeout passes first. */
+static int queue_poll (lua_State *L) {
+  LoomQueue *q = checkqueue(L, 1);
+  LoomDeadline dl;
+  loomi_opttimeout(L, 2, &dl);
+  if (atomic_load_explicit(&q->avail, memory_order_relaxed) > 0) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  loomi_block_begin(L);
+  int rc = queue_wait_ready(q, &dl);
+  loomi_block_end(L);
+  if (rc == ECANCELED)
+    return loomi_raise_cancelled(L);
+  if (rc == EINTR)
+    return loomi_push_interrupted(L);
+  lua_pushboolean(L, rc == 0);
+  return 1;
+}
+
 /* close(): later puts raise; gets drain what is left, then fail "closed";
 ** every waiter wakes.  Idempotent. */
 static int queue_close (lua_State *L) {
@@ -715,6 +755,7 @@ static const luaL_Reg queue_methods[] = {
   {"try_put", queue_try_put},
   {"get", queue_get},
   {"try_get", queue_try_get},
+  {"poll", queue_poll},
   {"close", queue_close},
   {"shutdown", queue_shutdown},
   {"task_done", queue_task_done},

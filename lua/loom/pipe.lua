@@ -68,22 +68,17 @@ function Conn.recv(self, timeout)
   if rx == nil then
     error("connection is write-only", 2)
   end
-  local t = self._buf
-  if t ~= nil then
-    self._buf = nil
-  else
-    local err
-    t, err = rx:get(timeout)
-    if t == nil then
-      return nil, err
-    end
+  local t, err = rx:get(timeout)
+  if t == nil then
+    return nil, err
   end
   return table_unpack(t, 1, t.n)
 end
 
 --- poll([timeout]) -> true when recv would not wait (a message, or the other
--- end closed), false when timeout seconds (default 0) pass first.  A
--- message it waited for is kept in this copy of the connection.
+-- end closed), false when timeout seconds pass first (nil: wait for one).
+-- It takes nothing: the message stays for whichever copy of this end
+-- calls recv.
 function Conn.poll(self, timeout)
   check(self, "poll")
   check_timeout("poll", timeout)
@@ -91,21 +86,7 @@ function Conn.poll(self, timeout)
   if rx == nil then
     error("connection is write-only", 2)
   end
-  if self._buf ~= nil then
-    return true
-  end
-  local t, err = rx:get(timeout or 0)
-  if t ~= nil then
-    self._buf = t
-    return true
-  end
-  if err == "closed" then
-    return true
-  end
-  if err == "timeout" then
-    return false
-  end
-  return nil, err   -- "interrupted"
+  return rx:poll(timeout)
 end
 
 --- close(): this end, in every thread and process that has it; the other
@@ -117,7 +98,6 @@ function Conn.close(self)
     check(self, "close")
   end
   self._closed.value = true
-  self._buf = nil
   if self._rx ~= nil then
     self._rx:shutdown(true)   -- unread messages are dropped and freed
   end
