@@ -659,7 +659,7 @@ static int shared_start (lua_State *L) {
   pthread_attr_t attr;
   pthread_attr_init(&attr);
   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-  pthread_attr_setstacksize(&attr, (size_t)2 << 20);
+  pthread_attr_setstacksize(&attr, loomi_stack_size());
   sigset_t all, old;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);   /* the new thread inherits it */
@@ -670,11 +670,13 @@ static int shared_start (lua_State *L) {
   s->state = SH_RUNNING;
   loomi_obj_retain(&s->obj);                  /* the running thread's ref */
   atomic_fetch_add(&g->nthreads, 1);
+  loomi_thread_live(s->borrowed, 1);
   pthread_t tid;
   int err = pthread_create(&tid, &attr, shared_main, s);
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   pthread_attr_destroy(&attr);
   if (err != 0) {
+    loomi_thread_live(s->borrowed, 0);
     atomic_fetch_sub(&g->nthreads, 1);
     s->state = SH_NEW;
     s->co = NULL;
@@ -855,6 +857,15 @@ static int shared_index (lua_State *L) {
     lua_pushboolean(L, s->daemon);
   else if (strcmp(key, "shared") == 0)
     lua_pushboolean(L, 1);
+  else if (strcmp(key, "status") == 0) {
+    pthread_mutex_lock(&s->mu);
+    const char *st = s->state == SH_NEW ? "pending"
+                   : s->state == SH_RUNNING ? "running"
+                   : was_cancelled(s) ? "cancelled"
+                   : s->failed ? "error" : "done";
+    pthread_mutex_unlock(&s->mu);
+    lua_pushstring(L, st);
+  }
   else {
     luaL_getmetatable(L, LOOM_SHARED);
     lua_getfield(L, -1, "methods");
