@@ -696,6 +696,7 @@ static int shared_start (lua_State *L) {
   pthread_mutex_lock(&s->mu);
   s->ident = (int64_t)tid;
   pthread_mutex_unlock(&s->mu);
+  loomi_thread_set_ident(s->borrowed, (int64_t)tid);
   lua_settop(L, 1);
   return 1;
 }

@@ -323,6 +323,7 @@ void loomi_thread_enter (LoomObj *o);
 void loomi_thread_leave (LoomObj *o);
 /* Lists a thread as running in this process (enumerate), or unlists it. */
 void loomi_thread_live (LoomObj *o, int on);
+void loomi_thread_set_ident (LoomObj *o, int64_t ident);
 /* The stack size of threads made now (loom.stack_size). */
 size_t loomi_stack_size (void);
 void loomi_thread_cancel (LoomObj *o);

@@ -155,6 +155,15 @@ static void live_set (LoomThread *t, int on) {
   pthread_mutex_unlock(&live_mu);
 }
 
+/* The ident of a shared thread's object, known to start() before the
+** thread itself runs. */
+void loomi_thread_set_ident (LoomObj *o, int64_t ident) {
+  LoomThread *t = (LoomThread *)o;
+  loomi_mutex_lock(&t->mu);
+  t->ident = ident;
+  loomi_mutex_unlock(&t->mu);
+}
+
 void loomi_thread_live (LoomObj *o, int on) {
   live_set((LoomThread *)o, on);
 }
