@@ -4,14 +4,6 @@
 local H = require "helpers"
 local loom = require "loom"
 
-local function wait_until(pred, s, what)
-  local deadline = loom.now() + H.t(s)
-  while not pred() do
-    if loom.now() > deadline then error("timed out waiting for " .. what, 2) end
-    loom.sleep(0.002)
-  end
-end
-
 describe("status", function()
   it("follows an isolated thread: pending, running, done", function()
     local ev = loom.event()
