@@ -14,7 +14,7 @@ LDFLAGS_SO = -pthread -Wl,-z,nodelete
 
 SRC := $(sort $(wildcard csrc/*.c))
 OBJ := $(SRC:csrc/%.c=build/%.o)
-VERSION := 0.2.0
+VERSION := $(shell sed -n 's/^#define LOOM_VERSION  *"\(.*\)"/\1/p' csrc/loom.h)
 # What each command needs installed, and no more: building and the
 # experiments need Lua and its headers; the tests also busted and luarocks.
 RUN_DEPS := lua5.4 liblua5.4-dev
