@@ -252,6 +252,16 @@ LOOM_API int luaopen_loom_core (lua_State *L) {
   }
   lua_newtable(L);
   luaL_setfuncs(L, core_funcs, 0);
+  lua_pushliteral(L, "loom " LOOM_VERSION);
+  lua_setfield(L, -2, "_VERSION");
+  lua_createtable(L, 0, 3);
+  lua_pushinteger(L, LOOM_VERSION_MAJOR);
+  lua_setfield(L, -2, "major");
+  lua_pushinteger(L, LOOM_VERSION_MINOR);
+  lua_setfield(L, -2, "minor");
+  lua_pushinteger(L, LOOM_VERSION_PATCH);
+  lua_setfield(L, -2, "patch");
+  lua_setfield(L, -2, "version");
   for (size_t i = 0; i < sizeof primitives / sizeof primitives[0]; i++)
     primitives[i].open(L);
   return 1;

@@ -109,7 +109,7 @@ function M.acquire(l, s)
 end
 
 function M.below(x, s, what)
-  if not (x < M.t(s)) then
+  if not (x < M.t(s)) then  -- luacheck: ignore 581 (a NaN duration fails too)
     error(string.format("%s took %.3g s, bound %.3g s (slowdown %.3g)",
       what or "it", x, M.t(s), M.slowdown), 2)
   end

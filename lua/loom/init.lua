@@ -1,6 +1,27 @@
 -- loom: real concurrency and parallelism for Lua 5.4.
 -- The public module: thin conveniences over loom.core.
-local core = require "loom.core"
+
+-- loom.core is built against Lua 5.4's API: under another Lua its loading
+-- fails with a linker message that names a missing symbol, not the cause.
+if _VERSION ~= "Lua 5.4" then
+  error(string.format("loom needs Lua 5.4, and this is %s%s", tostring(_VERSION),
+    type(rawget(_G, "jit")) == "table" and " (LuaJIT)" or ""), 2)
+end
+
+local core
+do
+  local ok, err = pcall(require, "loom.core")
+  if not ok then
+    -- a host that links Lua statically but does not export its symbols
+    if type(err) == "string" and err:find("undefined symbol: lua", 1, true) then
+      error(err .. "\nloom.core calls the Lua API of the program that loads it: " ..
+        "a host that links Lua statically must export those symbols " ..
+        "(link it with -Wl,-E), or link liblua5.4.so", 2)
+    end
+    error(err, 2)
+  end
+  core = err
+end
 local lproc = require "loom.process"
 
 local error, type, select, setmetatable = error, type, select, setmetatable
