@@ -341,6 +341,10 @@ void loomi_gil_block_end (lua_State *L);
 void loomi_gil_pin (LoomObj *o);
 void loomi_gil_peek_hook (lua_State *L, lua_Hook *hook, int *mask);
 
+/* ---- preload.c: host modules offered to every state loom makes ---- */
+void loomi_preload_install (lua_State *L);   /* the searcher, in a new state */
+void loomi_preload_open (lua_State *L);      /* loom.core.preload */
+
 /* ---- xfer.c: the transfer codec ----
 ** A message is one block in the shared heap holding the encoded values and
 ** a reference to every loom object among them, so it can cross threads and
