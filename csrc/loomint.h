@@ -232,6 +232,8 @@ double loomi_deadline_left (const LoomDeadline *dl);  /* -1 when forever */
 /* Reads an optional timeout argument: nil or none means forever; a negative
 ** number raises "timeout must be non-negative". */
 void   loomi_opttimeout (lua_State *L, int arg, LoomDeadline *dl);
+/* loom.TIMEOUT_MAX: a longer timeout (math.huge too) waits forever. */
+#define LOOM_TIMEOUT_MAX 1e9
 
 /* ---- wait.c: the wait layer ----
 ** Every loom wait sleeps on a LoomWaitq: a futex word in the shared heap
@@ -319,6 +321,11 @@ void loomi_thread_shutdown (lua_State *L);
 LoomObj *loomi_thread_borrowed (const char *name, int daemon);
 void loomi_thread_enter (LoomObj *o);
 void loomi_thread_leave (LoomObj *o);
+/* Lists a thread as running in this process (enumerate), or unlists it. */
+void loomi_thread_live (LoomObj *o, int on);
+void loomi_thread_set_ident (LoomObj *o, int64_t ident);
+/* The stack size of threads made now (loom.stack_size). */
+size_t loomi_stack_size (void);
 void loomi_thread_cancel (LoomObj *o);
 /* SIGCHLD ignored (SIG_IGN or SA_NOCLDWAIT): children are reaped by the
 ** kernel and their statuses lost, so loom forks none (process.c). */
@@ -340,6 +347,10 @@ void loomi_gil_block_begin (lua_State *L);
 void loomi_gil_block_end (lua_State *L);
 void loomi_gil_pin (LoomObj *o);
 void loomi_gil_peek_hook (lua_State *L, lua_Hook *hook, int *mask);
+
+/* ---- preload.c: host modules offered to every state loom makes ---- */
+void loomi_preload_install (lua_State *L);   /* the searcher, in a new state */
+void loomi_preload_open (lua_State *L);      /* loom.core.preload */
 
 /* ---- xfer.c: the transfer codec ----
 ** A message is one block in the shared heap holding the encoded values and
