@@ -116,6 +116,13 @@ function M.below(x, s, what)
   return x
 end
 
+-- Runs a shell command; returns whether it succeeded and its stdout+stderr.
+function M.sh(cmd)
+  local p = assert(io.popen(cmd .. " 2>&1"))
+  local out = p:read("a")
+  return p:close() == true, out
+end
+
 -- The first line of a chunk run by H.run: the paths, and H itself.
 M.prelude = string.format("package.path=%q..package.path;package.cpath=%q..package.cpath;local H=require'helpers';",
   root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;" .. root .. "/spec/?.lua;", root .. "/?.so;")

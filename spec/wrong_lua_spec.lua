@@ -1,12 +1,7 @@
 -- Loading loom where it cannot work says why, and what to do.
 local H = require "helpers"
 
-local function sh(cmd)
-  local p = assert(io.popen(cmd .. " 2>&1"))
-  local out = p:read("a")
-  local ok = p:close()
-  return ok, out
-end
+local sh = H.sh
 
 local paths = "package.path = 'lua/?.lua;lua/?/init.lua;' .. package.path; " ..
   "package.cpath = './?.so;' .. package.cpath; "
