@@ -16,9 +16,9 @@
 ** say the same.  LOOM_VERSION_NUM is major * 10000 + minor * 100 + patch,
 ** for #if comparisons. */
 #define LOOM_VERSION_MAJOR 0
-#define LOOM_VERSION_MINOR 1
+#define LOOM_VERSION_MINOR 2
 #define LOOM_VERSION_PATCH 0
-#define LOOM_VERSION       "0.1.0"
+#define LOOM_VERSION       "0.2.0"
 #define LOOM_VERSION_NUM   (LOOM_VERSION_MAJOR * 10000 + \
                             LOOM_VERSION_MINOR * 100 + LOOM_VERSION_PATCH)
 

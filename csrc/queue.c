@@ -228,7 +228,7 @@ static int queue_reserve (LoomQueue *q) {
 ** on any error. */
 static int queue_push (LoomQueue *q, const Slot *it, const LoomDeadline *dl,
                        int wait) {
-  int rc = 0;
+  int rc = 0, woke = 0;
   loomi_mutex_lock(&q->mu);
   for (;;) {
     if (q->kind == QUEUE_PRIORITY)
@@ -260,7 +260,7 @@ static int queue_push (LoomQueue *q, const Slot *it, const LoomDeadline *dl,
           q->sifting = 0;
         }
         atomic_store_explicit(&q->avail, count + 1, memory_order_relaxed);
-        loomi_wake(&q->not_empty, 1);
+        woke = 1;
       }
       break;
     }
@@ -278,6 +278,8 @@ static int queue_push (LoomQueue *q, const Slot *it, const LoomDeadline *dl,
     }
   }
   loomi_mutex_unlock(&q->mu);
+  if (woke)
+    loomi_wake(&q->not_empty, 1);
   return rc;
 }
 
@@ -286,7 +288,7 @@ static int queue_push (LoomQueue *q, const Slot *it, const LoomDeadline *dl,
 ** or EPIPE (closed and drained). */
 static int queue_pop (LoomQueue *q, Slot *it, const LoomDeadline *dl,
                       int wait) {
-  int rc = 0;
+  int rc = 0, woke = 0;
   loomi_mutex_lock(&q->mu);
   for (;;) {
     if (q->kind == QUEUE_PRIORITY)
@@ -315,7 +317,7 @@ static int queue_pop (LoomQueue *q, Slot *it, const LoomDeadline *dl,
         q->sifting = 0;
       }
       atomic_store_explicit(&q->avail, count - 1, memory_order_relaxed);
-      loomi_wake(&q->not_full, 1);
+      woke = 1;
       break;
     }
     if (q->closed) {
@@ -334,6 +336,8 @@ static int queue_pop (LoomQueue *q, Slot *it, const LoomDeadline *dl,
   if (rc != 0 && rc != EAGAIN && qcount(q) > 0)
     loomi_wake(&q->not_empty, 1);
   loomi_mutex_unlock(&q->mu);
+  if (woke)
+    loomi_wake(&q->not_full, 1);
   return rc;
 }
 
