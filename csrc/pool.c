@@ -1231,6 +1231,7 @@ static int future_result (lua_State *L) {
     return loomi_push_interrupted(L);
   lua_settop(L, 1);
   future_dispatch(L);
+  f = checkself(L);          /* a callback may have closed this handle */
   if (rc == ETIMEDOUT) {
     luaL_pushfail(L);
     lua_pushliteral(L, LOOM_TIMEOUT);
@@ -1270,6 +1271,7 @@ static int future_error (lua_State *L) {
     return loomi_push_interrupted(L);
   lua_settop(L, 1);
   future_dispatch(L);
+  f = checkself(L);          /* a callback may have closed this handle */
   if (rc == ETIMEDOUT) {
     luaL_pushfail(L);
     lua_pushliteral(L, LOOM_TIMEOUT);
@@ -1289,22 +1291,22 @@ static int future_error (lua_State *L) {
 }
 
 static int future_done (lua_State *L) {
-  Future *f = checkself(L);
   future_dispatch(L);
+  Future *f = checkself(L);
   lua_pushboolean(L, finished(atomic_load(&f->state)));
   return 1;
 }
 
 static int future_running (lua_State *L) {
-  Future *f = checkself(L);
   future_dispatch(L);
+  Future *f = checkself(L);
   lua_pushboolean(L, atomic_load(&f->state) == F_RUNNING);
   return 1;
 }
 
 static int future_cancelled (lua_State *L) {
-  Future *f = checkself(L);
   future_dispatch(L);
+  Future *f = checkself(L);
   lua_pushboolean(L, atomic_load(&f->state) == F_CANCELLED);
   return 1;
 }
@@ -1400,7 +1402,6 @@ static int pool_wait (lua_State *L) {
     return loomi_raise_cancelled(L);
   if (rc == EINTR)
     return loomi_push_interrupted(L);
-  future_dispatch(L);
   lua_createtable(L, (int)n, 0);
   lua_createtable(L, 0, 0);
   lua_Integer nd = 0, nn = 0;
@@ -1411,6 +1412,7 @@ static int pool_wait (lua_State *L) {
     else
       lua_rawseti(L, 5, ++nn);
   }
+  future_dispatch(L);        /* last: a callback may close the handles */
   return 2;
 }
 

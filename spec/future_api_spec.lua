@@ -288,6 +288,25 @@ describe("loom.Future:add_done_callback(fn)", function()
     end
   end)
 
+  it("survives a callback that closes the handle being waited on", function()
+    local f = loom.future()
+    local t = loom.thread(function(x) require("loom").sleep(0.02); x:set_result(1) end, f):start()
+    f:add_done_callback(function(x) getmetatable(x).__close(x) end)
+    assert.has_error(function() f:result(H.t(5)) end, "attempt to use a closed loom.Future")
+    H.join(t, 5)
+    local g = loom.future()
+    g:add_done_callback(function(x) getmetatable(x).__close(x) end)
+    g:set_result(2)
+    collectgarbage()
+    local list = { loom.future() }
+    list[1]:add_done_callback(function(x) getmetatable(x).__close(x) end)
+    list[1]:cancel()
+    local other = loom.future()
+    other:set_result(0)
+    local done = loom.wait({ other }, 0)
+    assert.equal(1, #done)
+  end)
+
   it("runs for a cancelled future", function()
     local f = loom.future()
     local got
