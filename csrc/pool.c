@@ -1457,9 +1457,11 @@ static int ascompleted_next (lua_State *L) {
   Waiter *w = (Waiter *)a->w.o;
   if (w == NULL || a->next >= w->n)
     return 0;
+  loomi_obj_retain(&w->obj);   /* a's finalizer may run while this waits */
   loomi_block_begin(L);
   int rc = waiter_wait(w, WAIT_ALL, a->next + 1, &a->dl);
   loomi_block_end(L);
+  loomi_obj_release(&w->obj);
   if (rc == ECANCELED)
     return loomi_raise_cancelled(L);
   if (rc == EINTR)

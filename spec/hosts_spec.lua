@@ -88,3 +88,31 @@ describe("loom.current() on a host's own OS threads", function()
     assert.equal("ok\n", out)
   end)
 end)
+
+describe("a host that closes and remakes its state", function()
+  it("is left no OS thread by shared threads still running at each close, past 64 states", function()
+    local exe = host("reload")
+    if not exe then pending("needs cc") return end
+    local script = os.tmpname()
+    finally(function() os.remove(exe); os.remove(script) end)
+    local f = assert(io.open(script, "w"))
+    f:write(string.format([[
+      local loom = require "loom"
+      local e, ready = loom.event(), loom.semaphore(0)
+      loom.shared_thread(function() ready:release(); while true do end end):start()
+      loom.shared_thread{ target = function() ready:release(); e:wait() end, daemon = true }:start()
+      loom.shared_thread(function() ready:release(); loom.sleep(3600) end):start()
+      for _ = 1, 3 do assert(ready:acquire(true, %.17g)) end
+    ]], H.t(10)))
+    f:close()
+    local ok, out = sh(string.format("LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='./?.so;;' timeout %d %s %s 70",
+      math.ceil(H.t(120)), exe, script))
+    assert(ok, out)
+    local counts = {}
+    for n in out:gmatch("%d+") do counts[#counts + 1] = tonumber(n) end
+    assert.equal(70, #counts, out)
+    -- three threads a state would make 211 by the end; those of one close
+    -- may still be leaving when the count is taken after the next
+    assert(math.max(table.unpack(counts)) <= 20, out)
+  end)
+end)
