@@ -223,6 +223,7 @@ static const struct {
   {"queue", loomi_queue_open},
   {"process", loomi_process_open},
   {"pool", loomi_pool_open},
+  {"portable", loomi_portable_open},
 };
 
 /* A thread may still be leaving loom's code when the state that loaded the

@@ -386,6 +386,22 @@ void loomi_msg_free (LoomMsg *m);            /* NULL is a no-op */
 int  loomi_xfer_decode_raw (lua_State *L, const void *payload, size_t len);
 int  loomi_xfer_decode_checked (lua_State *L, const void *msg, size_t len);
 size_t loomi_msg_size (const LoomMsg *m);    /* payload bytes */
+/* For loom.encode (portable.c): encodes the n values with no address in
+** the payload (C functions by module and field, loom objects and light
+** userdata refused with the path named) and pushes one string: headlen
+** bytes that fill writes once the payload is known, then the payload.
+** decode_portable pushes the values of such a payload; nocode refuses
+** bytecode, for input that no checksum vouches for. */
+typedef void (*LoomHeadFill) (unsigned char *head, const unsigned char *payload,
+                              size_t len);
+void loomi_xfer_encode_portable (lua_State *L, int first, int n,
+                                 size_t headlen, LoomHeadFill fill);
+int  loomi_xfer_decode_portable (lua_State *L, const void *payload, size_t len,
+                                 int nocode);
+uint64_t loomi_xfer_checksum (const void *p, size_t n);
+/* portable.c, for the fuzzer: a loom.encode string's header checked but
+** not its checksum, then its payload decoded with bytecode refused. */
+int  loomi_portable_decode_unchecked (lua_State *L, const void *s, size_t n);
 
 /* ---- thread.c: errors that cross states ----
 ** loomi_msgh is the message handler of every
@@ -514,6 +530,7 @@ void loomi_array_open (lua_State *L);
 void loomi_queue_open (lua_State *L);
 void loomi_process_open (lua_State *L);
 void loomi_pool_open (lua_State *L);
+void loomi_portable_open (lua_State *L);
 
 #pragma GCC visibility pop
 
