@@ -1759,6 +1759,15 @@ static int thread_main (lua_State *L) {
   if (on_main_thread())
     return thread_current(L);
   LoomObj **slot = loomi_proxy_new(L, LOOM_THREAD);
+  pthread_once(&live_once, live_init);
+  pthread_mutex_lock(&live_mu);
+  if (main_obj != NULL) {
+    loomi_obj_retain(&main_obj->obj);
+    *slot = &main_obj->obj;
+    pthread_mutex_unlock(&live_mu);
+    return 1;
+  }
+  pthread_mutex_unlock(&live_mu);
   LoomThread *fresh = thread_create();   /* made outside live_mu */
   if (fresh == NULL)
     return luaL_error(L, "cannot create thread: shared heap exhausted");
