@@ -4,7 +4,8 @@
 ** Lua: loom.core.shared_thread(fn, args, name, daemon) -> loom.SharedThread
 **      (start, join, result, error, is_alive, cancel; name, ident, daemon);
 **      setswitchinterval(s), getswitchinterval(); hook-aware replacements
-**      of debug.sethook/gethook, coroutine.resume/wrap and os.exit.
+**      of debug.sethook/gethook, coroutine.resume/wrap and os.exit;
+**      loom.local(), storage with a value per thread of the interpreter.
 ** Why this is sound on stock Lua 5.4, and the rules kept here: GIL.md.
 ** Lock order: a thread's mutex (SharedThread.mu), then gil->mu.
 ** SPDX-License-Identifier: MIT */
@@ -24,15 +25,18 @@
 ** makes the hook itself rarer. */
 #define GIL_COUNT 1000
 
-/* At most this many interpreters of a process ever get a GIL; a closed one
-** keeps its slot, frozen, so a thread parked on it parks forever. */
+/* At most this many interpreters of a process have a GIL at once.  A
+** closed one keeps its slot, frozen, until no thread can touch it again:
+** then the next interpreter takes it (a host that reloads its state). */
 #define GIL_MAX 64
 
 typedef struct GilWaiter {
   pthread_cond_t cv;
-  int granted;
+  int granted;               /* or the GIL froze: see gil->closing */
   struct GilWaiter *next;
 } GilWaiter;
+
+struct SharedThread;
 
 typedef struct Gil {
   pthread_mutex_t mu;        /* guards every field but the atomics */
@@ -45,10 +49,13 @@ typedef struct Gil {
   atomic_int nthreads;       /* shared threads started and not finished */
   atomic_llong since;        /* when the holder took the GIL, ns */
   atomic_int layered;        /* some coroutine has a user hook layer */
+  struct SharedThread *running;  /* started, not finished: gil->mu */
+  atomic_int users;          /* threads that may still touch this Gil */
 } Gil;
 
-/* Static storage: a thread parked on a GIL may outlive the interpreter and
-** even the last reference to this library (GIL.md, condition 7). */
+/* Static storage: a thread coming back for a GIL may outlive the
+** interpreter and even the last reference to this library (GIL.md,
+** condition 7); it finds the GIL frozen and ends (frozen_exit). */
 static Gil gils[GIL_MAX];
 static pthread_mutex_t gils_mu = PTHREAD_MUTEX_INITIALIZER;
 
@@ -61,6 +68,9 @@ static atomic_llong switch_ns = 5000000;
 static LOOM_THREAD_LOCAL Gil *held_gil = NULL;
 static LOOM_THREAD_LOCAL Gil *released_gil = NULL;
 static LOOM_THREAD_LOCAL LoomObj *pinned_obj = NULL;
+
+/* The shared thread the calling OS thread runs, NULL for others. */
+static LOOM_THREAD_LOCAL struct SharedThread *self_shared = NULL;
 
 enum { SH_NEW, SH_RUNNING, SH_DONE };
 
@@ -79,6 +89,7 @@ typedef struct SharedThread {
   int daemon;
   LoomObj *borrowed;         /* thread.c's object: cancel, current() */
   int64_t ident;
+  struct SharedThread *next_running, *prev_running;   /* gil->mu */
   char name[64];
 } SharedThread;
 
@@ -92,27 +103,38 @@ static long long now_ns (void) {
   return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-/* Takes the GIL, queueing behind earlier waiters; gil->mu held.  Parks
-** forever once the interpreter is closing. */
+static _Noreturn void frozen_exit (Gil *g);
+
+/* Takes the GIL, queueing behind earlier waiters; gil->mu held.  Once the
+** interpreter is closing, its Lua is never run again: the calling OS thread
+** ends there (frozen_exit) rather than park for ever. */
 static void gil_take (Gil *g) {
   if (!g->held && g->head == NULL && !g->closing) {
     g->held = 1;
     atomic_store(&g->since, now_ns());
     return;
   }
-  GilWaiter w;
-  pthread_cond_init(&w.cv, NULL);
-  w.granted = 0;
-  w.next = NULL;
-  if (g->tail != NULL)
-    g->tail->next = &w;
-  else
-    g->head = &w;
-  g->tail = &w;
-  atomic_fetch_add(&g->waiting, 1);
-  while (!w.granted)
-    pthread_cond_wait(&w.cv, &g->mu);
-  pthread_cond_destroy(&w.cv);
+  atomic_fetch_add(&g->users, 1);
+  if (!g->closing) {
+    GilWaiter w;
+    pthread_cond_init(&w.cv, NULL);
+    w.granted = 0;
+    w.next = NULL;
+    if (g->tail != NULL)
+      g->tail->next = &w;
+    else
+      g->head = &w;
+    g->tail = &w;
+    atomic_fetch_add(&g->waiting, 1);
+    while (!w.granted)
+      pthread_cond_wait(&w.cv, &g->mu);
+    pthread_cond_destroy(&w.cv);
+  }
+  if (g->closing) {
+    pthread_mutex_unlock(&g->mu);
+    frozen_exit(g);
+  }
+  atomic_fetch_sub(&g->users, 1);
   atomic_store(&g->since, now_ns());
 }
 
@@ -160,14 +182,91 @@ static void gil_yield (Gil *g) {
   pthread_mutex_unlock(&g->mu);
 }
 
-/* Freezes g for good; the caller holds it and keeps it. */
+/* Freezes g for good; the caller holds it and keeps it.  The threads
+** queued for it are woken to end (gil_take), and the shared threads waiting
+** in a loom call are cancelled, so that their wait returns and they end as
+** they come back for the GIL: closing an interpreter leaves no OS thread
+** behind, whatever its shared threads were doing. */
 static void gil_freeze (Gil *g) {
   pthread_mutex_lock(&g->mu);
   g->closing = 1;
   g->key = NULL;
+  for (GilWaiter *w = g->head; w != NULL; ) {
+    GilWaiter *next = w->next;   /* once granted, w may go at any time */
+    w->granted = 1;
+    pthread_cond_signal(&w->cv);
+    w = next;
+  }
+  g->head = g->tail = NULL;
+  atomic_store(&g->waiting, 0);
+  int n = 0;
+  for (SharedThread *s = g->running; s != NULL; s = s->next_running)
+    n++;
+  LoomObj **cancel = n > 0 ? malloc((size_t)n * sizeof *cancel) : NULL;
+  if (cancel != NULL) {
+    n = 0;
+    for (SharedThread *s = g->running; s != NULL; s = s->next_running)
+      if (s != self_shared) {
+        loomi_obj_retain(s->borrowed);
+        cancel[n++] = s->borrowed;
+      }
+  }
   pthread_mutex_unlock(&g->mu);
   if (held_gil == g)
     held_gil = NULL;
+  if (cancel != NULL) {
+    for (int i = 0; i < n; i++) {
+      loomi_thread_cancel(cancel[i]);
+      loomi_obj_release(cancel[i]);
+    }
+    free(cancel);
+  }
+}
+
+static void running_add (Gil *g, SharedThread *s) {
+  pthread_mutex_lock(&g->mu);
+  s->prev_running = NULL;
+  s->next_running = g->running;
+  if (g->running != NULL)
+    g->running->prev_running = s;
+  g->running = s;
+  pthread_mutex_unlock(&g->mu);
+}
+
+static void running_remove (Gil *g, SharedThread *s) {
+  pthread_mutex_lock(&g->mu);
+  if (s->prev_running != NULL)
+    s->prev_running->next_running = s->next_running;
+  else
+    g->running = s->next_running;
+  if (s->next_running != NULL)
+    s->next_running->prev_running = s->prev_running;
+  s->next_running = s->prev_running = NULL;
+  pthread_mutex_unlock(&g->mu);
+}
+
+/* The end of an OS thread that came back for a frozen GIL: it lets go of
+** what it holds without touching the closed interpreter (its handles were
+** collected with it, so no one reads this thread's results), and exits.
+** The stack it leaves holds only frames of Lua and loom, which have no
+** cleanup to run. */
+static _Noreturn void frozen_exit (Gil *g) {
+  SharedThread *s = self_shared;
+  LoomObj *pinned = pinned_obj;
+  pinned_obj = NULL;
+  released_gil = NULL;
+  held_gil = NULL;
+  loomi_obj_release(pinned);
+  if (s != NULL) {
+    running_remove(g, s);
+    atomic_fetch_sub(&g->nthreads, 1);
+    self_shared = NULL;
+    loomi_thread_leave(s->borrowed);
+    loomi_obj_release(&s->obj);
+  }
+  /* gil_take's count, and a shared thread's own from its start */
+  atomic_fetch_sub(&g->users, s != NULL ? 2 : 1);
+  pthread_exit(NULL);
 }
 
 /* A fork keeps only the calling thread: the others' queue entries and
@@ -224,6 +323,17 @@ void loomi_gil_block_begin (lua_State *L) {
     return;
   if (lua_gc(L, LUA_GCISRUNNING) < 0 || main_of(L) != g->key)
     return;
+  /* The object a method waits on is its self.  Once the GIL is released
+  ** the interpreter may close and finalize every object, reachable or not:
+  ** a reference of this thread's own keeps self alive until the GIL is
+  ** back, or until the thread ends on a frozen GIL. */
+  if (loomi_proxy_shaped(L, 1)) {
+    LoomObj *o = *(LoomObj **)lua_touserdata(L, 1);
+    if (o != NULL) {
+      loomi_obj_retain(o);
+      pinned_obj = o;
+    }
+  }
   released_gil = g;
   gil_release(g);
 }
@@ -240,6 +350,8 @@ void loomi_gil_block_end (lua_State *L) {
   loomi_obj_release(o);
 }
 
+/* A wait's object when block_begin found none to pin (it is not the
+** method's self): kept from here to the end of the wait. */
 void loomi_gil_pin (LoomObj *o) {
   if (released_gil != NULL && pinned_obj == NULL && o != NULL) {
     loomi_obj_retain(o);
@@ -461,15 +573,32 @@ static Gil *gil_make (lua_State *L) {
   }
   lua_setmetatable(L, -2);
   pthread_mutex_lock(&gils_mu);
-  for (int i = 0; i < GIL_MAX && g == NULL; i++)
-    if (!gils[i].used) {
-      g = &gils[i];
-      pthread_mutex_init(&g->mu, NULL);
-      g->used = 1;
-      g->held = 1;
-      g->key = main_of(L);
-      atomic_store(&g->since, now_ns());
+  for (int i = 0; i < GIL_MAX && g == NULL; i++) {
+    Gil *c = &gils[i];
+    int reusable = 0;
+    if (c->used) {
+      pthread_mutex_lock(&c->mu);
+      reusable = c->closing && atomic_load(&c->users) == 0;
+      pthread_mutex_unlock(&c->mu);
+      if (!reusable)
+        continue;
     }
+    if (reusable) {   /* frozen, and no thread left that could touch it */
+      pthread_mutex_destroy(&c->mu);
+      c->closing = 0;
+      c->head = c->tail = NULL;
+      c->running = NULL;
+      atomic_store(&c->waiting, 0);
+      atomic_store(&c->nthreads, 0);
+      atomic_store(&c->layered, 0);
+    }
+    g = c;
+    pthread_mutex_init(&g->mu, NULL);
+    g->used = 1;
+    g->held = 1;
+    g->key = main_of(L);
+    atomic_store(&g->since, now_ns());
+  }
   pthread_mutex_unlock(&gils_mu);
   if (g == NULL)
     luaL_error(L, "cannot start shared thread: too many interpreters");
@@ -529,6 +658,7 @@ static void *shared_main (void *arg) {
   SharedThread *s = arg;
   Gil *g = s->gil;
   loomi_thread_enter(s->borrowed);
+  self_shared = s;
   gil_acquire(g);
   lua_State *co = s->co;
   /* co: box, handler, target, args... */
@@ -567,8 +697,11 @@ static void *shared_main (void *arg) {
     luaL_unref(co, LUA_REGISTRYINDEX, s->ref);
     s->ref = LUA_NOREF;
   }
+  running_remove(g, s);
   atomic_fetch_sub(&g->nthreads, 1);
+  self_shared = NULL;
   gil_release(g);
+  atomic_fetch_sub(&g->users, 1);   /* the last touch of g */
   loomi_thread_leave(s->borrowed);
   loomi_obj_release(&s->obj);
   return NULL;
@@ -659,7 +792,7 @@ static int shared_start (lua_State *L) {
   pthread_attr_t attr;
   pthread_attr_init(&attr);
   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-  pthread_attr_setstacksize(&attr, (size_t)2 << 20);
+  pthread_attr_setstacksize(&attr, loomi_stack_size());
   sigset_t all, old;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);   /* the new thread inherits it */
@@ -670,11 +803,17 @@ static int shared_start (lua_State *L) {
   s->state = SH_RUNNING;
   loomi_obj_retain(&s->obj);                  /* the running thread's ref */
   atomic_fetch_add(&g->nthreads, 1);
+  atomic_fetch_add(&g->users, 1);
+  running_add(g, s);
+  loomi_thread_live(s->borrowed, 1);
   pthread_t tid;
   int err = pthread_create(&tid, &attr, shared_main, s);
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   pthread_attr_destroy(&attr);
   if (err != 0) {
+    loomi_thread_live(s->borrowed, 0);
+    running_remove(g, s);
+    atomic_fetch_sub(&g->users, 1);
     atomic_fetch_sub(&g->nthreads, 1);
     s->state = SH_NEW;
     s->co = NULL;
@@ -688,6 +827,7 @@ static int shared_start (lua_State *L) {
   pthread_mutex_lock(&s->mu);
   s->ident = (int64_t)tid;
   pthread_mutex_unlock(&s->mu);
+  loomi_thread_set_ident(s->borrowed, (int64_t)tid);
   lua_settop(L, 1);
   return 1;
 }
@@ -855,6 +995,15 @@ static int shared_index (lua_State *L) {
     lua_pushboolean(L, s->daemon);
   else if (strcmp(key, "shared") == 0)
     lua_pushboolean(L, 1);
+  else if (strcmp(key, "status") == 0) {
+    pthread_mutex_lock(&s->mu);
+    const char *st = s->state == SH_NEW ? "pending"
+                   : s->state == SH_RUNNING ? "running"
+                   : was_cancelled(s) ? "cancelled"
+                   : s->failed ? "error" : "done";
+    pthread_mutex_unlock(&s->mu);
+    lua_pushstring(L, st);
+  }
   else {
     luaL_getmetatable(L, LOOM_SHARED);
     lua_getfield(L, -1, "methods");
@@ -962,6 +1111,103 @@ static int gil_gethook (lua_State *L) {
   return lua_gettop(L) - 1;
 }
 
+/* ---- loom.local(): a userdata whose user value maps each thread of the
+** interpreter (weakly, so a finished thread's values go with it) to that
+** thread's own table of fields.  A thread is its base coroutine: the
+** shared thread's (anchored in the registry while it runs), or the
+** state's main thread for any other OS thread running the interpreter. */
+
+#define LOOM_LOCAL "loom.Local"
+
+static void push_thread_key (lua_State *L) {
+  SharedThread *s = self_shared;
+  if (s != NULL && s->ref != LUA_NOREF && s->gil != NULL &&
+      s->gil->key == main_of(L)) {
+    if (lua_rawgeti(L, LUA_REGISTRYINDEX, s->ref) == LUA_TTHREAD)
+      return;
+    lua_pop(L, 1);
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+}
+
+/* Pushes the calling thread's table of l (the userdata at 1), made when
+** create is set; else nil when it has none. */
+static void push_local_fields (lua_State *L, int create) {
+  luaL_checkudata(L, 1, LOOM_LOCAL);
+  if (lua_getiuservalue(L, 1, 1) != LUA_TTABLE)
+    luaL_typeerror(L, 1, LOOM_LOCAL);
+  push_thread_key(L);
+  lua_pushvalue(L, -1);
+  if (lua_rawget(L, -3) != LUA_TNIL || !create) {
+    lua_replace(L, -3);
+    lua_pop(L, 1);
+    return;
+  }
+  lua_pop(L, 1);
+  lua_newtable(L);
+  lua_pushvalue(L, -1);
+  lua_insert(L, -3);         /* fields, store, key, fields */
+  lua_rawset(L, -4);
+  lua_replace(L, -2);
+}
+
+static int local_new (lua_State *L) {
+  lua_newuserdatauv(L, 0, 1);
+  lua_createtable(L, 0, 1);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_setiuservalue(L, -2, 1);
+  luaL_setmetatable(L, LOOM_LOCAL);
+  return 1;
+}
+
+static int local_index (lua_State *L) {
+  lua_settop(L, 2);
+  push_local_fields(L, 0);
+  if (lua_isnil(L, -1))
+    return 1;
+  lua_pushvalue(L, 2);
+  lua_rawget(L, -2);
+  return 1;
+}
+
+static int local_newindex (lua_State *L) {
+  lua_settop(L, 3);
+  luaL_argcheck(L, !lua_isnil(L, 2), 2, "index is nil");
+  push_local_fields(L, 1);
+  lua_insert(L, 2);
+  lua_rawset(L, 2);
+  return 0;
+}
+
+/* pairs(l): this thread's fields. */
+static int local_pairs (lua_State *L) {
+  lua_settop(L, 1);
+  push_local_fields(L, 1);
+  lua_getglobal(L, "next");
+  if (!lua_isfunction(L, -1))
+    return luaL_error(L, "no 'next' function");
+  lua_insert(L, -2);
+  lua_pushnil(L);
+  return 3;
+}
+
+static int local_tostring (lua_State *L) {
+  luaL_checkudata(L, 1, LOOM_LOCAL);
+  lua_pushfstring(L, "loom.Local (%p)", lua_touserdata(L, 1));
+  return 1;
+}
+
+static const luaL_Reg local_meta[] = {
+  {"__index", local_index},
+  {"__newindex", local_newindex},
+  {"__pairs", local_pairs},
+  {"__tostring", local_tostring},
+  {NULL, NULL}
+};
+
 static const luaL_Reg shared_meta[] = {
   {"__index", shared_index},
   {"__newindex", shared_newindex},
@@ -989,6 +1235,7 @@ static const luaL_Reg gil_funcs[] = {
   {"gil_prepare", gil_prepare},
   {"gil_sethook", gil_sethook},
   {"gil_gethook", gil_gethook},
+  {"local", local_new},
   {NULL, NULL}
 };
 
@@ -998,6 +1245,9 @@ void loomi_gil_open (lua_State *L) {
   lua_newtable(L);
   luaL_setfuncs(L, shared_methods, 0);
   lua_setfield(L, -2, "methods");
+  lua_pop(L, 1);
+  if (luaL_newmetatable(L, LOOM_LOCAL))
+    luaL_setfuncs(L, local_meta, 0);
   lua_pop(L, 1);
   luaL_setfuncs(L, gil_funcs, 0);
 }
