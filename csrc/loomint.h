@@ -162,6 +162,24 @@ int      loomi_ref_mine (const LoomRef *r);
 LoomObj *loomi_ref_take (LoomRef *r);
 void     loomi_ref_drop (LoomRef *r);
 
+/* A proxy's block.  The size and the mark refuse a foreign userdata given a
+** loom metatable (debug.setmetatable), whose bytes Lua code cannot make
+** into a proxy's; its metatable's identity is the caller's to check. */
+typedef struct LoomProxy {
+  LoomRef ref;             /* first: code elsewhere reads a proxy as LoomObj** */
+  uint32_t magic;          /* LOOM_PROXY_MAGIC */
+} LoomProxy;
+#define LOOM_PROXY_MAGIC 0x6c6f6f6du   /* "loom" */
+
+/* The proxy block at idx, or NULL for anything else.  Inline, and one
+** index lookup beyond lua_touserdata's (a light userdata's raw length is
+** 0): every method call of a lock or a queue pays it. */
+static inline LoomProxy *loomi_proxy_shaped (lua_State *L, int idx) {
+  LoomProxy *p = (LoomProxy *)lua_touserdata(L, idx);
+  return p != NULL && lua_rawlen(L, idx) == sizeof(LoomProxy) &&
+         p->magic == LOOM_PROXY_MAGIC ? p : NULL;
+}
+
 /* A proxy is a full userdata holding one reference (in a LoomRef).  proxy_new pushes a
 ** proxy with a NULL object (create it before acquiring OS resources) and the
 ** metatable `tname`; set *slot once the object exists. */
@@ -179,7 +197,6 @@ void loomi_proxy_push (lua_State *L, LoomObj *o);
 ** test returns NULL for anything else, check raises "tname expected".
 ** Every metamethod checks its self with these. */
 LoomObj **loomi_testslot (lua_State *L, int arg, const char *tname);
-int loomi_proxy_shaped (lua_State *L, int idx);  /* a proxy's size and mark */
 LoomObj **loomi_checkslot (lua_State *L, int arg, const char *tname);
 /* Pushes the private table whose keys are the metatables of every loom
 ** class made in this state (a new empty table when there are none). */
@@ -333,6 +350,15 @@ int  loomi_sigchld_ignored (void);
 #define LOOM_SIGCHLD_IGNORED "cannot start process: SIGCHLD is ignored " \
   "(SIG_IGN), so the child's exit status would be lost; restore its " \
   "default action (SIG_DFL) first"
+/* In a forked child: every descriptor from 3 up but the nkeep in keep is
+** closed, or with to_null made a copy of /dev/null (so that a stdio stream
+** or a Lua file still naming the number never reaches a file opened
+** later; closed when /dev/null cannot be opened) (process.c). */
+void loomi_close_fds (const int *keep, size_t nkeep, int to_null);
+/* The sequence of descriptors at idx (a pass_fds option), checked, then
+** pushed as a userdata of *n ints, which it returns; raises naming
+** argument arg of function fname. */
+int *loomi_check_fds (lua_State *L, int idx, int arg, size_t *n);
 /* Names the calling OS thread for current() when loom did not start it as
 ** a loom thread: a pool worker (thread.c). */
 void loomi_thread_name_os (const char *name);

@@ -117,7 +117,7 @@ static int queue_reserve (LoomQueue *q) {
 ** on any error. */
 static int queue_push (LoomQueue *q, const Slot *it, const LoomDeadline *dl,
                        int wait) {
-  int rc = 0;
+  int rc = 0, woke = 0;
   loomi_mutex_lock(&q->mu);
   for (;;) {
     if (q->closed) {
@@ -138,7 +138,7 @@ static int queue_push (LoomQueue *q, const Slot *it, const LoomDeadline *dl,
           memcpy(s->data, it->data, it->len);
         atomic_store_explicit(&q->tail, tail + 1, memory_order_release);
         atomic_store_explicit(&q->avail, count + 1, memory_order_relaxed);
-        loomi_wake(&q->not_empty, 1);
+        woke = 1;
       }
       break;
     }
@@ -156,6 +156,8 @@ static int queue_push (LoomQueue *q, const Slot *it, const LoomDeadline *dl,
     }
   }
   loomi_mutex_unlock(&q->mu);
+  if (woke)
+    loomi_wake(&q->not_empty, 1);
   return rc;
 }
 
@@ -164,7 +166,7 @@ static int queue_push (LoomQueue *q, const Slot *it, const LoomDeadline *dl,
 ** or EPIPE (closed and drained). */
 static int queue_pop (LoomQueue *q, Slot *it, const LoomDeadline *dl,
                       int wait) {
-  int rc = 0;
+  int rc = 0, woke = 0;
   loomi_mutex_lock(&q->mu);
   for (;;) {
     size_t count = qcount(q);
@@ -179,7 +181,7 @@ static int queue_pop (LoomQueue *q, Slot *it, const LoomDeadline *dl,
         memcpy(it->data, s->data, s->len);
       atomic_store_explicit(&q->head, head + 1, memory_order_release);
       atomic_store_explicit(&q->avail, count - 1, memory_order_relaxed);
-      loomi_wake(&q->not_full, 1);
+      woke = 1;
       break;
     }
     if (q->closed) {
@@ -198,6 +200,8 @@ static int queue_pop (LoomQueue *q, Slot *it, const LoomDeadline *dl,
   if (rc != 0 && rc != EAGAIN && qcount(q) > 0)
     loomi_wake(&q->not_empty, 1);
   loomi_mutex_unlock(&q->mu);
+  if (woke)
+    loomi_wake(&q->not_full, 1);
   return rc;
 }
 

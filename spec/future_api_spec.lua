@@ -180,7 +180,7 @@ describe("loom.future()", function()
     end, f):start()
     local g = loom.future()
     g:set_result(f)              -- a second handle, inside another future
-    do local h <close> = f end
+    do local g2 <close> = f end
     assert.has_error(function() f:done() end, "attempt to use a closed loom.Future")
     collectgarbage()
     H.join(t, 5)
