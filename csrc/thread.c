@@ -70,6 +70,9 @@ static LOOM_THREAD_LOCAL LoomThread *self_thread = NULL;
 ** thread (a pool worker, the child of a fork), empty for the default. */
 static LOOM_THREAD_LOCAL char os_thread_name[64];
 
+/* The calling OS thread's id, once current() needed it (0 before). */
+static LOOM_THREAD_LOCAL int64_t current_tid = 0;
+
 /* Default thread names count up across the process, like Python's. */
 static atomic_long thread_counter = 0;
 
@@ -1705,8 +1708,26 @@ static int thread_current (lua_State *L) {
     loomi_proxy_push(L, &self_thread->obj);
     return 1;
   }
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &MAIN_KEY) == LUA_TUSERDATA)
+  /* A host may call one state from several OS threads of its own (one at
+  ** a time): each gets a handle of its own, kept by its OS thread id with
+  ** a weak reference, so a host thread that ended leaves nothing behind. */
+  if (current_tid == 0)
+    current_tid = os_thread_id();
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &MAIN_KEY) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "v");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &MAIN_KEY);
+  }
+  int handles = lua_gettop(L);
+  if (lua_rawgeti(L, handles, (lua_Integer)current_tid) == LUA_TUSERDATA) {
+    lua_remove(L, handles);   /* callers count on one value pushed */
     return 1;
+  }
   lua_pop(L, 1);
   LoomObj **slot = loomi_proxy_new(L, LOOM_THREAD);
   LoomThread *t = thread_create();
@@ -1716,12 +1737,13 @@ static int thread_current (lua_State *L) {
   t->main = 1;
   t->state = TH_RUNNING;
   t->ident = (int64_t)pthread_self();
-  t->native_id = os_thread_id();
+  t->native_id = current_tid;
   snprintf(t->name, sizeof t->name, "%s",
            os_thread_name[0] != '\0' ? os_thread_name
            : getpid() == t->native_id ? "MainThread" : "Thread");
   lua_pushvalue(L, -1);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &MAIN_KEY);
+  lua_rawseti(L, handles, (lua_Integer)current_tid);
+  lua_remove(L, handles);
   return 1;
 }
 
@@ -2054,13 +2076,17 @@ int loomi_thread_forked (lua_State *L) {
   ** (as Python's threading does after os.fork) */
   if (self_thread != NULL)
     loomi_thread_name_os(self_thread->name);
-  else if (lua_rawgetp(L, LUA_REGISTRYINDEX, &MAIN_KEY) == LUA_TUSERDATA) {
-    LoomObj **slot = lua_touserdata(L, -1);
-    if (*slot != NULL)
-      loomi_thread_name_os(((LoomThread *)*slot)->name);
+  else if (current_tid != 0) {   /* still the forking thread's id here */
+    int top = lua_gettop(L);
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &MAIN_KEY) == LUA_TTABLE &&
+        lua_rawgeti(L, -1, (lua_Integer)current_tid) == LUA_TUSERDATA) {
+      LoomObj **slot = lua_touserdata(L, -1);
+      if (*slot != NULL)
+        loomi_thread_name_os(((LoomThread *)*slot)->name);
+    }
+    lua_settop(L, top);
   }
-  if (!was)
-    lua_pop(L, 1);
+  current_tid = 0;
   self_thread = NULL;
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &CHILDREN_KEY) == LUA_TUSERDATA) {
     Children *c = lua_touserdata(L, -1);
