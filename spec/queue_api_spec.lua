@@ -269,6 +269,15 @@ describe("loom.Queue", function()
       assert.same({ nil, "closed" }, { q:get(0) })
     end)
 
+    it("takes a boolean", function()
+      local q = loom.queue()
+      assert.has_error(function() q:shutdown(1) end,
+                       "bad argument #1 to 'shutdown' (boolean expected, got number)")
+      assert.is_false(q.is_shutdown)
+      q:shutdown(nil)
+      assert.is_true(q.is_shutdown)
+    end)
+
     it("immediate drops the items, counts them done and frees them", function()
       local q = loom.queue()
       q:put(1)
