@@ -152,6 +152,19 @@ describe("loom.priority_queue", function()
 end)
 
 describe("loom.Queue", function()
+  it("its new methods refuse another object as self", function()
+    local q0 = loom.queue()
+    for _, m in ipairs { "task_done", "join", "shutdown", "poll" } do
+      local ok, err = pcall(q0[m], loom.lock())
+      assert.is_false(ok)
+      assert.matches("bad argument #1 to '.-' %(loom.Queue expected, got loom.Lock%)", err)
+    end
+    local q = loom.queue()
+    q.maxsize = math.maxinteger
+    assert.is_true(q:put(1))
+    assert.equal(math.maxinteger, q.maxsize)
+  end)
+
   describe(":poll()", function()
     it("says whether get would wait, taking nothing", function()
       local q = loom.queue()
