@@ -377,6 +377,8 @@ static HeapSlot *my_slot (HeapHeader *h) {
 static int slots_empty (HeapHeader *h) {
   int any = 0;
   for (int i = 0; i < HEAP_SLOTS; i++) {
+    if (atomic_load_explicit(&h->slots[i].b, memory_order_relaxed) == NULL)
+      continue;   /* not a write: the line stays its thread's */
     Block *b = atomic_exchange_explicit(&h->slots[i].b, NULL,
                                         memory_order_acquire);
     if (b != NULL) {
@@ -576,8 +578,13 @@ void *loomi_heap_alloc (size_t n) {
   heap_lock(h);
   if (stray != NULL)
     free_locked(h, stray);
+  /* Before a request fails, and before a small one opens up new space at
+  ** the bottom of the largest free block, the slots' blocks go back: a
+  ** small object made right above a block waiting in a slot would leave
+  ** a hole there once the block comes back. */
   Block *b = find_block(h, need);
-  if (b == NULL && slots_empty(h))
+  if ((b == NULL || (need < HEAP_HIGH && bsize(b) >= HEAP_HIGH)) &&
+      slots_empty(h))
     b = find_block(h, need);
   if (b == NULL) {
     loomi_mutex_unlock(&h->mu);
