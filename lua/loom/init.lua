@@ -175,6 +175,7 @@ function M.timer(interval, fn, ...)
 end
 
 M.process = lproc.process
+M.pipe = require("loom.pipe").pipe
 require("loom.pool").install()
 
 setmetatable(M, { __name = "loom" })
