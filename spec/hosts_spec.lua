@@ -116,3 +116,27 @@ describe("a host that closes and remakes its state", function()
     assert(math.max(table.unpack(counts)) <= 20, out)
   end)
 end)
+
+describe("a process that exits without closing its interpreter", function()
+  it("waits for its non-daemon threads and cancels its daemon threads, as closing would", function()
+    local out, ok = H.run(string.format([[
+      local loom = require "loom"
+      local started = loom.semaphore(0)
+      loom.thread(function(s)
+        s:release()
+        require("loom").sleep(0.2)
+        io.stdout:write("worker finished\n")
+      end, started):start()
+      loom.thread{ daemon = true, args = { started }, target = function(s)
+        local g <close> = setmetatable({}, { __close = function() io.stdout:write("daemon unwound\n") end })
+        s:release()
+        require("loom").sleep(3600)
+      end }:start()
+      for _ = 1, 2 do assert(started:acquire(true, %.17g)) end
+      os.exit(0)   -- exit() runs, lua_close does not: as neomutt and gnuplot end
+    ]], H.t(10)))
+    assert(ok, out)
+    assert.truthy(out:find("worker finished", 1, true), out)
+    assert.truthy(out:find("daemon unwound", 1, true), out)
+  end)
+end)
