@@ -1,8 +1,8 @@
 /* shared.c: loom.Value, one typed number in the shared heap, and the element
 ** types and atomic element operations loom.Array shares with it.
 ** Lua: loom.value(type, [init], [lock]) -> Value;  v.value (plain, racy);
-**      v:get_lock(), get_obj(), add(n), sub(n), cas(old, new), exchange(x), load(),
-**      store(x);  v.type.
+**      v:get_lock(), get_obj(), add(n), sub(n), cas(old, new), exchange(x),
+**      load(), store(x);  v.type.
 ** SPDX-License-Identifier: MIT */
 #include "loomint.h"
 
