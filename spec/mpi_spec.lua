@@ -26,7 +26,7 @@ local function mpirun(chunk, opts)
   f:write("local H = require 'helpers'\nlocal loom = require 'loom'\nlocal mpi = require 'loom.mpi'\n", chunk)
   f:close()
   local env = string.format("LUA_PATH='%s/lua/?.lua;%s/lua/?/init.lua;%s/spec/?.lua;;' LUA_CPATH='%s/?.so;;' " ..
-    "OMPI_MCA_rmaps_base_oversubscribe=1 LOOM_SPEC_MACHINE=%.17g ", root, root, root, root, H.machine)
+    "LOOM_SPEC_MACHINE=%.17g ", root, root, root, root, H.machine)
   local launch
   if opts.singleton then
     launch = string.format("%s -l loom.mpi.run %s", H.lua, path)

@@ -208,7 +208,15 @@ local function dispatch_loop(q, comm, ranks, hello, spawned, ready, inflight, pe
   end
   local wait = nil
   while true do
-    local item = q:get(wait)
+    local item
+    if wait == nil then
+      item = q:get()
+    else
+      -- tasks out: wait on MPI first, where the next event most likely
+      -- comes from, for at most `wait`; new submits wait that long at most
+      mc.probe(comm, wait)
+      item = q:get(0)
+    end
     while item do
       if item[1] == "task" then
         if broken then
@@ -322,13 +330,16 @@ local function parse(n)
   if opts.initargs ~= nil and type(opts.initargs) ~= "table" then
     error("bad argument #1 to 'pool' (initargs must be a table)", 3)
   end
+  if opts.info ~= nil and type(opts.info) ~= "table" then
+    error("bad argument #1 to 'pool' (info must be a table)", 3)
+  end
   if opts.initargs ~= nil and opts.init == nil then
     error("bad argument #1 to 'pool' (initargs given without init)", 3)
   end
   return n, opts
 end
 
---- loom.mpi.pool([n | {workers=, init=, initargs=, command=, args=}]).
+--- loom.mpi.pool([n | {workers=, init=, initargs=, command=, args=, info=}]).
 function M.pool(n)
   local opts
   n, opts = parse(n)
@@ -355,10 +366,13 @@ function M.pool(n)
   else
     n = n or loom.cpu_count()
     local cmd, argv = worker_command(opts)
-    local inter, err = core.spawn(cmd, argv, n)
+    -- a singleton's runtime offers as many slots as cores, one of them its
+    -- own: by default the workers go on this host, as many as asked for
+    -- (loom.pool(n) takes any n too); opts.info places them otherwise
+    local info = opts.info or { host = "localhost:" .. (n + 1) }
+    local inter, err = core.spawn(cmd, argv, n, info)
     if not inter then
-      return nil, "cannot spawn MPI workers: " .. tostring(err) ..
-        " (more workers than MPI slots? set OMPI_MCA_rmaps_base_oversubscribe=1)"
+      return nil, "cannot spawn MPI workers: " .. tostring(err)
     end
     comm, spawned = inter, true
     for r = 1, n do ranks[r] = r - 1 end
