@@ -592,10 +592,22 @@ static void child_fail (lua_State *L, LoomProcess *p) {
   }
 }
 
-/* The child's life, from fork to _exit; stack: proxy, {target, args}. */
+/* The child's life, from fork to _exit; stack: proxy, {target, args,
+** close_fds, pass_fds}.  close_fds points the descriptors at /dev/null
+** rather than closing them: a Lua file or stdio stream of the parent's
+** still names the number, and must not reach a file the child opens
+** later. */
 static void process_child (lua_State *L, LoomProcess *p) {
   loomi_thread_forked(L);
   loomi_child_sigmask();   /* whatever the forking thread blocked */
+  lua_rawgeti(L, 2, 3);
+  int close_fds = lua_toboolean(L, -1);
+  lua_rawgeti(L, 2, 4);
+  const int *keep = lua_touserdata(L, -1);
+  size_t nkeep = keep != NULL ? lua_rawlen(L, -1) / sizeof(int) : 0;
+  if (close_fds)
+    loomi_close_fds(keep, nkeep, 1);
+  lua_pop(L, 2);
   ProcList *pl = proclist_of(L, 0);
   if (pl != NULL) {
     pl->n = 0;   /* the parent's children, and its references to them */
@@ -629,20 +641,32 @@ static LoomProcess *checkprocess (lua_State *L, int arg) {
   return (LoomProcess *)loomi_checkobj(L, arg, LOOM_PROCESS);
 }
 
-/* process(target, args, name, daemon): the Lua layer has sorted out the
-** two call forms; args is a sequence table with an n field. */
+/* process(target, args, name, daemon, close_fds, pass_fds): the Lua layer
+** has sorted out the two call forms and checked the options; args is a
+** sequence table with an n field. */
 static int process_new (lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   luaL_checktype(L, 2, LUA_TTABLE);
   const char *name = lua_isnoneornil(L, 3) ? NULL
                      : loomi_checkname(L, 3, sizeof ((LoomProcess *)0)->name);
   int daemon = lua_toboolean(L, 4);
+  int close_fds = lua_toboolean(L, 5);
+  lua_settop(L, 6);
+  size_t nkeep = 0;
+  if (!lua_isnil(L, 6))
+    loomi_check_fds(L, 6, 6, &nkeep);      /* 7 */
+  else
+    lua_pushnil(L);
   LoomObj **slot = loomi_proxy_new(L, LOOM_PROCESS);
-  lua_createtable(L, 2, 0);      /* the call, run by the child */
+  lua_createtable(L, 4, 0);      /* the call, run by the child */
   lua_pushvalue(L, 1);
   lua_rawseti(L, -2, 1);
   lua_pushvalue(L, 2);
   lua_rawseti(L, -2, 2);
+  lua_pushboolean(L, close_fds);
+  lua_rawseti(L, -2, 3);
+  lua_pushvalue(L, 7);           /* the descriptors close_fds keeps */
+  lua_rawseti(L, -2, 4);
   lua_setiuservalue(L, -2, 1);
   LoomProcess *p = process_create();
   if (p == NULL)
