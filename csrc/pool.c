@@ -1447,6 +1447,7 @@ static int future_result (lua_State *L) {
     return loomi_push_interrupted(L);
   lua_settop(L, 1);
   future_dispatch(L);
+  f = checkself(L);          /* a callback may have closed this handle */
   if (rc == ETIMEDOUT) {
     luaL_pushfail(L);
     lua_pushliteral(L, LOOM_TIMEOUT);
@@ -1486,6 +1487,7 @@ static int future_error (lua_State *L) {
     return loomi_push_interrupted(L);
   lua_settop(L, 1);
   future_dispatch(L);
+  f = checkself(L);          /* a callback may have closed this handle */
   if (rc == ETIMEDOUT) {
     luaL_pushfail(L);
     lua_pushliteral(L, LOOM_TIMEOUT);
@@ -1505,22 +1507,22 @@ static int future_error (lua_State *L) {
 }
 
 static int future_done (lua_State *L) {
-  Future *f = checkself(L);
   future_dispatch(L);
+  Future *f = checkself(L);
   lua_pushboolean(L, finished(atomic_load(&f->state)));
   return 1;
 }
 
 static int future_running (lua_State *L) {
-  Future *f = checkself(L);
   future_dispatch(L);
+  Future *f = checkself(L);
   lua_pushboolean(L, atomic_load(&f->state) == F_RUNNING);
   return 1;
 }
 
 static int future_cancelled (lua_State *L) {
-  Future *f = checkself(L);
   future_dispatch(L);
+  Future *f = checkself(L);
   lua_pushboolean(L, atomic_load(&f->state) == F_CANCELLED);
   return 1;
 }
@@ -1616,7 +1618,6 @@ static int pool_wait (lua_State *L) {
     return loomi_raise_cancelled(L);
   if (rc == EINTR)
     return loomi_push_interrupted(L);
-  future_dispatch(L);
   lua_createtable(L, (int)n, 0);
   lua_createtable(L, 0, 0);
   lua_Integer nd = 0, nn = 0;
@@ -1627,6 +1628,7 @@ static int pool_wait (lua_State *L) {
     else
       lua_rawseti(L, 5, ++nn);
   }
+  future_dispatch(L);        /* last: a callback may close the handles */
   return 2;
 }
 

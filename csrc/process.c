@@ -326,7 +326,46 @@ typedef struct ProcList {
   LoomProcess **list;
   size_t n, cap;
   pid_t pid;             /* the process whose references the list holds */
+  int listed;            /* on exit_lists: a state of the host's threads */
+  struct ProcList *next_listed, *prev_listed;
 } ProcList;
+
+/* Process-global: the lists of the states that run on threads loom did
+** not start (the host's own), for the exit of a process that never closes
+** them (loomi_process_atexit).  A loom thread's state does what closing
+** would when the thread's function returns, so its list is not here. */
+static pthread_mutex_t exit_lists_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct ProcList *exit_lists = NULL;
+
+static void exit_lists_prefork (void) { pthread_mutex_lock(&exit_lists_mu); }
+static void exit_lists_postfork (void) { pthread_mutex_unlock(&exit_lists_mu); }
+static pthread_once_t exit_lists_once = PTHREAD_ONCE_INIT;
+static void exit_lists_init (void) {
+  pthread_atfork(exit_lists_prefork, exit_lists_postfork, exit_lists_postfork);
+}
+
+static void exit_list (ProcList *pl, int on) {
+  pthread_once(&exit_lists_once, exit_lists_init);
+  pthread_mutex_lock(&exit_lists_mu);
+  if (on && !pl->listed) {
+    pl->prev_listed = NULL;
+    pl->next_listed = exit_lists;
+    if (exit_lists != NULL)
+      exit_lists->prev_listed = pl;
+    exit_lists = pl;
+    pl->listed = 1;
+  }
+  else if (!on && pl->listed) {
+    if (pl->prev_listed != NULL)
+      pl->prev_listed->next_listed = pl->next_listed;
+    else
+      exit_lists = pl->next_listed;
+    if (pl->next_listed != NULL)
+      pl->next_listed->prev_listed = pl->prev_listed;
+    pl->listed = 0;
+  }
+  pthread_mutex_unlock(&exit_lists_mu);
+}
 
 static const char PROCLIST_KEY = 'P';
 
@@ -387,8 +426,20 @@ static void proclist_orphan (ProcList *pl) {
 #define LOOM_PROCLIST "loom.ProcList"
 
 static int proclist_gc (lua_State *L) {
-  proclist_shutdown(luaL_checkudata(L, 1, LOOM_PROCLIST));
+  ProcList *pl = luaL_checkudata(L, 1, LOOM_PROCLIST);
+  exit_list(pl, 0);
+  proclist_shutdown(pl);
   return 0;
+}
+
+/* At exit without lua_close: each host state's children are terminated
+** (daemons) or waited for, as closing the state would. */
+void loomi_process_atexit (void) {
+  pthread_mutex_lock(&exit_lists_mu);
+  for (ProcList *pl = exit_lists; pl != NULL; pl = pl->next_listed)
+    if (pl->pid == getpid())
+      proclist_shutdown(pl);
+  pthread_mutex_unlock(&exit_lists_mu);
 }
 
 /* The list of L's state, made on first use; NULL with `make` false and no
@@ -415,6 +466,8 @@ static ProcList *proclist_of (lua_State *L, int make) {
   }
   lua_setmetatable(L, -2);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &PROCLIST_KEY);
+  if (!loomi_on_loom_thread())
+    exit_list(pl, 1);
   return pl;
 }
 
@@ -539,10 +592,22 @@ static void child_fail (lua_State *L, LoomProcess *p) {
   }
 }
 
-/* The child's life, from fork to _exit; stack: proxy, {target, args}. */
+/* The child's life, from fork to _exit; stack: proxy, {target, args,
+** close_fds, pass_fds}.  close_fds points the descriptors at /dev/null
+** rather than closing them: a Lua file or stdio stream of the parent's
+** still names the number, and must not reach a file the child opens
+** later. */
 static void process_child (lua_State *L, LoomProcess *p) {
   loomi_thread_forked(L);
   loomi_child_sigmask();   /* whatever the forking thread blocked */
+  lua_rawgeti(L, 2, 3);
+  int close_fds = lua_toboolean(L, -1);
+  lua_rawgeti(L, 2, 4);
+  const int *keep = lua_touserdata(L, -1);
+  size_t nkeep = keep != NULL ? lua_rawlen(L, -1) / sizeof(int) : 0;
+  if (close_fds)
+    loomi_close_fds(keep, nkeep, 1);
+  lua_pop(L, 2);
   ProcList *pl = proclist_of(L, 0);
   if (pl != NULL) {
     pl->n = 0;   /* the parent's children, and its references to them */
@@ -576,20 +641,32 @@ static LoomProcess *checkprocess (lua_State *L, int arg) {
   return (LoomProcess *)loomi_checkobj(L, arg, LOOM_PROCESS);
 }
 
-/* process(target, args, name, daemon): the Lua layer has sorted out the
-** two call forms; args is a sequence table with an n field. */
+/* process(target, args, name, daemon, close_fds, pass_fds): the Lua layer
+** has sorted out the two call forms and checked the options; args is a
+** sequence table with an n field. */
 static int process_new (lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   luaL_checktype(L, 2, LUA_TTABLE);
   const char *name = lua_isnoneornil(L, 3) ? NULL
                      : loomi_checkname(L, 3, sizeof ((LoomProcess *)0)->name);
   int daemon = lua_toboolean(L, 4);
+  int close_fds = lua_toboolean(L, 5);
+  lua_settop(L, 6);
+  size_t nkeep = 0;
+  if (!lua_isnil(L, 6))
+    loomi_check_fds(L, 6, 6, &nkeep);      /* 7 */
+  else
+    lua_pushnil(L);
   LoomObj **slot = loomi_proxy_new(L, LOOM_PROCESS);
-  lua_createtable(L, 2, 0);      /* the call, run by the child */
+  lua_createtable(L, 4, 0);      /* the call, run by the child */
   lua_pushvalue(L, 1);
   lua_rawseti(L, -2, 1);
   lua_pushvalue(L, 2);
   lua_rawseti(L, -2, 2);
+  lua_pushboolean(L, close_fds);
+  lua_rawseti(L, -2, 3);
+  lua_pushvalue(L, 7);           /* the descriptors close_fds keeps */
+  lua_rawseti(L, -2, 4);
   lua_setiuservalue(L, -2, 1);
   LoomProcess *p = process_create();
   if (p == NULL)

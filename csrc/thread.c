@@ -29,6 +29,7 @@ typedef struct LoomThread {
   int failed;                /* error holds (error value, traceback) */
   int collected;             /* result() or error() has seen the error */
   int main;                  /* stands for a thread loom did not start */
+  int borrowed;              /* a shared thread's (gil.c) */
   int listed;                /* a reference is held by a Children list */
   atomic_int cancel;
   atomic_int done;           /* state is TH_DONE, for a look without mu */
@@ -194,8 +195,47 @@ static void live_atfork_child (void) {
   atomic_store(&main_ident, (int64_t)pthread_self());
 }
 
+/* At the exit of a process whose interpreters were never closed (hosts
+** such as neomutt and gnuplot exit without lua_close, and os.exit does not
+** close by default), the isolated threads still running are treated as a
+** closing interpreter treats its own: daemon threads are cancelled (and
+** given up to 2 s each), the others waited for, as Python's interpreter
+** waits at exit.  A closed interpreter already did this, and left none.
+** Shared threads are not waited for: they need their interpreter's lock,
+** which the exiting thread may hold. */
+static void thread_request_cancel (LoomThread *t);
+static int thread_wait_done (LoomThread *t, const LoomDeadline *dl);
+
+void loomi_thread_atexit (void) {
+  LoomThread **list = NULL;
+  int n = 0;
+  pthread_mutex_lock(&live_mu);
+  if (live_count > 0)
+    list = malloc((size_t)live_count * sizeof *list);
+  for (LoomThread *t = live_head; list != NULL && t != NULL; t = t->live_next)
+    if (!t->borrowed && t != self_thread) {
+      loomi_obj_retain(&t->obj);
+      list[n++] = t;
+    }
+  pthread_mutex_unlock(&live_mu);
+  for (int i = 0; i < n; i++)
+    if (list[i]->daemon)
+      thread_request_cancel(list[i]);
+  for (int i = 0; i < n; i++) {
+    LoomDeadline dl;
+    loomi_deadline_in(&dl, list[i]->daemon ? 2.0 : -1);
+    thread_wait_done(list[i], &dl);
+    loomi_obj_release(&list[i]->obj);
+  }
+  free(list);
+}
+
 static void live_init (void) {
   pthread_atfork(live_atfork_prepare, live_atfork_parent, live_atfork_child);
+}
+
+int loomi_on_loom_thread (void) {
+  return self_thread != NULL;
 }
 
 /* Whether t's cancellation is to be raised now: not while a __close
@@ -2031,6 +2071,7 @@ LoomObj *loomi_thread_borrowed (const char *name, int daemon) {
     return NULL;
   t->state = TH_RUNNING;
   t->daemon = daemon;
+  t->borrowed = 1;
   snprintf(t->name, sizeof t->name, "%s", name);
   return &t->obj;
 }
