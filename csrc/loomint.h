@@ -331,6 +331,11 @@ int  loomi_thread_forked (lua_State *L);
 /* What closing L does to the threads it started: cancel the daemons, wait
 ** for the rest.  A forked child calls it before it leaves. */
 void loomi_thread_shutdown (lua_State *L);
+/* At the exit of a process that never closed its states (core.c's atexit
+** handler): its threads' and children's end, as closing would do it. */
+void loomi_thread_atexit (void);
+void loomi_process_atexit (void);
+int  loomi_on_loom_thread (void);   /* the caller runs a loom thread */
 
 /* A shared-interpreter thread (gil.c) borrows a thread object: made with
 ** one reference; entered on its OS thread (self, ids) and left when done;

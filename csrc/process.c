@@ -432,7 +432,46 @@ typedef struct ProcList {
   LoomProcess **list;
   size_t n, cap;
   pid_t pid;             /* the process whose references the list holds */
+  int listed;            /* on exit_lists: a state of the host's threads */
+  struct ProcList *next_listed, *prev_listed;
 } ProcList;
+
+/* Process-global: the lists of the states that run on threads loom did
+** not start (the host's own), for the exit of a process that never closes
+** them (loomi_process_atexit).  A loom thread's state does what closing
+** would when the thread's function returns, so its list is not here. */
+static pthread_mutex_t exit_lists_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct ProcList *exit_lists = NULL;
+
+static void exit_lists_prefork (void) { pthread_mutex_lock(&exit_lists_mu); }
+static void exit_lists_postfork (void) { pthread_mutex_unlock(&exit_lists_mu); }
+static pthread_once_t exit_lists_once = PTHREAD_ONCE_INIT;
+static void exit_lists_init (void) {
+  pthread_atfork(exit_lists_prefork, exit_lists_postfork, exit_lists_postfork);
+}
+
+static void exit_list (ProcList *pl, int on) {
+  pthread_once(&exit_lists_once, exit_lists_init);
+  pthread_mutex_lock(&exit_lists_mu);
+  if (on && !pl->listed) {
+    pl->prev_listed = NULL;
+    pl->next_listed = exit_lists;
+    if (exit_lists != NULL)
+      exit_lists->prev_listed = pl;
+    exit_lists = pl;
+    pl->listed = 1;
+  }
+  else if (!on && pl->listed) {
+    if (pl->prev_listed != NULL)
+      pl->prev_listed->next_listed = pl->next_listed;
+    else
+      exit_lists = pl->next_listed;
+    if (pl->next_listed != NULL)
+      pl->next_listed->prev_listed = pl->prev_listed;
+    pl->listed = 0;
+  }
+  pthread_mutex_unlock(&exit_lists_mu);
+}
 
 static const char PROCLIST_KEY = 'P';
 
@@ -493,8 +532,20 @@ static void proclist_orphan (ProcList *pl) {
 #define LOOM_PROCLIST "loom.ProcList"
 
 static int proclist_gc (lua_State *L) {
-  proclist_shutdown(luaL_checkudata(L, 1, LOOM_PROCLIST));
+  ProcList *pl = luaL_checkudata(L, 1, LOOM_PROCLIST);
+  exit_list(pl, 0);
+  proclist_shutdown(pl);
   return 0;
+}
+
+/* At exit without lua_close: each host state's children are terminated
+** (daemons) or waited for, as closing the state would. */
+void loomi_process_atexit (void) {
+  pthread_mutex_lock(&exit_lists_mu);
+  for (ProcList *pl = exit_lists; pl != NULL; pl = pl->next_listed)
+    if (pl->pid == getpid())
+      proclist_shutdown(pl);
+  pthread_mutex_unlock(&exit_lists_mu);
 }
 
 /* The list of L's state, made on first use; NULL with `make` false and no
@@ -521,6 +572,8 @@ static ProcList *proclist_of (lua_State *L, int make) {
   }
   lua_setmetatable(L, -2);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &PROCLIST_KEY);
+  if (!loomi_on_loom_thread())
+    exit_list(pl, 1);
   return pl;
 }
 
