@@ -77,7 +77,7 @@ typedef struct LoomQueue {
   size_t unfinished;         /* items put and not yet task_done */
   uint64_t seq;              /* the next put's sequence (priority) */
   int sifting;               /* priority: the heap's order may be broken */
-  Journal jn;                /* priority: the move in progress */
+  Journal jn[];              /* priority queues only: the move in progress */
 } LoomQueue;
 
 static size_t qmax (LoomQueue *q) {
@@ -101,8 +101,9 @@ static void queue_destroy (LoomObj *o) {
 }
 
 static LoomQueue *queue_create (size_t maxsize, int kind) {
-  LoomQueue *q = (LoomQueue *)loomi_obj_new(sizeof(LoomQueue), LOOM_QUEUE,
-                                            queue_destroy);
+  size_t size = sizeof(LoomQueue) +
+                (kind == QUEUE_PRIORITY ? sizeof(Journal) : 0);
+  LoomQueue *q = (LoomQueue *)loomi_obj_new(size, LOOM_QUEUE, queue_destroy);
   if (q == NULL)
     return NULL;
   if (loomi_mutex_init(&q->mu) != 0) {
@@ -129,7 +130,7 @@ static int slot_before (const Slot *a, const Slot *b) {
 }
 
 static void journal_apply (LoomQueue *q) {
-  Journal *jn = &q->jn;
+  Journal *jn = q->jn;
   Ring *r = atomic_load_explicit(&q->ring, memory_order_relaxed);
   if (jn->i != SIZE_MAX)
     r->slots[jn->i] = jn->si;
@@ -143,7 +144,7 @@ static void journal_apply (LoomQueue *q) {
 /* Writes slots[i] = si, slots[j] = sj, then tail, through the journal. */
 static void journal_do (LoomQueue *q, size_t i, const Slot *si, size_t j,
                         const Slot *sj, size_t tail) {
-  Journal *jn = &q->jn;
+  Journal *jn = q->jn;
   jn->i = i;
   jn->j = j;
   jn->tail = tail;
@@ -189,7 +190,7 @@ static void heap_down (LoomQueue *q, size_t i, size_t n) {
 /* What a holder killed in a heap operation left: its last move is done
 ** again, and an order it was still restoring is rebuilt. */
 static void heap_repair (LoomQueue *q) {
-  if (atomic_load_explicit(&q->jn.valid, memory_order_acquire))
+  if (atomic_load_explicit(&q->jn->valid, memory_order_acquire))
     journal_apply(q);
   if (q->sifting) {
     size_t n = qcount(q);
