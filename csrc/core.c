@@ -222,6 +222,7 @@ static const struct {
   {"queue", loomi_queue_open},
   {"process", loomi_process_open},
   {"pool", loomi_pool_open},
+  {"notifier", loomi_notify_open},
 };
 
 /* A thread may still be leaving loom's code when the state that loaded the

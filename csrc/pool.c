@@ -76,6 +76,7 @@ typedef struct Future {
   LoomMsg *results;
   LoomMsg *error;            /* (error, traceback); NULL + F_FAILED: no state */
   WaitLink *links;           /* mu held */
+  LoomNotifyLink *nlinks;    /* notifiers watching; mu held */
   int pool_id, worker;       /* who ran it, for the remote traceback */
   int by_process;            /* a worker process ran it */
 } Future;
@@ -165,6 +166,8 @@ static void future_notify (Future *f, int state) {
     loomi_mutex_unlock(&w->mu);
     f->links = next;
   }
+  if (f->nlinks != NULL)
+    loomi_notify_fire(&f->nlinks);
 }
 
 /* Moves a claimed future to its final state; the future owns the messages
@@ -894,6 +897,16 @@ static int waiter_wait (Waiter *w, int mode, uint32_t count,
     rc = 0;
   loomi_mutex_unlock(&w->mu);
   return rc;
+}
+
+void loomi_future_watch (LoomObj *o, LoomNotifyLink *l, int attach) {
+  Future *f = (Future *)o;
+  loomi_mutex_lock(&f->mu);
+  if (attach)
+    loomi_notify_attach(&f->nlinks, l, finished(atomic_load(&f->state)));
+  else
+    loomi_notify_detach(&f->nlinks, l);
+  loomi_mutex_unlock(&f->mu);
 }
 
 /* ---- Lua bindings: futures ---- */

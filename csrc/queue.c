@@ -51,6 +51,7 @@ typedef struct LoomQueue {
   _Atomic size_t head, tail;
   atomic_size_t avail;       /* tail - head, polled without mu */
   int closed;
+  LoomNotifyLink *nlinks;    /* notifiers watching */
 } LoomQueue;
 
 /* ---- C core ---- */
@@ -139,6 +140,8 @@ static int queue_push (LoomQueue *q, const Slot *it, const LoomDeadline *dl,
         atomic_store_explicit(&q->tail, tail + 1, memory_order_release);
         atomic_store_explicit(&q->avail, count + 1, memory_order_relaxed);
         loomi_wake(&q->not_empty, 1);
+        if (q->nlinks != NULL)
+          loomi_notify_fire(&q->nlinks);
       }
       break;
     }
@@ -199,6 +202,17 @@ static int queue_pop (LoomQueue *q, Slot *it, const LoomDeadline *dl,
     loomi_wake(&q->not_empty, 1);
   loomi_mutex_unlock(&q->mu);
   return rc;
+}
+
+/* A watch tells its notifier once an item is there or the queue closed. */
+void loomi_queue_watch (LoomObj *o, LoomNotifyLink *l, int attach) {
+  LoomQueue *q = (LoomQueue *)o;
+  loomi_mutex_lock(&q->mu);
+  if (attach)
+    loomi_notify_attach(&q->nlinks, l, qcount(q) > 0 || q->closed);
+  else
+    loomi_notify_detach(&q->nlinks, l);
+  loomi_mutex_unlock(&q->mu);
 }
 
 typedef struct Ready { LoomQueue *q; int want_items; } Ready;
@@ -384,6 +398,8 @@ static int queue_close (lua_State *L) {
   q->closed = 1;
   loomi_wake_all(&q->not_empty);
   loomi_wake_all(&q->not_full);
+  if (q->nlinks != NULL)
+    loomi_notify_fire(&q->nlinks);
   loomi_mutex_unlock(&q->mu);
   return 0;
 }

@@ -30,6 +30,7 @@ build = {
         "csrc/gil.c",
         "csrc/heap.c",
         "csrc/lock.c",
+        "csrc/notify.c",
         "csrc/obj.c",
         "csrc/pool.c",
         "csrc/process.c",
