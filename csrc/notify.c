@@ -1,8 +1,8 @@
 /* notify.c: loom.Notifier, readiness an event loop can poll.  An eventfd
 ** that becomes readable when something watched completes: a future
 ** finishes, an event is set, an item (or close) reaches a queue.
-** Lua: loom.core.notifier() -> Notifier; n:fd(); n:watch(obj, [tag]);
-**      n:unwatch(obj) -> count; n:drain() -> {tag...}; n:close().
+** Lua: loom.core.notifier() -> Notifier; n:fd(); n:watch(obj, [tag]) -> id;
+**      n:unwatch(obj | id) -> count; n:drain() -> {tag...}; n:close().
 ** Whoever completes the object may be another process (a process-pool
 ** worker forked before the notifier existed, which has no such descriptor):
 ** it only links the watch into the notifier's ready list in the shared
@@ -302,7 +302,7 @@ static LoomObj *checkwatched (lua_State *L, int *src) {
   return o;
 }
 
-/* watch(obj, [tag]): drain() will list tag (obj itself by default) once
+/* watch(obj, [tag]) -> id: drain() will list tag (obj itself by default) once
 ** obj completes: a future finishes (once; the watch ends there), an event
 ** is set or an item or close() reaches a queue (every time, until
 ** unwatch).  Already complete: listed at the next drain. */
@@ -337,22 +337,33 @@ static int notifier_watch (lua_State *L) {
   n->all = l;
   loomi_mutex_unlock(&n->mu);
   sources[src].watch(o, l, 1);
-  return 0;
+  lua_pushinteger(L, id);
+  return 1;
 }
 
-/* unwatch(obj) -> how many watches of obj ended. */
+/* unwatch(obj | id) -> how many watches ended: every watch of obj, or the
+** one watch() returned id for (0 once it was listed, for a future). */
 static int notifier_unwatch (lua_State *L) {
   NotifierBox *b = checkbox(L);
   int src;
-  LoomObj *o = checkwatched(L, &src);
+  LoomObj *o = NULL;
+  lua_Integer wid = 0;
+  if (lua_type(L, 2) == LUA_TNUMBER) {
+    wid = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, wid > 0 && wid <= UINT32_MAX, 2, "no such watch");
+  }
+  else
+    o = checkwatched(L, &src);
+  lua_settop(L, 2);
   lua_getiuservalue(L, 1, 1);
   Notifier *n = b->n;
   int count = 0;
   for (;;) {
     LoomNotifyLink *l;
     loomi_mutex_lock(&n->mu);
-    for (l = n->all; l != NULL && l->src != o; l = l->anext)
-      ;
+    for (l = n->all; l != NULL; l = l->anext)
+      if (o != NULL ? l->src == o : l->id == (uint32_t)wid)
+        break;
     uint32_t id = l != NULL ? l->id : 0;
     loomi_mutex_unlock(&n->mu);
     if (l == NULL)
