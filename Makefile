@@ -15,8 +15,11 @@ LDFLAGS_SO = -pthread -Wl,-z,nodelete
 SRC := $(sort $(wildcard csrc/*.c))
 OBJ := $(SRC:csrc/%.c=build/%.o)
 DEPS := lua5.4 liblua5.4-dev lua-busted luarocks
+# What only the specs need: the event loops loom.luv and loom.cqueues are
+# tested against (their specs are pending without them).
+TEST_DEPS := lua-luv lua-cqueues
 
-.PHONY: all test experiments bench sanitize tsan asan valgrind host fuzz soak clean deps
+.PHONY: all test test-deps experiments bench sanitize tsan asan valgrind host fuzz soak clean deps
 
 all: loom/core.so
 
@@ -48,13 +51,29 @@ deps:
 	  fi; \
 	fi
 
+# The same for TEST_DEPS, before `make test`; without root or apt it only
+# says what the specs that need them will skip.
+test-deps: deps
+	@missing=""; \
+	$(LUA) -e 'require "luv"' >/dev/null 2>&1 || missing="$$missing lua-luv"; \
+	$(LUA) -e 'require "cqueues"' >/dev/null 2>&1 || missing="$$missing lua-cqueues"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || \
+	      echo "could not install$$missing: their specs stay pending"; \
+	  else \
+	    echo "specs pending without:$$missing (run: sudo apt-get install -y$$missing)"; \
+	  fi; \
+	fi
+
 # The machine's speed factor for the specs' time bounds (spec/helpers.lua),
 # measured once here and passed down, so that every interpreter of the run
 # (threads, subprocesses) scales by the same figure.
 SPEC_MACHINE = $(LUA) -e 'package.path = "spec/?.lua;" .. package.path \
   package.cpath = "./?.so;" .. package.cpath io.write(require("helpers").machine)'
 
-test: deps
+test: test-deps
 	@$(MAKE) --no-print-directory all
 	@LOOM_SPEC_MACHINE=$${LOOM_SPEC_MACHINE:-$$($(SPEC_MACHINE))} $(LUA) $(BUSTED) --run=default
 
