@@ -230,7 +230,6 @@ describe("loom.Notifier", function()
         fd = n:fd()
         n:watch(f, {})
         n:watch(q)
-        n = nil
       end
       collectgarbage()
       collectgarbage()
