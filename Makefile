@@ -14,58 +14,98 @@ LDFLAGS_SO = -pthread -Wl,-z,nodelete
 
 SRC := $(sort $(wildcard csrc/*.c))
 OBJ := $(SRC:csrc/%.c=build/%.o)
-DEPS := lua5.4 liblua5.4-dev lua-busted luarocks
-# What only the specs need: the event loops loom.luv and loom.cqueues are
+VERSION := $(shell sed -n 's/^#define LOOM_VERSION  *"\(.*\)"/\1/p' csrc/loom.h)
+# What each command needs installed, and no more: building and the
+# experiments need Lua and its headers; the tests also busted and luarocks.
+RUN_DEPS := lua5.4 liblua5.4-dev
+# lua-luv and lua-cqueues: the event loops loom.luv and loom.cqueues are
 # tested against (their specs are pending without them).
-TEST_DEPS := lua-luv lua-cqueues
+TEST_DEPS := $(RUN_DEPS) lua-busted luarocks lua-luv lua-cqueues
 
-.PHONY: all test test-deps experiments bench sanitize tsan asan valgrind host fuzz soak clean deps
+# One short line per compiled file; `make V=1` shows the commands.
+ifeq ($(V),1)
+Q :=
+say := @true
+else
+Q := @
+say := @printf '  %-6s %s\n'
+endif
+
+.PHONY: all test experiments bench sanitize tsan asan valgrind host fuzz soak clean deps \
+  deps-run lint install dist FORCE
 
 all: loom/core.so
 
 build/%.o: csrc/%.c
 	@mkdir -p build
-	$(CC) $(BASEFLAGS) $(WARN) $(CFLAGS) -MMD -MP -c $< -o $@
+	$(say) CC $<
+	$(Q)$(CC) $(BASEFLAGS) $(WARN) $(CFLAGS) -MMD -MP -c $< -o $@
 
-loom/core.so: $(OBJ)
+build/core.so: $(OBJ)
+	$(say) LINK loom/core.so
+	$(Q)$(CC) $(LIBFLAG) $(LDFLAGS_SO) -o $@ $(OBJ) -lm
+
+# The module Lua loads is a copy of build/core.so, checked on every make:
+# `luarocks make` writes its own loom/core.so over it, which make would
+# otherwise take for up to date.
+loom/core.so: build/core.so FORCE
 	@mkdir -p loom
-	$(CC) $(LIBFLAG) $(LDFLAGS_SO) -o $@ $(OBJ) -lm
+	@cmp -s build/core.so $@ || cp build/core.so $@
+
+FORCE:
+
+# What `luarocks make` runs (rockspec/, build type "make").
+INST_LIBDIR ?= /usr/local/lib/lua/5.4
+INST_LUADIR ?= /usr/local/share/lua/5.4
+install: all
+	mkdir -p $(INST_LIBDIR)/loom $(INST_LUADIR)/loom
+	cp loom/core.so $(INST_LIBDIR)/loom/
+	cp lua/loom/*.lua $(INST_LUADIR)/loom/
+
+# A source rock of this version that installs offline anywhere:
+# build/dist/loom-$(VERSION)-1.src.rock.
+dist: deps
+	@rm -rf build/dist && mkdir -p build/dist
+	git archive --prefix=loom-$(VERSION)/ -o build/dist/loom-$(VERSION).tar.gz HEAD
+	sed -e 's/^version = "scm-1"/version = "$(VERSION)-1"/' \
+	  -e 's|^  url = .*|  url = "file://$(CURDIR)/build/dist/loom-$(VERSION).tar.gz", dir = "loom-$(VERSION)",|' \
+	  rockspec/loom-scm-1.rockspec > build/dist/loom-$(VERSION)-1.rockspec
+	cd build/dist && luarocks --lua-version=5.4 pack loom-$(VERSION)-1.rockspec
 
 -include $(OBJ:.o=.d)
 
 # Installs the Debian packages loom needs when one is missing (as root), or
 # says exactly what to run.
-deps:
-	@missing=""; \
-	command -v $(LUA) >/dev/null 2>&1 || missing="$$missing lua5.4"; \
-	[ -f $(LUA_INCDIR)/lua.h ] || missing="$$missing liblua5.4-dev"; \
-	[ -f $(BUSTED) ] || missing="$$missing lua-busted"; \
-	command -v luarocks >/dev/null 2>&1 || missing="$$missing luarocks"; \
+# deps: what the tests need; deps-run: what building and running need.
+INSTALL_MISSING = \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEPS) >/dev/null || exit 1; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || exit 1; \
 	  else \
 	    echo "loom needs:$$missing"; \
-	    echo "run: sudo apt-get install -y $(DEPS)"; exit 1; \
+	    echo "run: sudo apt-get install -y$$missing"; exit 1; \
 	  fi; \
 	fi
+CHECK_RUN_DEPS = \
+	command -v $(LUA) >/dev/null 2>&1 || missing="$$missing lua5.4"; \
+	[ -f $(LUA_INCDIR)/lua.h ] || missing="$$missing liblua5.4-dev";
 
-# The same for TEST_DEPS, before `make test`; without root or apt it only
-# says what the specs that need them will skip.
-test-deps: deps
-	@missing=""; \
+deps-run:
+	@missing=""; $(CHECK_RUN_DEPS) $(INSTALL_MISSING)
+
+deps:
+	@missing=""; $(CHECK_RUN_DEPS) \
+	[ -f $(BUSTED) ] || missing="$$missing lua-busted"; \
+	command -v luarocks >/dev/null 2>&1 || missing="$$missing luarocks"; \
 	$(LUA) -e 'require "luv"' >/dev/null 2>&1 || missing="$$missing lua-luv"; \
 	$(LUA) -e 'require "cqueues"' >/dev/null 2>&1 || missing="$$missing lua-cqueues"; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || \
-	      echo "could not install$$missing: their specs stay pending"; \
-	  else \
-	    echo "specs pending without:$$missing (run: sudo apt-get install -y$$missing)"; \
-	  fi; \
-	fi
+	$(INSTALL_MISSING)
+
+# luacheck over the Lua sources (.luacheckrc).
+lint:
+	@missing=""; command -v luacheck >/dev/null 2>&1 || missing=" lua-check"; $(INSTALL_MISSING)
+	@luacheck --formatter plain lua spec experiments bench && echo "lint: no warnings"
 
 # The machine's speed factor for the specs' time bounds (spec/helpers.lua),
 # measured once here and passed down, so that every interpreter of the run
@@ -73,12 +113,12 @@ test-deps: deps
 SPEC_MACHINE = $(LUA) -e 'package.path = "spec/?.lua;" .. package.path \
   package.cpath = "./?.so;" .. package.cpath io.write(require("helpers").machine)'
 
-test: test-deps
-	@$(MAKE) --no-print-directory all
+test: deps
+	@$(MAKE) -s --no-print-directory all
 	@LOOM_SPEC_MACHINE=$${LOOM_SPEC_MACHINE:-$$($(SPEC_MACHINE))} $(LUA) $(BUSTED) --run=default
 
-experiments: deps
-	@$(MAKE) --no-print-directory all
+experiments: deps-run
+	@$(MAKE) -s --no-print-directory all
 	@$(LUA) experiments/run.lua $(ARGS)
 
 # The machine's raw limits, the reference column of the bench table.
@@ -91,8 +131,8 @@ build/heap_bench: bench/heap_bench.c bench/heap_pair.h $(SRC) csrc/loomint.h
 	@mkdir -p build
 	$(CC) $(HOST_FLAGS) -O2 -o $@ bench/heap_bench.c $(SRC) -llua5.4 -lm -ldl
 
-bench: deps
-	@$(MAKE) --no-print-directory all build/limits build/heap_bench
+bench: deps-run
+	@$(MAKE) -s --no-print-directory all build/limits build/heap_bench
 	@$(LUA) bench/run.lua $(ARGS)
 
 clean:

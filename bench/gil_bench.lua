@@ -10,8 +10,6 @@
 package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
 package.cpath = "./?.so;" .. package.cpath
 
-local LOOP = 5000000
-
 local mode = arg[1]
 if mode == "loop-base" or mode == "loop-during" or mode == "loop-after" then
   local n = tonumber(arg[2])

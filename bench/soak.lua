@@ -64,7 +64,7 @@ if loom.pool then
       for i = 1, chunk do fs[i] = pool:submit(function(x) return x + 1 end, i) end
       for i = 1, chunk do assert(fs[i]:result(60) == i + 1) end
       done = done + chunk
-      if done == count // 10 then fs = nil; warm() end
+      if done == count // 10 then fs = nil; warm() end  -- luacheck: ignore 311
     end
   end)
 else

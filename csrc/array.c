@@ -1,7 +1,9 @@
 /* array.c: loom.Array, a fixed-size typed array in the shared heap.
 ** Lua: loom.array(type, n | table | string, [lock]) -> Array;  a[i] (plain,
 **      racy, 1-based), #a, a:get_lock(), totable([i, j]), fill(x),
-**      add(i, n), sub(i, n), cas(i, old, new), exchange(i, x);  a.type.
+**      add(i, n), sub(i, n), cas(i, old, new), exchange(i, x);  a.type;
+**      slice([i, [j]]) -> table, set_slice(i, t) (under the lock, if any);
+**      get_obj() -> the array itself (Python's raw access).
 ** SPDX-License-Identifier: MIT */
 #include "loomint.h"
 
@@ -182,6 +184,108 @@ static int array_totable (lua_State *L) {
   return 1;
 }
 
+/* A position given to slice or set_slice, 1-based, a negative one counting
+** from the end as string.sub does (-1 is the last element); it must then
+** lie within lo..hi. */
+static lua_Integer checkpos (lua_State *L, LoomArray *a, int arg,
+                             lua_Integer dflt, lua_Integer lo, lua_Integer hi) {
+  lua_Integer i = luaL_optinteger(L, arg, dflt);
+  if (i < 0)
+    i += (lua_Integer)a->n + 1;   /* n is below the heap size: no overflow */
+  luaL_argcheck(L, i >= lo && i <= hi, arg, "index out of range");
+  return i;
+}
+
+/* Takes (release = 0) or gives back the array's lock through its Lua
+** methods, so a thread that holds an RLock already may slice; returns 0,
+** or pushes acquire's fail (Ctrl-C) and returns 2.  No-op without a lock. */
+static int array_lock (lua_State *L, LoomArray *a, int release) {
+  if (a->lock == NULL)
+    return 0;
+  loomi_proxy_push(L, a->lock);
+  lua_getfield(L, -1, release ? "release" : "acquire");
+  lua_insert(L, -2);
+  lua_call(L, 1, 2);
+  if (release || lua_toboolean(L, -2)) {
+    lua_pop(L, 2);
+    return 0;
+  }
+  return 2;
+}
+
+/* slice([i, [j]]) -> a new table with elements i..j, as string.sub counts
+** them (default 1..-1); i > j gives {}.  Copied out under the lock into a
+** buffer first: nothing that can raise runs while the lock is held. */
+static int array_slice (lua_State *L) {
+  LoomArray *a = checkarray(L, 1);
+  lua_Integer n = (lua_Integer)a->n;
+  lua_Integer i = checkpos(L, a, 2, 1, 1, n + 1);
+  lua_Integer j = checkpos(L, a, 3, -1, 0, n);
+  lua_Integer count = i <= j ? j - i + 1 : 0;
+  luaL_argcheck(L, count < INT32_MAX, 3, "too many elements");
+  int size = loomi_elemtypes[a->type].size;
+  lua_settop(L, 3);
+  unsigned char *buf = lua_newuserdatauv(L, (size_t)count * size, 0);
+  lua_createtable(L, (int)count, 0);
+  int rc = array_lock(L, a, 0);
+  if (rc != 0)
+    return rc;
+  for (lua_Integer k = 0; k < count; k++)
+    loomi_elem_store(buf + k * size, size,
+                     loomi_elem_load(array_elem(a, (size_t)(i - 1 + k)), size,
+                                     memory_order_relaxed),
+                     memory_order_relaxed);
+  array_lock(L, a, 1);
+  for (lua_Integer k = 0; k < count; k++) {
+    loomi_elem_push(L, a->type,
+                    loomi_elem_load(buf + k * size, size, memory_order_relaxed));
+    lua_rawseti(L, -2, k + 1);
+  }
+  return 1;
+}
+
+/* set_slice(i, t) -> the array: stores t[1..rawlen(t)] at i, i+1, ...,
+** every element converted before the lock is taken, so a bad one changes
+** nothing. */
+static int array_set_slice (lua_State *L) {
+  LoomArray *a = checkarray(L, 1);
+  lua_Integer n = (lua_Integer)a->n;
+  luaL_checkany(L, 2);
+  lua_Integer i = checkpos(L, a, 2, 1, 1, n + 1);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  lua_Integer count = (lua_Integer)lua_rawlen(L, 3);
+  luaL_argcheck(L, count <= n - i + 1, 3, "slice does not fit in the array");
+  int size = loomi_elemtypes[a->type].size;
+  lua_settop(L, 3);
+  unsigned char *buf = lua_newuserdatauv(L, (size_t)count * size, 0);
+  for (lua_Integer k = 0; k < count; k++) {
+    lua_rawgeti(L, 3, k + 1);
+    loomi_elem_store(buf + k * size, size,
+                     loomi_elem_tobits(L, -1, a->type, 3),
+                     memory_order_relaxed);
+    lua_pop(L, 1);
+  }
+  int rc = array_lock(L, a, 0);
+  if (rc != 0)
+    return rc;
+  for (lua_Integer k = 0; k < count; k++)
+    loomi_elem_store(array_elem(a, (size_t)(i - 1 + k)), size,
+                     loomi_elem_load(buf + k * size, size,
+                                     memory_order_relaxed),
+                     memory_order_relaxed);
+  array_lock(L, a, 1);
+  lua_settop(L, 1);
+  return 1;
+}
+
+/* get_obj() -> the array: its elements are already reached without the
+** lock, so the "raw" object Python's get_obj gives is the array itself. */
+static int array_get_obj (lua_State *L) {
+  checkarray(L, 1);
+  lua_settop(L, 1);
+  return 1;
+}
+
 /* fill(x) -> the array itself */
 static int array_fill (lua_State *L) {
   LoomArray *a = checkarray(L, 1);
@@ -240,6 +344,9 @@ static const luaL_Reg array_meta[] = {
 static const luaL_Reg array_methods[] = {
   {"get_lock", array_get_lock},
   {"totable", array_totable},
+  {"slice", array_slice},
+  {"set_slice", array_set_slice},
+  {"get_obj", array_get_obj},
   {"fill", array_fill},
   {"add", array_add},
   {"sub", array_sub},

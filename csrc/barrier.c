@@ -12,6 +12,15 @@ enum { B_FILLING = 0, B_DRAINING = 1, B_RESETTING = -1, B_BROKEN = -2 };
 
 #define LOOM_BROKEN "broken barrier"
 
+/* The callers of one process inside wait(), so that a survivor can tell
+** when a process died there: a dead party never arrives nor leaves. */
+typedef struct Party {
+  pid_t pid;
+  int n;                    /* 0: a free entry */
+} Party;
+
+/* count is always the sum of the parties' n (at every unlock): a holder
+** that died between the two stores is repaired by barrier_reap. */
 typedef struct Barrier {
   LoomObj obj;
   int parties;
@@ -20,12 +29,15 @@ typedef struct Barrier {
   int state;                /* B_*; mu held */
   pthread_mutex_t mu;
   LoomWaitq q;
+  Party *procs;             /* nprocs entries in the heap, or NULL; mu held */
+  int nprocs;
 } Barrier;
 
 /* ---- C core ---- */
 
 static void barrier_destroy (LoomObj *o) {
   Barrier *b = (Barrier *)o;
+  loomi_heap_free(b->procs);
   pthread_mutex_destroy(&b->mu);
 }
 
@@ -50,10 +62,81 @@ static void barrier_break (Barrier *b) {
   loomi_wake_all(&b->q);
 }
 
+/* The calling process's entry, made when it has none: NULL when the heap
+** is exhausted.  A larger table is filled, then published, then the old
+** one freed, so a caller killed on the way leaks it at worst.  mu held. */
+static Party *party_entry (Barrier *b) {
+  pid_t me = loomi_self_pid();
+  Party *free_ = NULL;
+  for (int i = 0; i < b->nprocs; i++) {
+    if (b->procs[i].n > 0 && b->procs[i].pid == me)
+      return &b->procs[i];
+    if (b->procs[i].n == 0 && free_ == NULL)
+      free_ = &b->procs[i];
+  }
+  if (free_ == NULL) {   /* only when every entry holds a live process */
+    int cap = b->nprocs > 0 ? b->nprocs * 2 : 4;
+    Party *t = loomi_heap_alloc((size_t)cap * sizeof(Party));
+    if (t == NULL)
+      return NULL;
+    for (int i = 0; i < cap; i++)
+      t[i] = i < b->nprocs ? b->procs[i] : (Party){ 0, 0 };
+    Party *old = b->procs;
+    free_ = &t[b->nprocs];
+    b->procs = t;
+    b->nprocs = cap;
+    loomi_heap_free(old);
+  }
+  free_->pid = me;
+  return free_;
+}
+
+/* Looks for processes that died inside wait() (a zombie nobody reaped
+** counts: the parent may be the one waiting here) and forgets their
+** callers; a generation still filling can never trip with a dead party in
+** it, so it breaks, as a timeout would.  Also makes count the sum of the
+** entries again, after a holder of mu that died between its two stores.
+** Runs when a wait slept a whole slice without news, and before the last
+** party trips a generation other processes are in.  mu held. */
+static void barrier_reap (Barrier *b) {
+  pid_t me = loomi_self_pid();
+  int dead = 0, sum = 0;
+  for (int i = 0; i < b->nprocs; i++) {
+    Party *e = &b->procs[i];
+    if (e->n > 0 && e->pid != me && loomi_pid_gone(e->pid, 1)) {
+      e->n = 0;
+      dead = 1;
+    }
+    sum += e->n;
+  }
+  b->count = sum;
+  if (!dead)
+    return;
+  if (b->state == B_FILLING)
+    barrier_break(b);
+  else if (sum == 0 && (b->state == B_DRAINING || b->state == B_RESETTING)) {
+    b->state = B_FILLING;
+    loomi_wake_all(&b->q);
+  }
+}
+
+/* One wait on b->q: ECANCELED, EINTR, ETIMEDOUT as loomi_wait; 0 when
+** woken or after a slice, when the parties are checked for dead ones. */
+static int barrier_sleep (Barrier *b, const LoomDeadline *dl) {
+  unsigned seq = loomi_wait_prepare(&b->q);
+  int rc = loomi_wait_seq(&b->q, seq, &b->mu, &b->obj, dl);
+  loomi_wait_finish(&b->q);
+  if (rc == 0 && atomic_load(&b->q.seq) == seq)
+    barrier_reap(b);
+  return rc;
+}
+
 /* One wait(): the index (>= 0), -1 when the barrier is or gets broken (a
-** timeout breaks it), or -ECANCELED (a cancel breaks it too, so the other
-** parties do not wait for a thread that is gone), or -EINTR (Ctrl-C on
-** the main thread, which breaks it too).  A caller that comes
+** timeout breaks it, and so does a party whose process died inside wait),
+** or -ECANCELED (a cancel breaks it too, so the other parties do not wait
+** for a thread that is gone), or -EINTR (Ctrl-C on the main thread, which
+** breaks it too), or -ENOMEM (no room to record the caller's process: it
+** fails alone).  A caller that comes
 ** while the last generation is still leaving waits for that without its
 ** deadline, as Python's does: the tripped generation has passed, and no
 ** timeout or cancel of a caller that is not part of it may break it (a
@@ -62,7 +145,7 @@ static int barrier_pass (Barrier *b, const LoomDeadline *dl) {
   int rc = 0, index = -1;
   loomi_mutex_lock(&b->mu);
   while ((b->state == B_DRAINING || b->state == B_RESETTING) && rc == 0)
-    rc = loomi_wait(&b->q, &b->mu, &b->obj, NULL);
+    rc = barrier_sleep(b, NULL);
   if (rc != 0) {
     loomi_mutex_unlock(&b->mu);
     return -rc;   /* ECANCELED or EINTR: nothing else ends that wait */
@@ -71,6 +154,19 @@ static int barrier_pass (Barrier *b, const LoomDeadline *dl) {
     loomi_mutex_unlock(&b->mu);
     return -1;
   }
+  if (b->count + 1 == b->parties && b->nprocs > 1) {
+    barrier_reap(b);   /* a party that died must not make up the number */
+    if (b->state != B_FILLING) {
+      loomi_mutex_unlock(&b->mu);
+      return -1;
+    }
+  }
+  Party *mine = party_entry(b);
+  if (mine == NULL) {
+    loomi_mutex_unlock(&b->mu);
+    return -ENOMEM;
+  }
+  mine->n++;
   index = b->count++;
   if (index + 1 == b->parties) {
     b->state = B_DRAINING;
@@ -78,7 +174,7 @@ static int barrier_pass (Barrier *b, const LoomDeadline *dl) {
   }
   else {
     while (b->state == B_FILLING && rc == 0)
-      rc = loomi_wait(&b->q, &b->mu, &b->obj, dl);
+      rc = barrier_sleep(b, dl);
     if (b->state == B_FILLING) {   /* timed out or cancelled: break it */
       barrier_break(b);
       index = rc == ECANCELED || rc == EINTR ? -rc : -1;
@@ -86,6 +182,9 @@ static int barrier_pass (Barrier *b, const LoomDeadline *dl) {
     else if (b->state < 0)
       index = rc == ECANCELED || rc == EINTR ? -rc : -1;
   }
+  mine = party_entry(b);   /* the table may have moved; it has our entry */
+  if (mine != NULL)
+    mine->n--;
   if (--b->count == 0 &&
       (b->state == B_DRAINING || b->state == B_RESETTING)) {
     b->state = B_FILLING;
@@ -133,6 +232,8 @@ static int barrier_wait (lua_State *L) {
     return loomi_raise_cancelled(L);
   if (index == -EINTR)
     return loomi_push_interrupted(L);
+  if (index == -ENOMEM)
+    return luaL_error(L, "cannot wait: shared heap exhausted");
   if (index < 0) {
     lua_pushliteral(L, LOOM_BROKEN);
     return lua_error(L);

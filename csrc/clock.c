@@ -11,7 +11,7 @@ double loomi_now (void) {
 }
 
 void loomi_deadline_in (LoomDeadline *dl, double seconds) {
-  if (seconds < 0 || isnan(seconds) || seconds > 1e9) {
+  if (seconds < 0 || isnan(seconds) || seconds > LOOM_TIMEOUT_MAX) {
     dl->forever = 1;
     dl->at.tv_sec = 0;
     dl->at.tv_nsec = 0;

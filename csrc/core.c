@@ -83,6 +83,7 @@ static int open_state (lua_State *L) {
   lua_pushcfunction(L, luaopen_loom_core);
   lua_setfield(L, -2, "loom.core");
   lua_pop(L, 1);
+  loomi_preload_install(L);
   int top = lua_gettop(L);
   int rc = run_host_hook(L);
   if (rc != 0) {
@@ -222,6 +223,7 @@ static const struct {
   {"queue", loomi_queue_open},
   {"process", loomi_process_open},
   {"pool", loomi_pool_open},
+  {"portable", loomi_portable_open},
   {"notifier", loomi_notify_open},
 };
 
@@ -253,7 +255,18 @@ LOOM_API int luaopen_loom_core (lua_State *L) {
   }
   lua_newtable(L);
   luaL_setfuncs(L, core_funcs, 0);
+  lua_pushliteral(L, "loom " LOOM_VERSION);
+  lua_setfield(L, -2, "_VERSION");
+  lua_createtable(L, 0, 3);
+  lua_pushinteger(L, LOOM_VERSION_MAJOR);
+  lua_setfield(L, -2, "major");
+  lua_pushinteger(L, LOOM_VERSION_MINOR);
+  lua_setfield(L, -2, "minor");
+  lua_pushinteger(L, LOOM_VERSION_PATCH);
+  lua_setfield(L, -2, "patch");
+  lua_setfield(L, -2, "version");
   for (size_t i = 0; i < sizeof primitives / sizeof primitives[0]; i++)
     primitives[i].open(L);
+  loomi_preload_open(L);
   return 1;
 }

@@ -4,7 +4,8 @@
 ** Lua: loom.core.shared_thread(fn, args, name, daemon) -> loom.SharedThread
 **      (start, join, result, error, is_alive, cancel; name, ident, daemon);
 **      setswitchinterval(s), getswitchinterval(); hook-aware replacements
-**      of debug.sethook/gethook, coroutine.resume/wrap and os.exit.
+**      of debug.sethook/gethook, coroutine.resume/wrap and os.exit;
+**      loom.local(), storage with a value per thread of the interpreter.
 ** Why this is sound on stock Lua 5.4, and the rules kept here: GIL.md.
 ** Lock order: a thread's mutex (SharedThread.mu), then gil->mu.
 ** SPDX-License-Identifier: MIT */
@@ -61,6 +62,9 @@ static atomic_llong switch_ns = 5000000;
 static LOOM_THREAD_LOCAL Gil *held_gil = NULL;
 static LOOM_THREAD_LOCAL Gil *released_gil = NULL;
 static LOOM_THREAD_LOCAL LoomObj *pinned_obj = NULL;
+
+/* The shared thread the calling OS thread runs, NULL for others. */
+static LOOM_THREAD_LOCAL struct SharedThread *self_shared = NULL;
 
 enum { SH_NEW, SH_RUNNING, SH_DONE };
 
@@ -529,6 +533,7 @@ static void *shared_main (void *arg) {
   SharedThread *s = arg;
   Gil *g = s->gil;
   loomi_thread_enter(s->borrowed);
+  self_shared = s;
   gil_acquire(g);
   lua_State *co = s->co;
   /* co: box, handler, target, args... */
@@ -568,6 +573,7 @@ static void *shared_main (void *arg) {
     s->ref = LUA_NOREF;
   }
   atomic_fetch_sub(&g->nthreads, 1);
+  self_shared = NULL;
   gil_release(g);
   loomi_thread_leave(s->borrowed);
   loomi_obj_release(&s->obj);
@@ -659,7 +665,7 @@ static int shared_start (lua_State *L) {
   pthread_attr_t attr;
   pthread_attr_init(&attr);
   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-  pthread_attr_setstacksize(&attr, (size_t)2 << 20);
+  pthread_attr_setstacksize(&attr, loomi_stack_size());
   sigset_t all, old;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);   /* the new thread inherits it */
@@ -670,11 +676,13 @@ static int shared_start (lua_State *L) {
   s->state = SH_RUNNING;
   loomi_obj_retain(&s->obj);                  /* the running thread's ref */
   atomic_fetch_add(&g->nthreads, 1);
+  loomi_thread_live(s->borrowed, 1);
   pthread_t tid;
   int err = pthread_create(&tid, &attr, shared_main, s);
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   pthread_attr_destroy(&attr);
   if (err != 0) {
+    loomi_thread_live(s->borrowed, 0);
     atomic_fetch_sub(&g->nthreads, 1);
     s->state = SH_NEW;
     s->co = NULL;
@@ -688,6 +696,7 @@ static int shared_start (lua_State *L) {
   pthread_mutex_lock(&s->mu);
   s->ident = (int64_t)tid;
   pthread_mutex_unlock(&s->mu);
+  loomi_thread_set_ident(s->borrowed, (int64_t)tid);
   lua_settop(L, 1);
   return 1;
 }
@@ -855,6 +864,15 @@ static int shared_index (lua_State *L) {
     lua_pushboolean(L, s->daemon);
   else if (strcmp(key, "shared") == 0)
     lua_pushboolean(L, 1);
+  else if (strcmp(key, "status") == 0) {
+    pthread_mutex_lock(&s->mu);
+    const char *st = s->state == SH_NEW ? "pending"
+                   : s->state == SH_RUNNING ? "running"
+                   : was_cancelled(s) ? "cancelled"
+                   : s->failed ? "error" : "done";
+    pthread_mutex_unlock(&s->mu);
+    lua_pushstring(L, st);
+  }
   else {
     luaL_getmetatable(L, LOOM_SHARED);
     lua_getfield(L, -1, "methods");
@@ -962,6 +980,103 @@ static int gil_gethook (lua_State *L) {
   return lua_gettop(L) - 1;
 }
 
+/* ---- loom.local(): a userdata whose user value maps each thread of the
+** interpreter (weakly, so a finished thread's values go with it) to that
+** thread's own table of fields.  A thread is its base coroutine: the
+** shared thread's (anchored in the registry while it runs), or the
+** state's main thread for any other OS thread running the interpreter. */
+
+#define LOOM_LOCAL "loom.Local"
+
+static void push_thread_key (lua_State *L) {
+  SharedThread *s = self_shared;
+  if (s != NULL && s->ref != LUA_NOREF && s->gil != NULL &&
+      s->gil->key == main_of(L)) {
+    if (lua_rawgeti(L, LUA_REGISTRYINDEX, s->ref) == LUA_TTHREAD)
+      return;
+    lua_pop(L, 1);
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+}
+
+/* Pushes the calling thread's table of l (the userdata at 1), made when
+** create is set; else nil when it has none. */
+static void push_local_fields (lua_State *L, int create) {
+  luaL_checkudata(L, 1, LOOM_LOCAL);
+  if (lua_getiuservalue(L, 1, 1) != LUA_TTABLE)
+    luaL_typeerror(L, 1, LOOM_LOCAL);
+  push_thread_key(L);
+  lua_pushvalue(L, -1);
+  if (lua_rawget(L, -3) != LUA_TNIL || !create) {
+    lua_replace(L, -3);
+    lua_pop(L, 1);
+    return;
+  }
+  lua_pop(L, 1);
+  lua_newtable(L);
+  lua_pushvalue(L, -1);
+  lua_insert(L, -3);         /* fields, store, key, fields */
+  lua_rawset(L, -4);
+  lua_replace(L, -2);
+}
+
+static int local_new (lua_State *L) {
+  lua_newuserdatauv(L, 0, 1);
+  lua_createtable(L, 0, 1);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_setiuservalue(L, -2, 1);
+  luaL_setmetatable(L, LOOM_LOCAL);
+  return 1;
+}
+
+static int local_index (lua_State *L) {
+  lua_settop(L, 2);
+  push_local_fields(L, 0);
+  if (lua_isnil(L, -1))
+    return 1;
+  lua_pushvalue(L, 2);
+  lua_rawget(L, -2);
+  return 1;
+}
+
+static int local_newindex (lua_State *L) {
+  lua_settop(L, 3);
+  luaL_argcheck(L, !lua_isnil(L, 2), 2, "index is nil");
+  push_local_fields(L, 1);
+  lua_insert(L, 2);
+  lua_rawset(L, 2);
+  return 0;
+}
+
+/* pairs(l): this thread's fields. */
+static int local_pairs (lua_State *L) {
+  lua_settop(L, 1);
+  push_local_fields(L, 1);
+  lua_getglobal(L, "next");
+  if (!lua_isfunction(L, -1))
+    return luaL_error(L, "no 'next' function");
+  lua_insert(L, -2);
+  lua_pushnil(L);
+  return 3;
+}
+
+static int local_tostring (lua_State *L) {
+  luaL_checkudata(L, 1, LOOM_LOCAL);
+  lua_pushfstring(L, "loom.Local (%p)", lua_touserdata(L, 1));
+  return 1;
+}
+
+static const luaL_Reg local_meta[] = {
+  {"__index", local_index},
+  {"__newindex", local_newindex},
+  {"__pairs", local_pairs},
+  {"__tostring", local_tostring},
+  {NULL, NULL}
+};
+
 static const luaL_Reg shared_meta[] = {
   {"__index", shared_index},
   {"__newindex", shared_newindex},
@@ -989,6 +1104,7 @@ static const luaL_Reg gil_funcs[] = {
   {"gil_prepare", gil_prepare},
   {"gil_sethook", gil_sethook},
   {"gil_gethook", gil_gethook},
+  {"local", local_new},
   {NULL, NULL}
 };
 
@@ -998,6 +1114,9 @@ void loomi_gil_open (lua_State *L) {
   lua_newtable(L);
   luaL_setfuncs(L, shared_methods, 0);
   lua_setfield(L, -2, "methods");
+  lua_pop(L, 1);
+  if (luaL_newmetatable(L, LOOM_LOCAL))
+    luaL_setfuncs(L, local_meta, 0);
   lua_pop(L, 1);
   luaL_setfuncs(L, gil_funcs, 0);
 }

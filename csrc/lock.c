@@ -313,13 +313,12 @@ static int rlock_new (lua_State *L) {
 ** cheaper than luaL_checkudata's registry lookup, and acquire + release
 ** is the pair a program calls most. */
 LoomObj *loomi_fastself (lua_State *L) {
-  LoomObj **slot = lua_touserdata(L, 1);
-  if (slot != NULL && *slot != NULL && loomi_proxy_shaped(L, 1) &&
-      lua_getmetatable(L, 1)) {
+  LoomProxy *p = loomi_proxy_shaped(L, 1);
+  if (p != NULL && p->ref.o != NULL && lua_getmetatable(L, 1)) {
     int same = lua_rawequal(L, -1, lua_upvalueindex(1));
     lua_pop(L, 1);
     if (same)
-      return *slot;
+      return p->ref.o;
   }
   return NULL;
 }

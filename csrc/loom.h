@@ -12,6 +12,16 @@
 #define LOOM_API __attribute__((visibility("default")))
 #endif
 
+/* The release this header belongs to; loom._VERSION and loom.version in Lua
+** say the same.  LOOM_VERSION_NUM is major * 10000 + minor * 100 + patch,
+** for #if comparisons. */
+#define LOOM_VERSION_MAJOR 0
+#define LOOM_VERSION_MINOR 2
+#define LOOM_VERSION_PATCH 0
+#define LOOM_VERSION       "0.2.0"
+#define LOOM_VERSION_NUM   (LOOM_VERSION_MAJOR * 10000 + \
+                            LOOM_VERSION_MINOR * 100 + LOOM_VERSION_PATCH)
+
 #ifdef __cplusplus
 extern "C" {
 #endif

@@ -163,6 +163,24 @@ int      loomi_ref_mine (const LoomRef *r);
 LoomObj *loomi_ref_take (LoomRef *r);
 void     loomi_ref_drop (LoomRef *r);
 
+/* A proxy's block.  The size and the mark refuse a foreign userdata given a
+** loom metatable (debug.setmetatable), whose bytes Lua code cannot make
+** into a proxy's; its metatable's identity is the caller's to check. */
+typedef struct LoomProxy {
+  LoomRef ref;             /* first: code elsewhere reads a proxy as LoomObj** */
+  uint32_t magic;          /* LOOM_PROXY_MAGIC */
+} LoomProxy;
+#define LOOM_PROXY_MAGIC 0x6c6f6f6du   /* "loom" */
+
+/* The proxy block at idx, or NULL for anything else.  Inline, and one
+** index lookup beyond lua_touserdata's (a light userdata's raw length is
+** 0): every method call of a lock or a queue pays it. */
+static inline LoomProxy *loomi_proxy_shaped (lua_State *L, int idx) {
+  LoomProxy *p = (LoomProxy *)lua_touserdata(L, idx);
+  return p != NULL && lua_rawlen(L, idx) == sizeof(LoomProxy) &&
+         p->magic == LOOM_PROXY_MAGIC ? p : NULL;
+}
+
 /* A proxy is a full userdata holding one reference (in a LoomRef).  proxy_new pushes a
 ** proxy with a NULL object (create it before acquiring OS resources) and the
 ** metatable `tname`; set *slot once the object exists. */
@@ -180,7 +198,6 @@ void loomi_proxy_push (lua_State *L, LoomObj *o);
 ** test returns NULL for anything else, check raises "tname expected".
 ** Every metamethod checks its self with these. */
 LoomObj **loomi_testslot (lua_State *L, int arg, const char *tname);
-int loomi_proxy_shaped (lua_State *L, int idx);  /* a proxy's size and mark */
 LoomObj **loomi_checkslot (lua_State *L, int arg, const char *tname);
 /* Pushes the private table whose keys are the metatables of every loom
 ** class made in this state (a new empty table when there are none). */
@@ -233,6 +250,8 @@ double loomi_deadline_left (const LoomDeadline *dl);  /* -1 when forever */
 /* Reads an optional timeout argument: nil or none means forever; a negative
 ** number raises "timeout must be non-negative". */
 void   loomi_opttimeout (lua_State *L, int arg, LoomDeadline *dl);
+/* loom.TIMEOUT_MAX: a longer timeout (math.huge too) waits forever. */
+#define LOOM_TIMEOUT_MAX 1e9
 
 /* ---- wait.c: the wait layer ----
 ** Every loom wait sleeps on a LoomWaitq: a futex word in the shared heap
@@ -320,6 +339,11 @@ void loomi_thread_shutdown (lua_State *L);
 LoomObj *loomi_thread_borrowed (const char *name, int daemon);
 void loomi_thread_enter (LoomObj *o);
 void loomi_thread_leave (LoomObj *o);
+/* Lists a thread as running in this process (enumerate), or unlists it. */
+void loomi_thread_live (LoomObj *o, int on);
+void loomi_thread_set_ident (LoomObj *o, int64_t ident);
+/* The stack size of threads made now (loom.stack_size). */
+size_t loomi_stack_size (void);
 void loomi_thread_cancel (LoomObj *o);
 /* SIGCHLD ignored (SIG_IGN or SA_NOCLDWAIT): children are reaped by the
 ** kernel and their statuses lost, so loom forks none (process.c). */
@@ -341,6 +365,10 @@ void loomi_gil_block_begin (lua_State *L);
 void loomi_gil_block_end (lua_State *L);
 void loomi_gil_pin (LoomObj *o);
 void loomi_gil_peek_hook (lua_State *L, lua_Hook *hook, int *mask);
+
+/* ---- preload.c: host modules offered to every state loom makes ---- */
+void loomi_preload_install (lua_State *L);   /* the searcher, in a new state */
+void loomi_preload_open (lua_State *L);      /* loom.core.preload */
 
 /* ---- xfer.c: the transfer codec ----
 ** A message is one block in the shared heap holding the encoded values and
@@ -376,6 +404,22 @@ void loomi_msg_free (LoomMsg *m);            /* NULL is a no-op */
 int  loomi_xfer_decode_raw (lua_State *L, const void *payload, size_t len);
 int  loomi_xfer_decode_checked (lua_State *L, const void *msg, size_t len);
 size_t loomi_msg_size (const LoomMsg *m);    /* payload bytes */
+/* For loom.encode (portable.c): encodes the n values with no address in
+** the payload (C functions by module and field, loom objects and light
+** userdata refused with the path named) and pushes one string: headlen
+** bytes that fill writes once the payload is known, then the payload.
+** decode_portable pushes the values of such a payload; nocode refuses
+** bytecode, for input that no checksum vouches for. */
+typedef void (*LoomHeadFill) (unsigned char *head, const unsigned char *payload,
+                              size_t len);
+void loomi_xfer_encode_portable (lua_State *L, int first, int n,
+                                 size_t headlen, LoomHeadFill fill);
+int  loomi_xfer_decode_portable (lua_State *L, const void *payload, size_t len,
+                                 int nocode);
+uint64_t loomi_xfer_checksum (const void *p, size_t n);
+/* portable.c, for the fuzzer: a loom.encode string's header checked but
+** not its checksum, then its payload decoded with bytecode refused. */
+int  loomi_portable_decode_unchecked (lua_State *L, const void *s, size_t n);
 
 /* ---- thread.c: errors that cross states ----
 ** loomi_msgh is the message handler of every
@@ -520,6 +564,7 @@ void loomi_array_open (lua_State *L);
 void loomi_queue_open (lua_State *L);
 void loomi_process_open (lua_State *L);
 void loomi_pool_open (lua_State *L);
+void loomi_portable_open (lua_State *L);
 void loomi_notify_open (lua_State *L);
 
 #pragma GCC visibility pop

@@ -14,12 +14,7 @@
 ** parent, a reference for the child on every object the forking state
 ** holds (loomi_proxy_hold), which the parent gives back once the child is
 ** reaped; the child writes nothing on what it inherited. */
-typedef struct Proxy {
-  LoomRef ref;             /* first: code elsewhere reads a proxy as LoomObj** */
-  uint32_t magic;          /* PROXY_MAGIC: a block Lua code cannot write */
-} Proxy;
-
-#define PROXY_MAGIC 0x6c6f6f6du   /* "loom" */
+typedef LoomProxy Proxy;
 
 /* ---- the owner-aware reference holder ---- */
 
@@ -105,7 +100,7 @@ static void proxy_track (lua_State *L) {
 static Proxy *proxy_alloc (lua_State *L, int nuv) {
   Proxy *p = lua_newuserdatauv(L, sizeof(Proxy), nuv);
   loomi_ref_set(&p->ref, NULL);
-  p->magic = PROXY_MAGIC;
+  p->magic = LOOM_PROXY_MAGIC;
   return p;
 }
 
@@ -135,12 +130,6 @@ void loomi_class_table (lua_State *L) {
     lua_pop(L, 1);
     lua_newtable(L);
   }
-}
-
-int loomi_proxy_shaped (lua_State *L, int idx) {
-  Proxy *p = lua_touserdata(L, idx);
-  return p != NULL && lua_type(L, idx) == LUA_TUSERDATA &&
-         lua_rawlen(L, idx) == sizeof(Proxy) && p->magic == PROXY_MAGIC;
 }
 
 /* The proxy at idx when it is one of any loom class, else NULL. */

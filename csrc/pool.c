@@ -3,7 +3,9 @@
 ** as_completed over futures.
 ** Lua: loom.core.pool(n | {workers=, init=, initargs=, kind=}) -> Pool;
 **      Pool:submit(fn, ...) -> Future; Pool:shutdown([wait], [cancel], [timeout]);
-**      Future:result([t]), error(), done(), running(), cancel(), cancelled();
+**      Future:result([t]), error([t]), done(), running(), cancel(), cancelled(),
+**      add_done_callback(fn); future() -> a Future settled by Lua code
+**      (set_result, set_error, set_running_or_notify_cancel);
 **      wait(futures, [t], [mode]) -> done, not_done; as_completed(fs, [t]).
 ** Three parts: the Future and the TaskQueue (a FIFO of futures, each
 ** carrying its call as one message), both in the shared heap, with
@@ -79,6 +81,8 @@ typedef struct Future {
   LoomNotifyLink *nlinks;    /* notifiers watching; mu held */
   int pool_id, worker;       /* who ran it, for the remote traceback */
   int by_process;            /* a worker process ran it */
+  int promise;              /* made by loom.future(): Lua code settles it */
+  atomic_int settled;        /* a promise's set_result/set_error has begun */
 } Future;
 
 typedef struct TaskQueue {
@@ -207,6 +211,22 @@ static int future_cancel (Future *f) {
   loomi_mutex_unlock(&f->mu);
   loomi_msg_free(call);
   return 1;
+}
+
+/* Settles a promise with state F_DONE or F_FAILED and the message m,
+** which the future then owns; -1 (m untouched) when it was settled or
+** cancelled before.  Only the first settler passes the exchange, so two
+** racing set_result calls never both write the outcome. */
+static int future_settle (Future *f, int state, LoomMsg *m) {
+  if (atomic_exchange(&f->settled, 1))
+    return -1;
+  int s = F_PENDING;
+  if (!atomic_compare_exchange_strong(&f->state, &s, F_RUNNING) &&
+      s != F_RUNNING)
+    return -1;               /* cancelled */
+  future_finish(f, state, state == F_DONE ? m : NULL,
+                state == F_FAILED ? m : NULL);
+  return 0;
 }
 
 /* ---- the task queue ---- */
@@ -551,7 +571,7 @@ static int start_threads (TaskQueue *q, int n) {
   pthread_attr_t attr;
   pthread_attr_init(&attr);
   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-  pthread_attr_setstacksize(&attr, (size_t)2 << 20);
+  pthread_attr_setstacksize(&attr, loomi_stack_size());
   sigset_t all, old;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
@@ -955,6 +975,251 @@ static int future_await (lua_State *L, Future *f, const LoomDeadline *dl) {
   return rc;
 }
 
+/* ---- done callbacks ----
+** A callback is a function of the interpreter that added it, so it runs
+** there and nowhere else: the registry of that state keeps
+** { pid = <owner>, n = <count>, [future] = { own handle, caller's
+** handle, fn1, fn2, ... } },
+** and dispatch() runs the callbacks of every future found done, on
+** whichever thread runs the state, each time the state calls a Future
+** method, loom.wait or an as_completed step.  A forked child drops the
+** copy it inherits: the parent runs those callbacks. */
+static const char CALLBACKS_KEY = 'b';
+
+/* Pushes this state's callback table, made (or remade, in a fork) when
+** create is set; else pushes nil when there is none for this process. */
+static void push_callbacks (lua_State *L, int create) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &CALLBACKS_KEY) == LUA_TTABLE) {
+    lua_getfield(L, -1, "pid");
+    int mine = lua_tointeger(L, -1) == (lua_Integer)loomi_self_pid();
+    lua_pop(L, 1);
+    if (mine)
+      return;
+  }
+  lua_pop(L, 1);
+  if (!create) {
+    lua_pushnil(L);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &CALLBACKS_KEY);
+    lua_pushnil(L);
+    return;
+  }
+  lua_createtable(L, 0, 2);
+  lua_pushinteger(L, (lua_Integer)loomi_self_pid());
+  lua_setfield(L, -2, "pid");
+  lua_pushinteger(L, 0);
+  lua_setfield(L, -2, "n");
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &CALLBACKS_KEY);
+}
+
+/* Message handler of a callback: its error with a traceback, as text. */
+static int callback_msgh (lua_State *L) {
+  const char *msg = lua_tostring(L, 1);
+  if (msg == NULL)
+    msg = lua_pushfstring(L, "(error object is a %s value)",
+                          luaL_typename(L, 1));
+  luaL_traceback(L, L, msg, 1);
+  return 1;
+}
+
+/* Runs fn(future) (at -1 and -2); an error goes to stderr, never further:
+** a callback that fails must not break the call that happened to run it,
+** nor the other callbacks.  A cancellation of the calling thread is not
+** reported: the thread's hook raises it again at once. */
+static void callback_run (lua_State *L) {
+  lua_pushcfunction(L, callback_msgh);
+  lua_insert(L, -3);
+  if (lua_pcall(L, 1, 0, -3) != LUA_OK) {
+    if (!loomi_cancel_requested()) {
+      fprintf(stderr, "loom: exception in a future's done callback: %s\n",
+              lua_tostring(L, -1));
+      fflush(stderr);
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}
+
+/* Runs the callbacks of every future of this state that is done, each
+** once, in the order added; leaves the stack as it was. */
+static void future_dispatch (lua_State *L) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &CALLBACKS_KEY) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_pop(L, 1);
+  luaL_checkstack(L, 8, NULL);
+  push_callbacks(L, 0);                        /* t */
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_getfield(L, -1, "n");
+  lua_Integer n = lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  if (n <= 0) {
+    lua_pop(L, 1);
+    return;
+  }
+  int t = lua_gettop(L);
+  lua_newtable(L);                             /* ready: key, entry, ... */
+  lua_Integer nready = 0;
+  lua_pushnil(L);
+  while (lua_next(L, t) != 0) {
+    if (lua_type(L, -2) == LUA_TLIGHTUSERDATA &&
+        finished(atomic_load(&((Future *)lua_touserdata(L, -2))->state))) {
+      lua_pushvalue(L, -2);
+      lua_rawseti(L, t + 1, 2 * nready + 1);
+      lua_rawseti(L, t + 1, 2 * nready + 2);
+      nready++;
+    }
+    else
+      lua_pop(L, 1);
+  }
+  if (nready == 0) {
+    lua_pop(L, 2);
+    return;
+  }
+  for (lua_Integer i = 0; i < nready; i++) {   /* taken out before any runs */
+    lua_rawgeti(L, t + 1, 2 * i + 1);
+    lua_pushnil(L);
+    lua_rawset(L, t);
+  }
+  lua_pushinteger(L, n - nready);
+  lua_setfield(L, t, "n");
+  for (lua_Integer i = 0; i < nready; i++) {
+    lua_rawgeti(L, t + 1, 2 * i + 2);          /* entry */
+    int e = lua_gettop(L);
+    lua_rawgeti(L, e, 2);                      /* the caller's handle, */
+    if (*(LoomObj **)lua_touserdata(L, -1) == NULL) {
+      lua_pop(L, 1);                           /* or ours if it was closed */
+      lua_rawgeti(L, e, 1);
+    }
+    lua_Integer k = (lua_Integer)lua_rawlen(L, e);
+    for (lua_Integer j = 3; j <= k; j++) {
+      lua_rawgeti(L, e, j);
+      lua_pushvalue(L, e + 1);
+      callback_run(L);
+    }
+    lua_pop(L, 2);
+  }
+  lua_pop(L, 2);
+}
+
+/* add_done_callback(fn): fn(future) once the future is done, in this
+** interpreter (see future_dispatch); at once when it is done already. */
+static int future_add_done_callback (lua_State *L) {
+  Future *f = checkself(L);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_settop(L, 2);
+  push_callbacks(L, 1);                        /* 3 */
+  lua_pushlightuserdata(L, f);
+  if (lua_rawget(L, 3) != LUA_TTABLE) {        /* 4: the entry */
+    lua_pop(L, 1);
+    lua_createtable(L, 3, 0);
+    /* a handle of our own keeps the future alive (the key is its
+    ** address) even if the caller closes theirs */
+    loomi_proxy_push(L, &f->obj);
+    lua_rawseti(L, -2, 1);
+    lua_pushvalue(L, 1);
+    lua_rawseti(L, -2, 2);
+    lua_pushlightuserdata(L, f);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, 3);
+    lua_getfield(L, 3, "n");
+    lua_pushinteger(L, lua_tointeger(L, -1) + 1);
+    lua_setfield(L, 3, "n");
+    lua_pop(L, 1);
+  }
+  lua_pushvalue(L, 2);
+  lua_rawseti(L, 4, (lua_Integer)lua_rawlen(L, 4) + 1);
+  lua_settop(L, 0);
+  future_dispatch(L);
+  return 0;
+}
+
+/* ---- Lua bindings: promises ---- */
+
+/* future() -> a pending Future that Lua code settles. */
+static int future_new (lua_State *L) {
+  LoomObj **slot = loomi_proxy_new(L, LOOM_FUTURE);
+  Future *f = future_create();
+  if (f == NULL)
+    return luaL_error(L, "cannot create future: shared heap exhausted");
+  *slot = &f->obj;
+  f->promise = 1;
+  return 1;
+}
+
+static Future *checkpromise (lua_State *L) {
+  Future *f = checkself(L);
+  if (!f->promise)
+    luaL_error(L, "cannot settle the future of a pool task");
+  return f;
+}
+
+/* The InvalidStateError of a second settling. */
+static int settled_error (lua_State *L, Future *f) {
+  int state = atomic_load(&f->state);
+  if (!finished(state))      /* another settler is half-way */
+    return luaL_error(L, "future already settled");
+  return luaL_error(L, "future already %s", future_states[state]);
+}
+
+/* set_result(...): the future finishes with these values (copied, as a
+** task's results are).  Raises when it was settled or cancelled before. */
+static int future_set_result (lua_State *L) {
+  Future *f = checkpromise(L);
+  if (atomic_load(&f->settled) || finished(atomic_load(&f->state)))
+    return settled_error(L, f);
+  LoomMsg *m = loomi_xfer_encode(L, 2, lua_gettop(L) - 1, "results");
+  if (future_settle(f, F_DONE, m) != 0) {
+    loomi_msg_free(m);
+    return settled_error(L, f);
+  }
+  lua_settop(L, 0);
+  future_dispatch(L);
+  return 0;
+}
+
+/* set_error(err): the future fails with err (result() raises it as it is,
+** error() returns it).  Raises when it was settled or cancelled before. */
+static int future_set_error (lua_State *L) {
+  Future *f = checkpromise(L);
+  luaL_argcheck(L, !lua_isnoneornil(L, 2), 2, "error value must not be nil");
+  if (atomic_load(&f->settled) || finished(atomic_load(&f->state)))
+    return settled_error(L, f);
+  lua_settop(L, 2);
+  lua_pushnil(L);            /* no remote traceback */
+  LoomMsg *m = loomi_error_encode(L, 2);
+  if (m == NULL)
+    return luaL_error(L, "cannot set error: shared heap exhausted");
+  if (future_settle(f, F_FAILED, m) != 0) {
+    loomi_msg_free(m);
+    return settled_error(L, f);
+  }
+  lua_settop(L, 0);
+  future_dispatch(L);
+  return 0;
+}
+
+/* set_running_or_notify_cancel() -> true once running; false when it was
+** cancelled (its waiters were told then).  Raises for any other state. */
+static int future_set_running (lua_State *L) {
+  Future *f = checkpromise(L);
+  int s = F_PENDING;
+  if (atomic_compare_exchange_strong(&f->state, &s, F_RUNNING)) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  if (s == F_CANCELLED) {
+    future_dispatch(L);
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  return luaL_error(L, "future already %s", future_states[s]);
+}
+
 /* Pushes (error, traceback) of a failed future. */
 static void push_error (lua_State *L, Future *f) {
   if (f->error != NULL) {
@@ -977,12 +1242,13 @@ static int future_result (lua_State *L) {
   int rc = future_await(L, f, &dl);
   if (rc == EINTR)
     return loomi_push_interrupted(L);
+  lua_settop(L, 1);
+  future_dispatch(L);
   if (rc == ETIMEDOUT) {
     luaL_pushfail(L);
     lua_pushliteral(L, LOOM_TIMEOUT);
     return 2;
   }
-  lua_settop(L, 1);
   switch (atomic_load(&f->state)) {
     case F_DONE:
       return loomi_xfer_decode(L, f->results);
@@ -996,17 +1262,32 @@ static int future_result (lua_State *L) {
         lua_pushfstring(L, "%s Pool-%d-worker-%d",
                         f->by_process ? "process" : "thread", f->pool_id,
                         f->worker);
+      else if (f->promise)
+        lua_pushliteral(L, "future");
       else
         lua_pushfstring(L, "pool %d", f->pool_id);
       return loomi_raise_remote(L, 2, lua_tostring(L, -1));
   }
 }
 
-/* error() -> nil unless the future failed: then the error value and the
-** remote traceback; "cancelled" for a cancelled future.  Never waits. */
+/* error([timeout]) -> waits like result(), then nil when the future
+** succeeded, the error value and the remote traceback when it failed,
+** "cancelled" when it was cancelled; fail, "timeout".  Never raises the
+** future's error. */
 static int future_error (lua_State *L) {
   Future *f = checkself(L);
+  LoomDeadline dl;
+  loomi_opttimeout(L, 2, &dl);
+  int rc = future_await(L, f, &dl);
+  if (rc == EINTR)
+    return loomi_push_interrupted(L);
   lua_settop(L, 1);
+  future_dispatch(L);
+  if (rc == ETIMEDOUT) {
+    luaL_pushfail(L);
+    lua_pushliteral(L, LOOM_TIMEOUT);
+    return 2;
+  }
   switch (atomic_load(&f->state)) {
     case F_FAILED:
       push_error(L, f);
@@ -1022,25 +1303,30 @@ static int future_error (lua_State *L) {
 
 static int future_done (lua_State *L) {
   Future *f = checkself(L);
+  future_dispatch(L);
   lua_pushboolean(L, finished(atomic_load(&f->state)));
   return 1;
 }
 
 static int future_running (lua_State *L) {
   Future *f = checkself(L);
+  future_dispatch(L);
   lua_pushboolean(L, atomic_load(&f->state) == F_RUNNING);
   return 1;
 }
 
 static int future_cancelled (lua_State *L) {
   Future *f = checkself(L);
+  future_dispatch(L);
   lua_pushboolean(L, atomic_load(&f->state) == F_CANCELLED);
   return 1;
 }
 
 static int future_cancel_l (lua_State *L) {
   Future *f = checkself(L);
-  lua_pushboolean(L, future_cancel(f));
+  int ok = future_cancel(f);
+  future_dispatch(L);
+  lua_pushboolean(L, ok);
   return 1;
 }
 
@@ -1127,6 +1413,7 @@ static int pool_wait (lua_State *L) {
     return loomi_raise_cancelled(L);
   if (rc == EINTR)
     return loomi_push_interrupted(L);
+  future_dispatch(L);
   lua_createtable(L, (int)n, 0);
   lua_createtable(L, 0, 0);
   lua_Integer nd = 0, nn = 0;
@@ -1190,6 +1477,7 @@ static int ascompleted_next (lua_State *L) {
     return loomi_raise_cancelled(L);
   if (rc == EINTR)
     return loomi_push_interrupted(L);
+  future_dispatch(L);
   if (rc == ETIMEDOUT) {
     lua_pushliteral(L, LOOM_TIMEOUT);
     return lua_error(L);
@@ -1520,6 +1808,10 @@ static const luaL_Reg future_methods[] = {
   {"running", future_running},
   {"cancel", future_cancel_l},
   {"cancelled", future_cancelled},
+  {"add_done_callback", future_add_done_callback},
+  {"set_result", future_set_result},
+  {"set_error", future_set_error},
+  {"set_running_or_notify_cancel", future_set_running},
   {NULL, NULL}
 };
 
@@ -1537,6 +1829,7 @@ static const luaL_Reg pool_methods[] = {
 
 static const luaL_Reg pool_funcs[] = {
   {"pool", pool_new},
+  {"future", future_new},
   {"wait", pool_wait},
   {"as_completed", pool_as_completed},
   {NULL, NULL}

@@ -797,6 +797,20 @@ static int process_index (lua_State *L) {
   }
   else if (strcmp(key, "daemon") == 0)
     lua_pushboolean(L, p->daemon);
+  else if (strcmp(key, "status") == 0) {
+    /* a process has no cooperative cancel: killed is "error" */
+    loomi_mutex_lock(&p->mu);
+    process_reap(p);
+    int state = p->state;
+    int status = p->status;
+    int failed = p->error != NULL;
+    loomi_mutex_unlock(&p->mu);
+    if (state == PR_DONE)
+      process_release_held(p);
+    lua_pushstring(L, state == PR_NEW ? "pending"
+                    : state == PR_RUNNING ? "running"
+                    : failed || exitcode_of(status) != 0 ? "error" : "done");
+  }
   else {
     luaL_getmetatable(L, LOOM_PROCESS);
     lua_getfield(L, -1, "methods");

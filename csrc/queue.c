@@ -118,7 +118,7 @@ static int queue_reserve (LoomQueue *q) {
 ** on any error. */
 static int queue_push (LoomQueue *q, const Slot *it, const LoomDeadline *dl,
                        int wait) {
-  int rc = 0;
+  int rc = 0, woke = 0;
   loomi_mutex_lock(&q->mu);
   for (;;) {
     if (q->closed) {
@@ -139,7 +139,7 @@ static int queue_push (LoomQueue *q, const Slot *it, const LoomDeadline *dl,
           memcpy(s->data, it->data, it->len);
         atomic_store_explicit(&q->tail, tail + 1, memory_order_release);
         atomic_store_explicit(&q->avail, count + 1, memory_order_relaxed);
-        loomi_wake(&q->not_empty, 1);
+        woke = 1;
         if (q->nlinks != NULL)
           loomi_notify_fire(&q->nlinks);
       }
@@ -159,6 +159,8 @@ static int queue_push (LoomQueue *q, const Slot *it, const LoomDeadline *dl,
     }
   }
   loomi_mutex_unlock(&q->mu);
+  if (woke)
+    loomi_wake(&q->not_empty, 1);
   return rc;
 }
 
@@ -167,7 +169,7 @@ static int queue_push (LoomQueue *q, const Slot *it, const LoomDeadline *dl,
 ** or EPIPE (closed and drained). */
 static int queue_pop (LoomQueue *q, Slot *it, const LoomDeadline *dl,
                       int wait) {
-  int rc = 0;
+  int rc = 0, woke = 0;
   loomi_mutex_lock(&q->mu);
   for (;;) {
     size_t count = qcount(q);
@@ -182,7 +184,7 @@ static int queue_pop (LoomQueue *q, Slot *it, const LoomDeadline *dl,
         memcpy(it->data, s->data, s->len);
       atomic_store_explicit(&q->head, head + 1, memory_order_release);
       atomic_store_explicit(&q->avail, count - 1, memory_order_relaxed);
-      loomi_wake(&q->not_full, 1);
+      woke = 1;
       break;
     }
     if (q->closed) {
@@ -201,6 +203,8 @@ static int queue_pop (LoomQueue *q, Slot *it, const LoomDeadline *dl,
   if (rc != 0 && rc != EAGAIN && qcount(q) > 0)
     loomi_wake(&q->not_empty, 1);
   loomi_mutex_unlock(&q->mu);
+  if (woke)
+    loomi_wake(&q->not_full, 1);
   return rc;
 }
 

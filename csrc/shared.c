@@ -366,13 +366,12 @@ void loomi_fastclass (lua_State *L, const char *tname, const luaL_Reg *meta,
 }
 
 LoomObj *loomi_fastcheck (lua_State *L, int arg, const char *tname) {
-  LoomObj **slot = lua_touserdata(L, arg);
-  if (slot != NULL && *slot != NULL && loomi_proxy_shaped(L, arg) &&
-      lua_getmetatable(L, arg)) {
+  LoomProxy *p = loomi_proxy_shaped(L, arg);
+  if (p != NULL && p->ref.o != NULL && lua_getmetatable(L, arg)) {
     int same = lua_rawequal(L, -1, lua_upvalueindex(2));
     lua_pop(L, 1);
     if (same)
-      return *slot;
+      return p->ref.o;
   }
   return loomi_checkobj(L, arg, tname);
 }

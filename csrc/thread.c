@@ -1,9 +1,12 @@
 /* thread.c: loom.Thread, an OS thread running its own lua_State; the
 ** cancellable wait every loom blocking call goes through; sleep, current.
 ** Lua: loom.core.thread(fn, args, opts) -> Thread; Thread:start(),
-**      join([t]), result([t]), error(), is_alive(), cancel(); sleep(s).
+**      join([t]), result([t]), error(), is_alive(), cancel(); sleep(s);
+**      enumerate(), active_count(), main_thread(), get_ident(),
+**      get_native_id(), stack_size([n]), TIMEOUT_MAX.
 ** Lock order: a primitive's mutex, then a thread's reg_mu; a canceller
 ** takes reg_mu alone, then the primitive's mutex, never both at once.
+** live_mu is taken alone.
 ** SPDX-License-Identifier: MIT */
 #include "loomint.h"
 
@@ -43,6 +46,8 @@ typedef struct LoomThread {
   int closing_depth;         /* the stack depth of that handler */
   int64_t ident;             /* the pthread_t, as Python's ident */
   int64_t native_id;         /* the kernel's thread id */
+  struct LoomThread *live_prev, *live_next;   /* live_mu */
+  int live;                  /* on this process's live list; live_mu */
   char name[64];
   /* the wait this thread is blocked in, for cancel() */
   pthread_mutex_t reg_mu;
@@ -67,6 +72,27 @@ static LOOM_THREAD_LOCAL char os_thread_name[64];
 
 /* Default thread names count up across the process, like Python's. */
 static atomic_long thread_counter = 0;
+
+/* Process-global: the threads of this process that run now (isolated and
+** shared), for enumerate(); emptied in a fork, where none of them runs.
+** Listed from start() to the end of the body, so a listed thread holds
+** the reference its run takes. */
+static pthread_mutex_t live_mu = PTHREAD_MUTEX_INITIALIZER;
+static LoomThread *live_head = NULL;
+static int live_count = 0;
+
+/* Process-global: the stack size of threads made from now on
+** (loom.stack_size), 0 for loom's default. */
+static atomic_size_t stack_size_set = 0;
+#define LOOM_STACK_DEFAULT ((size_t)2 << 20)
+#define LOOM_STACK_LEAST ((size_t)512 << 10)   /* 200 nested C calls of Lua fit */
+#define LOOM_STACK_MOST ((size_t)1 << 30)
+
+/* Process-global: the main thread of this process (the thread whose
+** kernel id is the pid: in a fork, the one that forked), as seen from the
+** other threads; made on first demand, forgotten in a fork. */
+static LoomThread *main_obj = NULL;      /* live_mu */
+static _Atomic int64_t main_ident = 0;   /* its pthread_t, once known */
 
 /* ---- C core ---- */
 
@@ -99,6 +125,74 @@ static LoomThread *thread_create (void) {
 
 static int64_t os_thread_id (void) {
   return (int64_t)syscall(SYS_gettid);
+}
+
+static pthread_once_t live_once = PTHREAD_ONCE_INIT;
+static void live_init (void);
+
+static void live_set (LoomThread *t, int on) {
+  pthread_once(&live_once, live_init);
+  pthread_mutex_lock(&live_mu);
+  if (on && !t->live) {
+    t->live_prev = NULL;
+    t->live_next = live_head;
+    if (live_head != NULL)
+      live_head->live_prev = t;
+    live_head = t;
+    live_count++;
+    t->live = 1;
+  }
+  else if (!on && t->live) {
+    if (t->live_prev != NULL)
+      t->live_prev->live_next = t->live_next;
+    else
+      live_head = t->live_next;
+    if (t->live_next != NULL)
+      t->live_next->live_prev = t->live_prev;
+    live_count--;
+    t->live = 0;
+  }
+  pthread_mutex_unlock(&live_mu);
+}
+
+/* The ident of a shared thread's object, known to start() before the
+** thread itself runs. */
+void loomi_thread_set_ident (LoomObj *o, int64_t ident) {
+  LoomThread *t = (LoomThread *)o;
+  loomi_mutex_lock(&t->mu);
+  t->ident = ident;
+  loomi_mutex_unlock(&t->mu);
+}
+
+void loomi_thread_live (LoomObj *o, int on) {
+  live_set((LoomThread *)o, on);
+}
+
+size_t loomi_stack_size (void) {
+  size_t n = atomic_load(&stack_size_set);
+  return n != 0 ? n : LOOM_STACK_DEFAULT;
+}
+
+static void live_atfork_prepare (void) {
+  pthread_mutex_lock(&live_mu);
+}
+
+static void live_atfork_parent (void) {
+  pthread_mutex_unlock(&live_mu);
+}
+
+/* The parent's threads do not run in the child, and its main thread is
+** the one that forked; the parent's objects stay the parent's. */
+static void live_atfork_child (void) {
+  pthread_mutex_unlock(&live_mu);
+  live_head = NULL;
+  live_count = 0;
+  main_obj = NULL;
+  atomic_store(&main_ident, (int64_t)pthread_self());
+}
+
+static void live_init (void) {
+  pthread_atfork(live_atfork_prepare, live_atfork_parent, live_atfork_child);
 }
 
 /* Whether t's cancellation is to be raised now: not while a __close
@@ -494,6 +588,7 @@ static void worker_run (Worker *w, LoomThread *t) {
     lua_sethook(L, NULL, 0, 0);   /* no cancel may reach the next thread */
     loomi_thread_shutdown(L);   /* as closing the state would */
   }
+  live_set(t, 0);
   /* The running thread's reference goes in the same critical section that
   ** marks it done, so a dying handle that sees "done" can trust the count;
   ** an error no handle will ever see is reported now. */
@@ -965,6 +1060,7 @@ struct Worker {
   pthread_t tid;             /* set by the worker before it first parks */
   lua_State *L;              /* kept between jobs, NULL when none */
   char *path, *cpath;        /* the package paths L was made with */
+  size_t stack;              /* its stack size */
 };
 
 /* Process-global: the idle workers of this process.  idle_mu guards the
@@ -1051,9 +1147,12 @@ static int worker_may_stay (void) {
 ** NULL when none is idle. */
 static Worker *worker_take (LoomThread *t, pthread_t *tid) {
   const char *path = t->path, *cpath = t->cpath;
+  size_t stack = loomi_stack_size();
   pthread_mutex_lock(&idle_mu);
   Worker **best = NULL;
   for (Worker **p = &idle_list; *p != NULL; p = &(*p)->next) {
+    if ((*p)->stack != stack)
+      continue;              /* made before a stack_size() call */
     if (same_string((*p)->path, path) && same_string((*p)->cpath, cpath)) {
       best = p;
       break;
@@ -1217,10 +1316,11 @@ static int worker_start (LoomThread *t, pthread_t *tid) {
     return err;
   }
   w->job = t;
+  w->stack = loomi_stack_size();
   pthread_attr_t attr;
   pthread_attr_init(&attr);
   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-  pthread_attr_setstacksize(&attr, (size_t)2 << 20);
+  pthread_attr_setstacksize(&attr, w->stack);
   sigset_t all, old;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);   /* the new thread inherits it */
@@ -1342,9 +1442,12 @@ static int thread_start (lua_State *L) {
   }
   loomi_obj_retain(&t->obj);                  /* the running thread's ref */
   t->state = TH_RUNNING;
+  pthread_once(&live_once, live_init);
+  live_set(t, 1);
   pthread_t tid;
   int err = worker_start(t, &tid);
   if (err != 0) {
+    live_set(t, 0);
     t->state = TH_NEW;
     loomi_msg_free(t->call);
     t->call = NULL;
@@ -1546,6 +1649,16 @@ static int thread_index (lua_State *L) {
   }
   else if (strcmp(key, "daemon") == 0)
     lua_pushboolean(L, t->daemon);
+  else if (strcmp(key, "status") == 0) {
+    loomi_mutex_lock(&t->mu);
+    int state = t->main ? TH_RUNNING : t->state;
+    const char *st = state == TH_NEW ? "pending"
+                   : state == TH_RUNNING ? "running"
+                   : was_cancelled(t) ? "cancelled"
+                   : t->failed ? "error" : "done";
+    loomi_mutex_unlock(&t->mu);
+    lua_pushstring(L, st);
+  }
   else {
     luaL_getmetatable(L, LOOM_THREAD);
     lua_getfield(L, -1, "methods");
@@ -1609,6 +1722,136 @@ static int thread_current (lua_State *L) {
            : getpid() == t->native_id ? "MainThread" : "Thread");
   lua_pushvalue(L, -1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &MAIN_KEY);
+  return 1;
+}
+
+/* Whether the calling OS thread is its process's main thread. */
+static int on_main_thread (void) {
+  return self_thread == NULL && os_thread_id() == (int64_t)getpid();
+}
+
+/* main_thread() -> the Thread of the process's main thread: current() there;
+** elsewhere one handle made once per process, which knows its ident and
+** native_id only if loom was first opened on the main thread. */
+static int thread_main (lua_State *L) {
+  if (on_main_thread())
+    return thread_current(L);
+  LoomObj **slot = loomi_proxy_new(L, LOOM_THREAD);
+  pthread_once(&live_once, live_init);
+  pthread_mutex_lock(&live_mu);
+  if (main_obj != NULL) {
+    loomi_obj_retain(&main_obj->obj);
+    *slot = &main_obj->obj;
+    pthread_mutex_unlock(&live_mu);
+    return 1;
+  }
+  pthread_mutex_unlock(&live_mu);
+  LoomThread *fresh = thread_create();   /* made outside live_mu */
+  if (fresh == NULL)
+    return luaL_error(L, "cannot create thread: shared heap exhausted");
+  fresh->main = 1;
+  fresh->state = TH_RUNNING;
+  snprintf(fresh->name, sizeof fresh->name, "MainThread");
+  pthread_once(&live_once, live_init);
+  pthread_mutex_lock(&live_mu);
+  if (main_obj == NULL) {
+    fresh->ident = atomic_load(&main_ident);
+    fresh->native_id = (int64_t)getpid();
+    main_obj = fresh;        /* the global's reference */
+    fresh = NULL;
+  }
+  loomi_obj_retain(&main_obj->obj);
+  *slot = &main_obj->obj;
+  pthread_mutex_unlock(&live_mu);
+  if (fresh != NULL)
+    loomi_obj_release(&fresh->obj);
+  return 1;
+}
+
+/* enumerate() -> a list of the threads of this process that run now: the
+** main thread first, then every started isolated or shared thread whose
+** body has not ended, as current() names them.  The proxies are made
+** before live_mu is taken (no allocation under it), then filled. */
+static int thread_enumerate (lua_State *L) {
+  lua_settop(L, 0);
+  thread_main(L);                                /* 1 */
+  pthread_once(&live_once, live_init);
+  for (;;) {
+    pthread_mutex_lock(&live_mu);
+    int want = live_count;
+    pthread_mutex_unlock(&live_mu);
+    lua_settop(L, 1);
+    luaL_checkstack(L, want + 4, "too many threads");
+    for (int i = 0; i < want; i++)
+      loomi_proxy_new(L, LOOM_THREAD);
+    pthread_mutex_lock(&live_mu);
+    if (live_count > want) {
+      pthread_mutex_unlock(&live_mu);
+      continue;              /* more started meanwhile: more proxies */
+    }
+    int i = 0;
+    for (LoomThread *t = live_head; t != NULL; t = t->live_next, i++) {
+      loomi_obj_retain(&t->obj);
+      *(LoomObj **)lua_touserdata(L, 2 + i) = &t->obj;
+    }
+    pthread_mutex_unlock(&live_mu);
+    lua_settop(L, 1 + i);    /* the unused ones are collected, empty */
+    break;
+  }
+  int n = lua_gettop(L);     /* 1: main, 2..n: newest first */
+  lua_createtable(L, n, 0);
+  lua_pushvalue(L, 1);
+  lua_rawseti(L, -2, 1);
+  for (int k = 2; k <= n; k++) {
+    lua_pushvalue(L, n - k + 2);
+    lua_rawseti(L, -2, k);
+  }
+  return 1;
+}
+
+/* active_count() -> #enumerate(), without making handles. */
+static int thread_active_count (lua_State *L) {
+  pthread_once(&live_once, live_init);
+  pthread_mutex_lock(&live_mu);
+  int n = live_count;
+  pthread_mutex_unlock(&live_mu);
+  lua_pushinteger(L, (lua_Integer)n + 1);
+  return 1;
+}
+
+static int thread_get_ident (lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)(int64_t)pthread_self());
+  return 1;
+}
+
+static int thread_get_native_id (lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)os_thread_id());
+  return 1;
+}
+
+/* stack_size([n]) -> the previous setting (0: loom's default); n = 0
+** restores the default, else the stack of threads made from now on. */
+static int thread_stack_size (lua_State *L) {
+  if (lua_isnoneornil(L, 1)) {
+    lua_pushinteger(L, (lua_Integer)atomic_load(&stack_size_set));
+    return 1;
+  }
+  lua_Integer n = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, n >= 0, 1, "size must be non-negative");
+  luaL_argcheck(L, n == 0 || (lua_Unsigned)n >= LOOM_STACK_LEAST, 1,
+                "size too small (at least 512 KiB)");
+  luaL_argcheck(L, (lua_Unsigned)n <= LOOM_STACK_MOST, 1,
+                "size too large (at most 1 GiB)");
+  if (n != 0) {
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    int err = pthread_attr_setstacksize(&attr, (size_t)n);
+    pthread_attr_destroy(&attr);
+    if (err != 0)
+      return luaL_argerror(L, 1, lua_pushfstring(L, "size not valid: %s",
+                                                 strerror(err)));
+  }
+  lua_pushinteger(L, (lua_Integer)atomic_exchange(&stack_size_set, (size_t)n));
   return 1;
 }
 
@@ -1781,6 +2024,7 @@ void loomi_thread_enter (LoomObj *o) {
 
 void loomi_thread_leave (LoomObj *o) {
   LoomThread *t = (LoomThread *)o;
+  live_set(t, 0);
   loomi_mutex_lock(&t->mu);
   t->state = TH_DONE;
   loomi_mutex_unlock(&t->mu);
@@ -1860,6 +2104,12 @@ static const luaL_Reg thread_funcs[] = {
   {"current", thread_current},
   {"sleep", thread_sleep},
   {"set_excepthook", thread_set_excepthook},
+  {"main_thread", thread_main},
+  {"enumerate", thread_enumerate},
+  {"active_count", thread_active_count},
+  {"get_ident", thread_get_ident},
+  {"get_native_id", thread_get_native_id},
+  {"stack_size", thread_stack_size},
   {NULL, NULL}
 };
 
@@ -1871,5 +2121,9 @@ void loomi_thread_open (lua_State *L) {
   lua_setfield(L, -2, "methods");
   lua_pop(L, 1);
   luaL_setfuncs(L, thread_funcs, 0);
+  lua_pushinteger(L, (lua_Integer)LOOM_TIMEOUT_MAX);
+  lua_setfield(L, -2, "TIMEOUT_MAX");
+  if (os_thread_id() == (int64_t)getpid())
+    atomic_store(&main_ident, (int64_t)pthread_self());
   children_of(L);   /* made now so it is finalized after later objects */
 }

@@ -8,6 +8,7 @@
 
 #include <limits.h>
 #include <sched.h>
+#include <signal.h>
 #include <linux/futex.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -133,21 +134,72 @@ static int seq_moved (const void *arg) {
 ** main thread the wait sleeps in short slices and gives up with EINTR as
 ** soon as that hook changed.  The binding then returns to Lua, where the
 ** new hook runs (lua.c's raises "interrupted!").  Only the main thread:
-** every thread loom starts blocks all signals. */
+** every thread loom starts blocks all signals.
+** lua.c sets its hook on the main coroutine only, so a wait in another
+** coroutine watches the main one's hook too, and when that changed, gives
+** the hook to its own coroutine on the way back (loomi_intr_end): the
+** interruption is raised where the program is, as Python's is. */
 static LOOM_THREAD_LOCAL lua_State *intr_L = NULL;
 static LOOM_THREAD_LOCAL lua_Hook intr_hook = NULL;
 static LOOM_THREAD_LOCAL int intr_mask = 0;
+static LOOM_THREAD_LOCAL lua_State *intr_main = NULL;  /* when not intr_L */
+static LOOM_THREAD_LOCAL lua_Hook main_hook = NULL;
+static LOOM_THREAD_LOCAL int main_mask = 0;
+static LOOM_THREAD_LOCAL lua_Hook main_raw = NULL;      /* as it was, to put back */
+static LOOM_THREAD_LOCAL int main_raw_mask = 0, main_raw_count = 0;
 static LOOM_THREAD_LOCAL pid_t main_checked = 0;   /* pid main_is was for */
 static LOOM_THREAD_LOCAL int main_is = 0;
+
+/* A hook appeared or changed since (hook0, mask0): something (lua.c's
+** SIGINT handler) wants Lua to run.  A hook removed does not count, nor
+** the switching hook of shared threads, which comes and goes while they
+** start and end (gil.c reads it as none). */
+static int hook_changed (lua_State *L, lua_Hook hook0, int mask0,
+                         lua_Hook *hook, int *mask) {
+  loomi_gil_peek_hook(L, hook, mask);
+  return *hook != NULL && (*hook != hook0 || *mask != mask0);
+}
 
 /* Runs before block_begin releases any GIL. */
 void loomi_intr_begin (lua_State *L) {
   intr_L = L;
+  intr_main = NULL;
   loomi_gil_peek_hook(L, &intr_hook, &intr_mask);
+  if (loomi_intr_watched()) {
+    int is_main = lua_pushthread(L);
+    lua_pop(L, 1);
+    if (!is_main) {
+      lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+      intr_main = lua_tothread(L, -1);   /* anchored by the registry */
+      lua_pop(L, 1);
+      loomi_gil_peek_hook(intr_main, &main_hook, &main_mask);
+      main_raw = lua_gethook(intr_main);
+      main_raw_mask = lua_gethookmask(intr_main);
+      main_raw_count = lua_gethookcount(intr_main);
+    }
+  }
 }
 
+/* Runs after block_end took back any GIL.  The hook moves, so that the
+** interruption is raised once, as lua.c's would be: its hook takes itself
+** off the coroutine it runs in.  SIGINT is held off meanwhile, so that a
+** second signal is not lost between the two changes. */
 void loomi_intr_end (void) {
+  lua_Hook hook;
+  int mask;
+  if (intr_main != NULL &&
+      hook_changed(intr_main, main_hook, main_mask, &hook, &mask) &&
+      lua_gethook(intr_L) != hook) {
+    sigset_t intr, old;
+    sigemptyset(&intr);
+    sigaddset(&intr, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &intr, &old);
+    lua_sethook(intr_L, hook, mask, lua_gethookcount(intr_main));
+    lua_sethook(intr_main, main_raw, main_raw_mask, main_raw_count);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+  }
   intr_L = NULL;
+  intr_main = NULL;
 }
 
 /* True when the calling thread is its process's main thread (a fork's
@@ -163,17 +215,16 @@ int loomi_intr_watched (void) {
   return main_is;
 }
 
-/* A hook appeared or changed on the waiting state: something (lua.c's
-** SIGINT handler) wants Lua to run.  A hook removed does not count, nor
-** the switching hook of shared threads, which comes and goes while they
-** start and end (gil.c reads it as none). */
+/* A hook appeared or changed on the waiting coroutine or, for a wait in
+** another coroutine, on the main one (see hook_changed). */
 int loomi_interrupted (void) {
   if (intr_L == NULL)
     return 0;
   lua_Hook hook;
   int mask;
-  loomi_gil_peek_hook(intr_L, &hook, &mask);
-  return hook != NULL && (hook != intr_hook || mask != intr_mask);
+  return hook_changed(intr_L, intr_hook, intr_mask, &hook, &mask) ||
+         (intr_main != NULL &&
+          hook_changed(intr_main, main_hook, main_mask, &hook, &mask));
 }
 
 int loomi_push_interrupted (lua_State *L) {

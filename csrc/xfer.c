@@ -15,7 +15,8 @@
 
 enum {
   T_NIL, T_FALSE, T_TRUE, T_INT, T_FLT, T_STR, T_TABLE, T_REF, T_LFUNC,
-  T_CFUNC, T_OBJ, T_GLOBALS, T_LOADED, T_LIGHTUD, T_UPJOIN
+  T_CFUNC, T_OBJ, T_GLOBALS, T_LOADED, T_LIGHTUD, T_UPJOIN,
+  T_CNAMED               /* portable only: a C function as module, field */
 };
 
 #define XFER_MAXDEPTH  200
@@ -159,6 +160,8 @@ typedef struct Enc {
   int depth;
   int call;              /* the values are a call: target, then args */
   const void *globals;   /* the sender's globals table, sent by name */
+  int portable;          /* no addresses: for loom.encode (portable.c) */
+  int cfuncs;            /* stack index: C function -> "module\0field" */
   PathItem path[XFER_MAXPATH + 1];
 } Enc;
 
@@ -209,6 +212,11 @@ static void enc_raise (Enc *e, const char *fmt, const char *what) {
   }
   luaL_pushresult(&pb);
   e->b->busy = 0;
+  if (e->portable && strncmp(fmt, "cannot transfer ", 16) == 0) {
+    lua_pushfstring(L, "cannot encode %s", fmt + 16);
+    fmt = lua_tostring(L, -1);   /* anchored on the stack until the raise */
+    lua_insert(L, -2);
+  }
   luaL_error(L, fmt, lua_tostring(L, -1), what);
 }
 
@@ -640,8 +648,76 @@ static void pin_cfunction (uintptr_t fn) {
   atomic_store_explicit(&pinned[h], fn, memory_order_relaxed);
 }
 
+/* Portable form of the C function at idx: the module and field under which
+** package.loaded holds it ("" for a module that is itself the function),
+** which the decoder looks up in its own process.  Its upvalues are not
+** sent: the receiver's copy has its own. */
+/* map[f] = "module\0field" for the function at f unless it has a name. */
+static void enc_cname_add (lua_State *L, int map, int f, int mod, int field) {
+  lua_pushvalue(L, f);
+  if (lua_rawget(L, map) != LUA_TNIL) {   /* the first name found wins */
+    lua_pop(L, 1);
+    return;
+  }
+  lua_pop(L, 1);
+  lua_pushvalue(L, f);
+  lua_pushvalue(L, mod);
+  lua_pushlstring(L, "", 1);
+  if (field != 0)
+    lua_pushvalue(L, field);
+  else
+    lua_pushliteral(L, "");
+  lua_concat(L, 3);
+  lua_rawset(L, map);
+}
+
+static void enc_cnamed (Enc *e, int idx) {
+  lua_State *L = e->L;
+  if (lua_isnil(L, e->cfuncs)) {
+    int map = enc_lazy_table(e, &e->cfuncs);
+    if (lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE) == LUA_TTABLE) {
+      int loaded = lua_gettop(L);
+      lua_pushnil(L);
+      while (lua_next(L, loaded)) {     /* loaded: name, module */
+        int name = loaded + 1, mod = loaded + 2;
+        if (lua_type(L, name) != LUA_TSTRING)
+          ;
+        else if (lua_iscfunction(L, mod))
+          enc_cname_add(L, map, mod, name, 0);
+        else if (lua_istable(L, mod)) {
+          lua_pushnil(L);
+          while (lua_next(L, mod)) {    /* mod: field, value */
+            if (lua_type(L, -2) == LUA_TSTRING && lua_iscfunction(L, -1))
+              enc_cname_add(L, map, lua_gettop(L), name, lua_gettop(L) - 1);
+            lua_pop(L, 1);
+          }
+        }
+        lua_settop(L, name);
+      }
+    }
+    lua_pop(L, 1);
+  }
+  lua_pushvalue(L, idx);
+  if (lua_rawget(L, e->cfuncs) != LUA_TSTRING) {
+    lua_pop(L, 1);
+    enc_raise(e, "cannot transfer %s: %s",
+              "C function not reachable from package.loaded");
+  }
+  size_t n;
+  const char *s = lua_tolstring(L, -1, &n);
+  size_t m = strlen(s);
+  put_u8(e, T_CNAMED);
+  put_str(e, s, m);
+  put_str(e, s + m + 1, n - m - 1);
+  lua_pop(L, 1);
+}
+
 static void enc_function (Enc *e, int idx) {
   lua_State *L = e->L;
+  if (e->portable && lua_iscfunction(L, idx)) {
+    enc_cnamed(e, idx);
+    return;
+  }
   int nups = count_upvalues(L, idx);
   if (nups > 255)
     enc_raise(e, "cannot transfer %s: %s", "function with over 255 upvalues");
@@ -702,6 +778,15 @@ static void enc_object (Enc *e, LoomObj *o) {
 static void enc_userdata (Enc *e, int idx) {
   lua_State *L = e->L;
   LoomObj *o = loomi_toobj(L, idx);
+  if (o != NULL && e->portable) {
+    char what[96];
+    const char *name = "loom object";
+    if (luaL_getmetafield(L, idx, "__name") == LUA_TSTRING)
+      name = lua_tostring(L, -1);
+    snprintf(what, sizeof what, "%s lives in this machine's shared heap",
+             name);
+    enc_raise(e, "cannot transfer %s: %s", what);
+  }
   if (o != NULL) {
     enc_object(e, o);
     return;
@@ -740,6 +825,9 @@ static void enc_value (Enc *e, int idx) {
         enc_function(e, idx);
       break;
     case LUA_TLIGHTUSERDATA: {
+      if (e->portable)
+        enc_raise(e, "cannot transfer %s: %s",
+                  "light userdata is an address in this process");
       uint64_t bits = (uint64_t)(uintptr_t)lua_touserdata(L, idx);
       put_tagged8(e, T_LIGHTUD, &bits);
       break;
@@ -753,20 +841,22 @@ static void enc_value (Enc *e, int idx) {
 
 /* Encodes the values into the state's buffer, which is left busy. */
 static Buf *enc_all (lua_State *L, int first, int n, const char *root,
-                     int call) {
+                     int call, int portable) {
   Enc e;
   e.call = call;
+  e.portable = portable;
   first = lua_absindex(L, first);
   int top = lua_gettop(L);
   luaL_checkstack(L, 16, "cannot transfer values");
   e.L = L;
   e.b = buf_get(L);
   e.root = root;
-  lua_settop(L, top + 5);   /* the buffer, then the four helper slots */
+  lua_settop(L, top + 6);   /* the buffer, then the five helper slots */
   e.seen = top + 2;
   e.loaded = top + 3;
   e.upvals = top + 4;
   e.dumps = top + 5;
+  e.cfuncs = top + 6;
   e.nrefs = 0;
   e.depth = 0;
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
@@ -820,7 +910,7 @@ static LoomMsg *msg_build (lua_State *L, Buf *b, const char *root) {
 
 static LoomMsg *encode (lua_State *L, int first, int n, const char *root,
                         int call) {
-  Buf *b = enc_all(L, first, n, root, call);
+  Buf *b = enc_all(L, first, n, root, call, 0);
   LoomMsg *m = msg_build(L, b, root);
   enc_done(L, b);
   return m;
@@ -828,7 +918,7 @@ static LoomMsg *encode (lua_State *L, int first, int n, const char *root,
 
 LoomMsg *loomi_xfer_encode_inline (lua_State *L, int first, int n,
                                    const char *root, void *out, size_t *len) {
-  Buf *b = enc_all(L, first, n, root, 0);
+  Buf *b = enc_all(L, first, n, root, 0, 0);
   LoomMsg *m = NULL;
   if (b->nobjs == 0 && b->len <= *len) {
     memcpy(out, b->data, b->len);
@@ -846,6 +936,26 @@ LoomMsg *loomi_xfer_encode (lua_State *L, int first, int n, const char *root) {
 
 LoomMsg *loomi_xfer_encode_call (lua_State *L, int first, int n) {
   return encode(L, first, n, "args", 1);
+}
+
+/* The payload goes after a header of headlen bytes that fill writes once
+** the payload is known; the result is pushed as one string.  The buffer
+** stays busy until then, so a finalizer that encodes meanwhile takes
+** another. */
+void loomi_xfer_encode_portable (lua_State *L, int first, int n,
+                                 size_t headlen, LoomHeadFill fill) {
+  Buf *b = enc_all(L, first, n, "values[]", 0, 1);
+  luaL_Buffer out;
+  char *p = luaL_buffinitsize(L, &out, headlen + b->len);
+  memcpy(p + headlen, b->data, b->len);
+  fill((unsigned char *)p, b->data, b->len);
+  luaL_pushresultsize(&out, headlen + b->len);
+  lua_insert(L, -2);
+  enc_done(L, b);
+}
+
+uint64_t loomi_xfer_checksum (const void *p, size_t n) {
+  return checksum(p, n);
 }
 
 void loomi_msg_free (LoomMsg *m) {
@@ -874,6 +984,7 @@ typedef struct Dec {
   int nocode;            /* refuse bytecode (raw, unchecked input) */
   int base;              /* stack top before decoding */
   int foreign;           /* the message comes from another process */
+  int portable;          /* loom.decode: no addresses accepted */
 } Dec;
 
 static _Noreturn void dec_corrupt (Dec *d) {
@@ -1141,6 +1252,43 @@ static void dec_cfunction (Dec *d) {
   lua_rawseti(L, d->refs, (lua_Integer)ref);
 }
 
+/* Requires the module if this state has not loaded it, as T_LOADED does. */
+static void dec_module (Dec *d, const char *s, size_t n) {
+  lua_State *L = d->L;
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_pushlstring(L, s, n);
+  if (lua_rawget(L, -2) == LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_getglobal(L, "require");
+    lua_pushlstring(L, s, n);
+    lua_call(L, 1, 1);
+  }
+  lua_remove(L, -2);
+}
+
+static void dec_cnamed (Dec *d) {
+  lua_State *L = d->L;
+  size_t mn, fn;
+  const char *mod = get_str(d, &mn);
+  const char *field = get_str(d, &fn);
+  if (memchr(mod, 0, mn) != NULL || memchr(field, 0, fn) != NULL)
+    dec_corrupt(d);
+  dec_module(d, mod, mn);
+  if (fn > 0) {
+    if (!lua_istable(L, -1))
+      dec_corrupt(d);
+    lua_pushlstring(L, field, fn);
+    lua_rawget(L, -2);
+    lua_remove(L, -2);
+  }
+  if (!lua_iscfunction(L, -1)) {
+    lua_pushlstring(L, mod, mn);
+    lua_pushlstring(L, field, fn);
+    luaL_error(L, "cannot decode: %s%s%s is not a C function here",
+               lua_tostring(L, -2), fn ? "." : "", lua_tostring(L, -1));
+  }
+}
+
 /* Pushes one value.  Every caller leaves room for it; what nests (a
 ** table, a function, a module lookup) reserves its own slots. */
 static void dec_value (Dec *d) {
@@ -1168,7 +1316,16 @@ static void dec_value (Dec *d) {
       break;
     }
     case T_LFUNC: dec_lfunction(d); break;
-    case T_CFUNC: dec_cfunction(d); break;
+    case T_CFUNC:
+      if (d->portable)
+        dec_corrupt(d);
+      dec_cfunction(d);
+      break;
+    case T_CNAMED:
+      if (!d->portable)
+        dec_corrupt(d);
+      dec_cnamed(d);
+      break;
     case T_OBJ: {
       uint32_t i = get_u32(d);
       if (i >= d->nobjs)
@@ -1180,18 +1337,12 @@ static void dec_value (Dec *d) {
     case T_LOADED: {
       size_t n;
       const char *s = get_str(d, &n);
-      lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-      lua_pushlstring(L, s, n);
-      if (lua_rawget(L, -2) == LUA_TNIL) {
-        lua_pop(L, 1);
-        lua_getglobal(L, "require");
-        lua_pushlstring(L, s, n);
-        lua_call(L, 1, 1);
-      }
-      lua_remove(L, -2);
+      dec_module(d, s, n);
       break;
     }
     case T_LIGHTUD: {
+      if (d->portable)
+        dec_corrupt(d);
       uint64_t bits;
       get(d, &bits, 8);
       lua_pushlightuserdata(L, (void *)(uintptr_t)bits);
@@ -1205,7 +1356,7 @@ static void dec_value (Dec *d) {
 /* Decodes `len` payload bytes; objs are the message's object references. */
 static int decode_payload (lua_State *L, const unsigned char *p, size_t len,
                            LoomObj *const *objs, uint32_t nobjs, int foreign,
-                           int nocode) {
+                           int nocode, int portable) {
   Dec d;
   int base = lua_gettop(L);
   d.L = L;
@@ -1218,6 +1369,7 @@ static int decode_payload (lua_State *L, const unsigned char *p, size_t len,
   d.depth = 0;
   d.foreign = foreign;
   d.nocode = nocode;
+  d.portable = portable;
   d.base = base;
   luaL_checkstack(L, 16, "cannot decode message");
   int n = 0;
@@ -1235,7 +1387,7 @@ static int decode_payload (lua_State *L, const unsigned char *p, size_t len,
 int loomi_xfer_decode_inline (lua_State *L, const void *p, size_t len,
                               int32_t pid) {
   return decode_payload(L, p, len, NULL, 0, pid != (int32_t)loomi_self_pid(),
-                        0);
+                        0, 0);
 }
 
 int loomi_xfer_decode (lua_State *L, const LoomMsg *m) {
@@ -1245,11 +1397,11 @@ int loomi_xfer_decode (lua_State *L, const LoomMsg *m) {
   if (checksum(payload, (size_t)m->len) != m->check)
     return luaL_error(L, "cannot decode message: checksum mismatch");
   return decode_payload(L, payload, (size_t)m->len, msg_cobjs(m), m->nobjs,
-                        m->pid != (int32_t)loomi_self_pid(), 0);
+                        m->pid != (int32_t)loomi_self_pid(), 0, 0);
 }
 
 int loomi_xfer_decode_raw (lua_State *L, const void *payload, size_t len) {
-  return decode_payload(L, payload, len, NULL, 0, 1, 1);
+  return decode_payload(L, payload, len, NULL, 0, 1, 1, 0);
 }
 
 int loomi_xfer_decode_checked (lua_State *L, const void *msg, size_t len) {
@@ -1258,4 +1410,9 @@ int loomi_xfer_decode_checked (lua_State *L, const void *msg, size_t len) {
       m->len != len - sizeof(LoomMsg))
     return luaL_error(L, "cannot decode message: corrupt header");
   return loomi_xfer_decode(L, m);
+}
+
+int loomi_xfer_decode_portable (lua_State *L, const void *payload, size_t len,
+                                int nocode) {
+  return decode_payload(L, payload, len, NULL, 0, 1, nocode, 1);
 }

@@ -18,8 +18,8 @@ package.cpath = root .. "?.so;" .. package.cpath
 local loom = require "loom"
 
 local io, os, string, table, math = io, os, string, table, math
-local select, type, tostring, pairs, ipairs = select, type, tostring, pairs, ipairs
-local pcall, error = pcall, error
+local select, type, tostring, ipairs = select, type, tostring, ipairs
+local pcall = pcall
 
 -- Task output from several threads and forked processes: one line per
 -- write, flushed at once, so lines never merge or repeat after a fork.

@@ -1,8 +1,10 @@
 /* decode_fuzz.c: libFuzzer target for the transfer codec's decoder.
-** The first input byte picks the mode: even, the rest is a bare payload
-** (bytecode refused: Lua does not verify bytecode, so only messages that
-** pass the integrity check may carry it); odd, the rest is a whole message
-** image whose header and checksum must hold before anything is decoded.
+** The first input byte picks the mode: odd, the rest is a whole message
+** image whose header and checksum must hold before anything is decoded;
+** 2 mod 4, a loom.encode string (portable.c) whose checksum is not checked
+** so that mutations reach its payload, bytecode refused; otherwise a bare
+** payload (bytecode refused: Lua does not verify bytecode, so only messages
+** that pass the integrity check may carry it).
 ** Any input must end in values or a clean Lua error, never a crash.
 ** SPDX-License-Identifier: MIT */
 #include <stddef.h>
@@ -18,6 +20,8 @@ static int decode (lua_State *L) {
   lua_settop(L, 0);
   if (data[0] & 1)
     return loomi_xfer_decode_checked(L, data + 1, size - 1);
+  if ((data[0] & 3) == 2)
+    return loomi_portable_decode_unchecked(L, data + 1, size - 1);
   return loomi_xfer_decode_raw(L, data + 1, size - 1);
 }
 

@@ -7,60 +7,42 @@ source = {
 description = {
   summary = "Real concurrency and parallelism for Lua 5.4",
   detailed = [[
-    OS threads that each run their own interpreter, a worker pool with
-    futures, forked processes, locks and the other synchronization
-    primitives, shared typed values and arrays, and a queue.
+    loom gives Lua 5.4 the tools of Python's threading, multiprocessing and
+    concurrent.futures: OS threads that each run their own interpreter,
+    shared-interpreter threads that take turns under a lock, thread and
+    process pools with futures (wait, as_completed, map, cancellation),
+    forked processes with exit codes and timeouts, locks, re-entrant locks,
+    conditions, semaphores, events and barriers, shared typed values and
+    arrays, and a queue, all usable across threads and forked processes
+    through one shared heap, with waits that survive a participant killed
+    at any moment. Values travel between interpreters by copy, functions
+    with their upvalues included. Embeddable in C hosts (loom.h).
   ]],
   license = "MIT",
+  labels = { "concurrency", "threads", "multiprocessing", "futures", "parallel" },
 }
+supported_platforms = { "linux" }
 dependencies = {
   "lua >= 5.4, < 5.5",
 }
+-- The Makefile builds the module, so a LuaRocks build and `make` use the
+-- same flags (C11, -pthread, hidden visibility, the warnings as errors).
 build = {
-  type = "builtin",
-  modules = {
-    ["loom.core"] = {
-      sources = {
-        "csrc/array.c",
-        "csrc/barrier.c",
-        "csrc/clock.c",
-        "csrc/cond.c",
-        "csrc/core.c",
-        "csrc/event.c",
-        "csrc/gil.c",
-        "csrc/heap.c",
-        "csrc/lock.c",
-        "csrc/notify.c",
-        "csrc/obj.c",
-        "csrc/pool.c",
-        "csrc/process.c",
-        "csrc/queue.c",
-        "csrc/sem.c",
-        "csrc/shared.c",
-        "csrc/thread.c",
-        "csrc/wait.c",
-        "csrc/xfer.c",
-      },
-      incdirs = { "csrc" },
-      libraries = { "pthread", "m" },
-    },
-    ["loom"] = "lua/loom/init.lua",
-    ["loom.cqueues"] = "lua/loom/cqueues.lua",
-    ["loom.gil"] = "lua/loom/gil.lua",
-    ["loom.luv"] = "lua/loom/luv.lua",
-    ["loom.pool"] = "lua/loom/pool.lua",
-    ["loom.process"] = "lua/loom/process.lua",
+  type = "make",
+  build_target = "all",
+  build_variables = {
+    CFLAGS = "$(CFLAGS)",
+    LIBFLAG = "$(LIBFLAG)",
+    LUA_INCDIR = "$(LUA_INCDIR)",
   },
-  platforms = {
-    linux = {
-      modules = {
-        ["loom.core"] = {
-          libraries = { "pthread", "m", "dl" },
-        },
-      },
-    },
+  install_target = "install",
+  install_variables = {
+    INST_LIBDIR = "$(LIBDIR)",
+    INST_LUADIR = "$(LUADIR)",
   },
 }
+-- Offline, with the busted the system provides.
 test = {
-  type = "busted",
+  type = "command",
+  command = "make test",
 }

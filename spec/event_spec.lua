@@ -100,7 +100,7 @@ describe("loom.Event", function()
 
   it("raises when closed", function()
     local e = loom.event()
-    do local c <close> = e end
+    do local g <close> = e end
     assert.has_error(function() e:set() end, "attempt to use a closed loom.Event")
   end)
 end)

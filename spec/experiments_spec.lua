@@ -120,9 +120,9 @@ local function lines_of(text)
   return t
 end
 
-local function count(lines, want)
+local function count(printed, want)
   local n = 0
-  for _, line in ipairs(lines) do
+  for _, line in ipairs(printed) do
     if type(want) == "table" then
       if line:match(want.pattern) then n = n + 1 end
     elseif line == want then

@@ -109,11 +109,18 @@ function M.acquire(l, s)
 end
 
 function M.below(x, s, what)
-  if not (x < M.t(s)) then
+  if not (x < M.t(s)) then  -- luacheck: ignore 581 (a NaN duration fails too)
     error(string.format("%s took %.3g s, bound %.3g s (slowdown %.3g)",
       what or "it", x, M.t(s), M.slowdown), 2)
   end
   return x
+end
+
+-- Runs a shell command; returns whether it succeeded and its stdout+stderr.
+function M.sh(cmd)
+  local p = assert(io.popen(cmd .. " 2>&1"))
+  local out = p:read("a")
+  return p:close() == true, out
 end
 
 -- The first line of a chunk run by H.run: the paths, and H itself.

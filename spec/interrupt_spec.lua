@@ -139,3 +139,63 @@ describe("Ctrl-C on the main thread", function()
     end)
   end
 end)
+
+-- lua.c sets its hook on the main coroutine only: a wait inside another
+-- coroutine must notice it too, and raise where it waits.
+local in_coroutine = {
+  {"event:wait()", "local e = loom.event()", "e:wait()",
+   "e:set(); assert(e:wait(0) == true)"},
+  {"queue:get(30)", "local q = loom.queue()", "q:get(30)",
+   "q:put(3); assert(q:get(0) == 3 and q:size() == 0)"},
+  {"lock:acquire()", "local l = loom.lock(); l:acquire()", "l:acquire()",
+   "assert(l:locked()); l:release(); assert(l:acquire(false)); l:release()"},
+  {"loom.sleep(30)", "", "loom.sleep(30)", ""},
+  {"thread:join()",
+   "local e = loom.event(); local t = loom.thread(function(ev) ev:wait(); return 42 end, e):start()",
+   "t:join()", "e:set(); assert(H.result(t, 10) == 42)"},
+  {"process:join()",
+   "local e = loom.event(); local p = loom.process(function(ev) ev:wait(); return 5 end, e):start()",
+   "p:join()", "e:set(); assert(H.result(p, 10) == 5)"},
+}
+
+describe("Ctrl-C on the main thread inside a coroutine", function()
+  for _, c in ipairs(in_coroutine) do
+    it("interrupts " .. c[1] .. " in coroutine.wrap", function()
+      expect(c[2] .. "\ninterrupted(" .. string.format("%q", c[1]) ..
+        ", coroutine.wrap(function() " .. c[3] .. " end))\n" .. c[4])
+    end)
+  end
+
+  it("raises once, inside the coroutine, where a pcall catches it", function()
+    expect([[
+local e = loom.event()
+local caught, after
+interrupted("a nested coroutine", function()
+  local co = coroutine.wrap(function()
+    return coroutine.wrap(function()
+      local ok, err = pcall(e.wait, e)
+      caught = err
+      return ok
+    end)()
+  end)
+  co()
+  after = true   -- the main coroutine is not interrupted a second time
+  error(caught, 0)
+end)
+assert(after)
+e:set(); assert(e:wait(0) == true)
+]])
+  end)
+
+  it("interrupts a wait in a coroutine run by coroutine.resume", function()
+    expect([[
+local q = loom.queue()
+interrupted("resume", function()
+  local ok, err = coroutine.resume(coroutine.create(function() return q:get() end))
+  assert(not ok)
+  error(err, 0)
+end)
+q:put(1); assert(q:get(0) == 1)
+]])
+  end)
+end)

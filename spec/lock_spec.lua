@@ -219,7 +219,7 @@ describe("loom.Lock", function()
 
     it("is unusable once closed", function()
       local l = loom.lock()
-      do local c <close> = l end
+      do local g <close> = l end
       assert.has_error(function() l:acquire() end, "attempt to use a closed loom.Lock")
       assert.equal("loom.Lock (closed)", tostring(l))
     end)

@@ -1,7 +1,6 @@
 -- Ownership: which process and which thread a reference, a pool, a lock
 -- or an interpreter belongs to, and what the others may do with it.
 local loom = require "loom"
-local core = require "loom.core"
 local H = require "helpers"
 
 local function survives(chunk, want)

@@ -16,12 +16,11 @@ local function sh(cmd)
 end
 
 describe("rockspec/loom-scm-1.rockspec", function()
-  it("lists every C source in csrc/", function()
+  it("builds and installs through the Makefile, so a rock equals a make build", function()
     local spec = read("rockspec/loom-scm-1.rockspec")
-    local _, listing = sh("ls csrc/*.c")
-    for file in listing:gmatch("%S+") do
-      assert.truthy(spec:find('"' .. file .. '"', 1, true), file .. " is missing from the rockspec")
-    end
+    assert.truthy(spec:find('type = "make"', 1, true))
+    assert.truthy(spec:find('install_target = "install"', 1, true))
+    assert.truthy(spec:find('supported_platforms = { "linux" }', 1, true))
   end)
 
   it("installs into a tree with luarocks make and the module loads", function()
@@ -34,10 +33,14 @@ describe("rockspec/loom-scm-1.rockspec", function()
     os.remove(tmp)
     finally(function() sh("rm -rf " .. tmp) end)
     local ok, out = sh(string.format(
-      "mkdir -p %s/src %s/tree && cp -r csrc lua rockspec %s/src/ && cd %s/src && " ..
+      "mkdir -p %s/src %s/tree && cp -r csrc lua rockspec Makefile %s/src/ && cd %s/src && " ..
       "luarocks --lua-version=5.4 --tree=%s/tree make rockspec/loom-scm-1.rockspec",
       tmp, tmp, tmp, tmp, tmp))
     assert(ok, out)
+    -- make notices a loom/core.so it did not write, and puts its own back.
+    local ok3, out3 = sh(string.format(
+      "cd %s/src && printf x >> loom/core.so && make -s >/dev/null && cmp build/core.so loom/core.so", tmp))
+    assert(ok3, out3)
     local script = string.format([[
       package.path = %q
       package.cpath = %q

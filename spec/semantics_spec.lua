@@ -66,10 +66,6 @@ describe("cancel()", function()
     assert(t:join(H.t(10)), "the cancelled thread did not end")
   end
 
-  local function closer(flag)
-    return setmetatable({}, { __close = function() flag.value = true end })
-  end
-
   it("runs a pending <close> of a sleeping thread", function()
     local ran = loom.value("bool", false, false)
     local t = loom.thread(function()
@@ -156,7 +152,7 @@ describe("cancel()", function()
     local t = loom.thread(function(i, o)
       local g <close> = setmetatable({}, { __close = function() o.value = true end })
       coroutine.wrap(function()
-        local h <close> = setmetatable({}, { __close = function() i.value = true end })
+        local g2 <close> = setmetatable({}, { __close = function() i.value = true end })
         while true do end
       end)()
     end, inner, outer):start()
@@ -217,7 +213,7 @@ describe("cancel()", function()
       r[#r + 1] = e4
       local closed = {}
       pcall(coroutine.wrap(function()
-        local c <close> = setmetatable({}, { __close = function(_, e) closed[1] = e end })
+        local g <close> = setmetatable({}, { __close = function(_, e) closed[1] = e end })
         error("x", 0)
       end))
       r[#r + 1] = closed[1]

@@ -5,7 +5,7 @@
 -- hook beside the user's own.
 local core = require "loom.core"
 
-local coroutine, debug, select, type, error = coroutine, debug, select, type, error
+local coroutine, debug, type, error = coroutine, debug, type, error
 local table_pack, table_unpack = table.pack, table.unpack
 
 local prepare = core.gil_prepare

@@ -1,6 +1,27 @@
 -- loom: real concurrency and parallelism for Lua 5.4.
 -- The public module: thin conveniences over loom.core.
-local core = require "loom.core"
+
+-- loom.core is built against Lua 5.4's API: under another Lua its loading
+-- fails with a linker message that names a missing symbol, not the cause.
+if _VERSION ~= "Lua 5.4" then
+  error(string.format("loom needs Lua 5.4, and this is %s%s", tostring(_VERSION),
+    type(rawget(_G, "jit")) == "table" and " (LuaJIT)" or ""), 2)
+end
+
+local core
+do
+  local ok, err = pcall(require, "loom.core")
+  if not ok then
+    -- a host that links Lua statically but does not export its symbols
+    if type(err) == "string" and err:find("undefined symbol: lua", 1, true) then
+      error(err .. "\nloom.core calls the Lua API of the program that loads it: " ..
+        "a host that links Lua statically must export those symbols " ..
+        "(link it with -Wl,-E), or link liblua5.4.so", 2)
+    end
+    error(err, 2)
+  end
+  core = err
+end
 local lproc = require "loom.process"
 
 local error, type, select, setmetatable = error, type, select, setmetatable
@@ -64,6 +85,90 @@ function M.excepthook(fn)
     error("bad argument #1 to 'excepthook' (function expected, got " .. type(fn) .. ")", 2)
   end
   return core.set_excepthook(fn)
+end
+
+-- `local` is a reserved word: loom["local"]() or loom.thread_local().
+M.thread_local = core["local"]
+
+-- The body of a timer's thread: waits out the interval unless cancelled,
+-- then runs fn if it wins the gate cancel() also tries.  No upvalues: it
+-- is copied into the thread with the arguments.
+local function timer_body(finished, gate, interval, fn, ...)
+  if finished:wait(interval) then
+    return
+  end
+  if not gate:acquire(false) then
+    return
+  end
+  finished:set()
+  return fn(...)
+end
+
+local Timer = { __name = "loom.Timer" }
+local timer_methods = {}
+local timer_fields = { name = true, ident = true, native_id = true, daemon = true }
+
+Timer.__index = function(t, k)
+  local m = timer_methods[k]
+  if m then return m end
+  if k == "status" then
+    if rawget(t, "stopped") then return "cancelled" end
+    return t.thread.status
+  end
+  if timer_fields[k] then return t.thread[k] end
+  return nil
+end
+
+Timer.__newindex = function(t, k, v)
+  if k == "name" or k == "daemon" then
+    t.thread[k] = v
+    return
+  end
+  error("cannot set field '" .. tostring(k) .. "' of a loom.Timer", 2)
+end
+
+Timer.__tostring = function(t)
+  return (tostring(t.thread):gsub("^loom%.Thread", "loom.Timer"))
+end
+
+--- timer:start() -> timer, or fail, message, errno as Thread:start().
+function timer_methods.start(t)
+  local ok, err, code = t.thread:start()
+  if not ok then return ok, err, code end
+  return t
+end
+
+--- timer:cancel() -> true when this call stopped fn from running, false
+-- when it had started already (or was cancelled before).  Never waits.
+function timer_methods.cancel(t)
+  t.finished:set()
+  local stopped = t.gate:acquire(false)
+  if stopped then rawset(t, "stopped", true) end
+  return stopped
+end
+
+function timer_methods.join(t, timeout) return t.thread:join(timeout) end
+function timer_methods.result(t, timeout) return t.thread:result(timeout) end
+function timer_methods.error(t) return t.thread:error() end
+function timer_methods.is_alive(t) return t.thread:is_alive() end
+
+--- loom.timer(interval, fn, ...): a thread (not yet started) that runs
+-- fn(...) after interval seconds unless cancelled first; threading.Timer.
+function M.timer(interval, fn, ...)
+  if type(interval) ~= "number" or interval ~= interval then
+    error("bad argument #1 to 'timer' (number expected, got " .. type(interval) .. ")", 2)
+  end
+  if interval < 0 then
+    error("bad argument #1 to 'timer' (interval must be non-negative)", 2)
+  end
+  if type(fn) ~= "function" then
+    error("bad argument #2 to 'timer' (function expected, got " .. type(fn) .. ")", 2)
+  end
+  local finished, gate = core.event(), core.semaphore(1)
+  local thread = core.thread(timer_body,
+    table_pack(finished, gate, interval, fn, ...), nil, false)
+  return setmetatable({ thread = thread, finished = finished, gate = gate,
+                        interval = interval }, Timer)
 end
 
 M.process = lproc.process
