@@ -394,6 +394,7 @@ static int notifier_drain (lua_State *L) {
   lua_Integer k = 0;
   for (;;) {
     uint32_t ids[DRAIN_BATCH];
+    unsigned char once[DRAIN_BATCH];
     LoomNotifyLink *done[DRAIN_BATCH];  /* one-shot: to free */
     int nid = 0, ndone = 0;
     loomi_mutex_lock(&n->mu);
@@ -402,20 +403,23 @@ static int notifier_drain (lua_State *L) {
       n->ready = l->rnext;
       l->rnext = NULL;
       l->isready = 0;
+      once[nid] = !l->persistent;
       ids[nid++] = l->id;
       if (!l->persistent)
         done[ndone++] = l;
     }
     loomi_mutex_unlock(&n->mu);
+    /* freed before any call that can raise, so that none can leak them */
+    for (int i = 0; i < ndone; i++)
+      link_free(done[i]);
     /* the ready list is a stack: newest first */
     for (int i = nid - 1; i >= 0; i--) {
       lua_rawgeti(L, 2, ids[i]);
+      if (once[i]) {
+        lua_pushnil(L);                  /* an existing key: no allocation */
+        lua_rawseti(L, 2, ids[i]);
+      }
       lua_rawseti(L, 3, ++k);
-    }
-    for (int i = 0; i < ndone; i++) {
-      lua_pushnil(L);
-      lua_rawseti(L, 2, done[i]->id);
-      link_free(done[i]);
     }
     if (nid < DRAIN_BATCH)
       break;

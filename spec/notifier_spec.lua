@@ -120,6 +120,32 @@ describe("loom.Notifier", function()
       go:set()
     end)
 
+    it("lists a process-pool future whose worker died in the middle of it", function()
+      local p <close> = loom.pool { workers = 1, kind = "process" }
+      local n <close> = loom.notifier()
+      local f = p:submit(function() os.exit(7) end)
+      n:watch(f, "died")
+      assert.same({ "died" }, collect(n, 1, 10))
+      assert.matches("exited with code 7", tostring(f:error()))
+    end)
+
+    it("lists futures settled by code, and more than one drain's batch", function()
+      local n <close> = loom.notifier()
+      local fs = {}
+      for i = 1, 150 do
+        fs[i] = loom.future()
+        n:watch(fs[i], i)
+      end
+      for i = 1, 150 do
+        if i % 2 == 0 then fs[i]:set_result(i) else fs[i]:set_error("e" .. i) end
+      end
+      local got = n:drain()
+      table.sort(got)
+      assert.equal(150, #got)
+      for i = 1, 150 do assert.equal(i, got[i]) end
+      assert.same({}, n:drain())
+    end)
+
     it("ends a future's watch once it is listed", function()
       local p <close> = loom.pool(1)
       local n <close> = loom.notifier()
