@@ -548,6 +548,9 @@ void loomi_notify_detach (LoomNotifyLink **head, LoomNotifyLink *l);
 void loomi_future_watch (LoomObj *o, LoomNotifyLink *l, int attach);
 void loomi_event_watch (LoomObj *o, LoomNotifyLink *l, int attach);
 void loomi_queue_watch (LoomObj *o, LoomNotifyLink *l, int attach);
+/* Processes cannot tell anyone they ended (kill -9): a notifier's own
+** thread asks while it watches any (process.c). */
+int  loomi_process_ended (LoomObj *o);
 
 /* ---- one open function per primitive (core.c walks them) ----
 ** Each adds its functions to the module table on top of the stack and

@@ -1,8 +1,13 @@
 /* notify.c: loom.Notifier, readiness an event loop can poll.  An eventfd
 ** that becomes readable when something watched completes: a future
-** finishes, an event is set, an item (or close) reaches a queue.
+** finishes, an event is set, an item (or close) reaches a queue, a
+** process ends.
 ** Lua: loom.core.notifier() -> Notifier; n:fd(); n:watch(obj, [tag]) -> id;
+**      (obj: a Future, Event, Queue or Process)
 **      n:unwatch(obj | id) -> count; n:drain() -> {tag...}; n:close().
+** A process's exit is looked for by the notifier's own thread, every
+** PROC_SLICE seconds while it watches any (a child killed by a signal
+** tells nobody).
 ** Whoever completes the object may be another process (a process-pool
 ** worker forked before the notifier existed, which has no such descriptor):
 ** it only links the watch into the notifier's ready list in the shared
@@ -21,6 +26,9 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+/* How often the watcher looks at the processes it watches. */
+#define PROC_SLICE 0.01
+
 /* The notifier's half in the shared heap: what completers touch. */
 typedef struct Notifier {
   LoomObj obj;
@@ -30,6 +38,8 @@ typedef struct Notifier {
   atomic_int closing;        /* the watcher leaves */
   LoomNotifyLink *ready;     /* made ready, not yet drained; mu held */
   LoomNotifyLink *all;       /* every live link; mu held */
+  LoomNotifyLink *procs;     /* process watches not yet listed; mu held */
+  atomic_int nprocs;         /* their count, read by the watcher */
 } Notifier;
 
 /* One watch of one object.  It lives in the shared heap, allocated and
@@ -60,9 +70,7 @@ typedef struct NotifierBox {
 /* Puts l on its notifier's ready list unless it is there already, and
 ** wakes the watcher.  The last touch of l: a one-shot link may be freed
 ** by a drain as soon as n->mu is let go. */
-static void notify_one (LoomNotifyLink *l) {
-  Notifier *n = l->n;
-  loomi_mutex_lock(&n->mu);
+static void make_ready (Notifier *n, LoomNotifyLink *l) {
   if (!l->isready) {
     l->isready = 1;
     l->rnext = n->ready;
@@ -70,6 +78,12 @@ static void notify_one (LoomNotifyLink *l) {
     atomic_fetch_add(&n->fires, 1);
     loomi_wake(&n->q, 1);
   }
+}
+
+static void notify_one (LoomNotifyLink *l) {
+  Notifier *n = l->n;
+  loomi_mutex_lock(&n->mu);
+  make_ready(n, l);
   loomi_mutex_unlock(&n->mu);
 }
 
@@ -112,6 +126,29 @@ void loomi_notify_detach (LoomNotifyLink **head, LoomNotifyLink *l) {
   l->next = NULL;
 }
 
+/* A process watch sits on the notifier's own list, which its watcher
+** walks; a process that ended already is listed at once. */
+static void process_watch (LoomObj *o, LoomNotifyLink *l, int attach) {
+  Notifier *n = l->n;
+  if (attach && loomi_process_ended(o) == 1) {
+    notify_one(l);
+    return;
+  }
+  loomi_mutex_lock(&n->mu);
+  if (attach) {
+    l->next = n->procs;
+    n->procs = l;
+    l->attached = 1;
+    atomic_fetch_add(&n->nprocs, 1);
+    loomi_wake(&n->q, 1);    /* the watcher starts looking */
+  }
+  else if (l->attached) {
+    loomi_notify_detach(&n->procs, l);
+    atomic_fetch_sub(&n->nprocs, 1);
+  }
+  loomi_mutex_unlock(&n->mu);
+}
+
 /* The objects one can watch, and how each attaches. */
 static const struct {
   const char *tname;
@@ -121,6 +158,7 @@ static const struct {
   {LOOM_FUTURE, loomi_future_watch, 0},
   {LOOM_EVENT, loomi_event_watch, 1},
   {LOOM_QUEUE, loomi_queue_watch, 1},
+  {LOOM_PROCESS, process_watch, 0},
 };
 #define NSOURCES (sizeof sources / sizeof sources[0])
 
@@ -154,8 +192,42 @@ static void link_free (LoomNotifyLink *l) {
 
 typedef struct WatcherArg { Notifier *n; int fd; } WatcherArg;
 
+#define PROC_BATCH 32
+
+/* One look at the watched processes.  The links are found again by id
+** after the look, which takes the process's mu (never under n->mu); the
+** reference taken meanwhile keeps each process alive should its watch
+** end. */
+static void watch_processes (Notifier *n) {
+  uint32_t ids[PROC_BATCH];
+  LoomObj *objs[PROC_BATCH];
+  int k = 0;
+  loomi_mutex_lock(&n->mu);
+  for (LoomNotifyLink *l = n->procs; l != NULL && k < PROC_BATCH; l = l->next) {
+    ids[k] = l->id;
+    objs[k] = l->src;
+    loomi_obj_retain(objs[k++]);
+  }
+  loomi_mutex_unlock(&n->mu);
+  for (int i = 0; i < k; i++) {
+    if (loomi_process_ended(objs[i]) != 0) {
+      loomi_mutex_lock(&n->mu);
+      for (LoomNotifyLink *l = n->procs; l != NULL; l = l->next)
+        if (l->id == ids[i]) {
+          loomi_notify_detach(&n->procs, l);
+          atomic_fetch_sub(&n->nprocs, 1);
+          make_ready(n, l);
+          break;
+        }
+      loomi_mutex_unlock(&n->mu);
+    }
+    loomi_obj_release(objs[i]);
+  }
+}
+
 /* Writes the eventfd each time links were made ready since it last
-** looked; leaves once closing is set. */
+** looked; while processes are watched, looks at them every PROC_SLICE;
+** leaves once closing is set. */
 static void *watcher_run (void *arg) {
   WatcherArg a = *(WatcherArg *)arg;
   free(arg);
@@ -178,8 +250,17 @@ static void *watcher_run (void *arg) {
       while (w < 0 && errno == EINTR);
       continue;              /* EAGAIN: the counter is full, still readable */
     }
-    loomi_wait_plain(&n->q, seq, NULL);
-    loomi_wait_finish(&n->q);
+    if (atomic_load(&n->nprocs) > 0) {
+      LoomDeadline dl;
+      loomi_deadline_in(&dl, PROC_SLICE);
+      loomi_wait_plain(&n->q, seq, &dl);
+      loomi_wait_finish(&n->q);
+      watch_processes(n);
+    }
+    else {
+      loomi_wait_plain(&n->q, seq, NULL);
+      loomi_wait_finish(&n->q);
+    }
   }
   return NULL;
 }
@@ -294,22 +375,25 @@ static LoomObj *checkwatched (lua_State *L, int *src) {
   LoomObj *o = loomi_toobj(L, 2);
   *src = o != NULL ? source_of(o) : -1;
   if (*src < 0) {
-    if (loomi_testslot(L, 2, LOOM_FUTURE) || loomi_testslot(L, 2, LOOM_EVENT)
-        || loomi_testslot(L, 2, LOOM_QUEUE))
-      luaL_argerror(L, 2, "closed object");
-    luaL_typeerror(L, 2, "loom.Future, loom.Event or loom.Queue");
+    for (int i = 0; i < (int)NSOURCES; i++)
+      if (loomi_testslot(L, 2, sources[i].tname))
+        luaL_argerror(L, 2, "closed object");
+    luaL_typeerror(L, 2, "loom.Future, loom.Event, loom.Queue or loom.Process");
   }
   return o;
 }
 
-/* watch(obj, [tag]) -> id: drain() will list tag (obj itself by default) once
-** obj completes: a future finishes (once; the watch ends there), an event
-** is set or an item or close() reaches a queue (every time, until
-** unwatch).  Already complete: listed at the next drain. */
+/* watch(obj, [tag]) -> id: drain() will list tag (obj itself by default)
+** once obj completes: a future finishes or a process ends (once; the watch
+** ends there), an event is set or an item or close() reaches a queue
+** (every time, until unwatch).  Already complete: listed at the next
+** drain. */
 static int notifier_watch (lua_State *L) {
   NotifierBox *b = checkbox(L);
   int src;
   LoomObj *o = checkwatched(L, &src);
+  if (strcmp(o->tname, LOOM_PROCESS) == 0 && loomi_process_ended(o) < 0)
+    luaL_argerror(L, 2, "can only watch a started child process");
   lua_settop(L, 3);
   if (b->next_id == UINT32_MAX)
     return luaL_error(L, "too many watches on this notifier");

@@ -14,9 +14,6 @@ local assert, error, getmetatable, ipairs, setmetatable, traceback, type, xpcall
 
 local M = {}
 
--- How often a process is looked at while awaited (seconds).
-M.process_interval = 0.01
-
 local notifier, pollable   -- made on first use
 
 -- Runs the callbacks of whatever completed.  Every awaiting coroutine polls
@@ -42,7 +39,7 @@ local function check_running(fname)
   end
 end
 
--- Yields until obj's watch fires (obj: future, event or queue).
+-- Yields until obj's watch fires (a future, event, queue or process).
 local function wait_for(obj)
   if notifier == nil then
     notifier = assert(loom.notifier())
@@ -80,7 +77,7 @@ function M.await(x)
     return true
   elseif tn == "loom.Process" then
     check_running("await")
-    while x:is_alive() do cqueues.sleep(M.process_interval) end
+    if x:is_alive() then wait_for(x) end
     return x:join(0)
   end
   error("bad argument #1 to 'await' (loom.Future, loom.Event or loom.Process expected, got " .. tn .. ")", 2)

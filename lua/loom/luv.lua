@@ -3,7 +3,7 @@
 -- done, and the loop keeps running meanwhile; run_in_pool(pool, fn, ...,
 -- callback) calls callback on the loop thread.  Built only on loom's
 -- public surface: a notifier whose descriptor a uv poll handle watches,
--- and the non-blocking forms (done(), try_get(), is_alive()).
+-- and the non-blocking forms (done(), is_set(), try_get(), is_alive()).
 local uv = require "luv"
 local loom = require "loom"
 
@@ -11,13 +11,9 @@ local assert, coroutine, error, ipairs, pcall, select, type, xpcall =
   assert, coroutine, error, ipairs, pcall, select, type, xpcall
 local getmetatable, setmetatable, tostring, traceback =
   getmetatable, setmetatable, tostring, debug.traceback
-local math = math
 local table_pack, table_unpack = table.pack, table.unpack
 
 local M = {}
-
--- How often a process is looked at while awaited (seconds).
-M.process_interval = 0.01
 
 local notifier, poll   -- made on first use
 local pending = 0      -- callbacks still to come from the notifier
@@ -72,7 +68,7 @@ local function resume(co, ...)
   if not ok then error(traceback(co, tostring(err)), 0) end
 end
 
--- Yields co until obj's watch fires (obj: future, event or queue).
+-- Yields co until obj's watch fires (a future, event, queue or process).
 local function wait_for(co, obj)
   local fired = false
   local id
@@ -88,23 +84,6 @@ local function wait_for(co, obj)
   repeat coroutine.yield() until fired
 end
 
--- Yields co until the process has ended, looking every process_interval.
-local function wait_process(co, p)
-  local timer = uv.new_timer()
-  local ms = math.max(1, math.floor(M.process_interval * 1000 + 0.5))
-  timer:start(ms, ms, function()
-    if not p:is_alive() then
-      timer:stop()
-      if coroutine.status(co) == "suspended" then resume(co) end
-    end
-  end)
-  local _ <close> = setmetatable({}, { __close = function()
-    timer:stop()
-    timer:close()
-  end })
-  repeat coroutine.yield() until not p:is_alive()
-end
-
 --- await(x): inside a coroutine, yields until x is done, then returns what
 -- its blocking call would: a Future's result() (raising its error), true for
 -- an Event once set, true once a Process has ended (then read p.exitcode).
@@ -117,7 +96,7 @@ function M.await(x)
     if not x:is_set() then wait_for(current("await"), x) end
     return true
   elseif tn == "loom.Process" then
-    if x:is_alive() then wait_process(current("await"), x) end
+    if x:is_alive() then wait_for(current("await"), x) end
     return x:join(0)
   end
   error("bad argument #1 to 'await' (loom.Future, loom.Event or loom.Process expected, got " .. tn .. ")", 2)
