@@ -20,7 +20,8 @@ VERSION := $(shell sed -n 's/^#define LOOM_VERSION  *"\(.*\)"/\1/p' csrc/loom.h)
 RUN_DEPS := lua5.4 liblua5.4-dev
 # lua-luv and lua-cqueues: the event loops loom.luv and loom.cqueues are
 # tested against (their specs are pending without them).
-TEST_DEPS := $(RUN_DEPS) lua-busted luarocks lua-luv lua-cqueues
+TEST_DEPS := $(RUN_DEPS) lua-busted luarocks openmpi-bin libopenmpi-dev \
+  lua-luv lua-cqueues
 
 # One short line per compiled file; `make V=1` shows the commands.
 ifeq ($(V),1)
@@ -98,6 +99,8 @@ deps:
 	@missing=""; $(CHECK_RUN_DEPS) \
 	[ -f $(BUSTED) ] || missing="$$missing lua-busted"; \
 	command -v luarocks >/dev/null 2>&1 || missing="$$missing luarocks"; \
+	command -v mpiexec >/dev/null 2>&1 || missing="$$missing openmpi-bin"; \
+	command -v mpicc >/dev/null 2>&1 || missing="$$missing libopenmpi-dev"; \
 	$(LUA) -e 'require "luv"' >/dev/null 2>&1 || missing="$$missing lua-luv"; \
 	$(LUA) -e 'require "cqueues"' >/dev/null 2>&1 || missing="$$missing lua-cqueues"; \
 	$(INSTALL_MISSING)
@@ -114,7 +117,7 @@ SPEC_MACHINE = $(LUA) -e 'package.path = "spec/?.lua;" .. package.path \
   package.cpath = "./?.so;" .. package.cpath io.write(require("helpers").machine)'
 
 test: deps
-	@$(MAKE) -s --no-print-directory all
+	@$(MAKE) -s --no-print-directory all mpi-if-present
 	@LOOM_SPEC_MACHINE=$${LOOM_SPEC_MACHINE:-$$($(SPEC_MACHINE))} $(LUA) $(BUSTED) --run=default
 
 experiments: deps-run
@@ -136,7 +139,32 @@ bench: deps-run
 	@$(LUA) bench/run.lua $(ARGS)
 
 clean:
-	rm -rf build loom/core.so build-*
+	rm -rf build loom/core.so loom/mpi build-*
+
+# loom.mpi.core: MPI pools (csrc/mpi/, lua/loom/mpi/), built with mpicc and
+# only on request (`make mpi`, and by `make test` when mpicc is found), so
+# loom's own build and rock never need MPI; rockspec/loom-mpi-scm-1.rockspec
+# builds it with `make mpi` and installs it with `make install-mpi`.
+MPICC ?= mpicc
+.PHONY: mpi mpi-if-present install-mpi
+mpi: loom/mpi/core.so
+
+mpi-if-present:
+	@if command -v $(MPICC) >/dev/null 2>&1; then $(MAKE) -s --no-print-directory mpi; fi
+
+build/mpi/core.so: csrc/mpi/core.c
+	@mkdir -p build/mpi
+	$(say) MPICC $<
+	$(Q)$(MPICC) $(BASEFLAGS) $(WARN) $(CFLAGS) $(LIBFLAG) -o $@ $<
+
+loom/mpi/core.so: build/mpi/core.so FORCE
+	@mkdir -p loom/mpi
+	@cmp -s build/mpi/core.so $@ || cp build/mpi/core.so $@
+
+install-mpi: mpi
+	mkdir -p $(INST_LIBDIR)/loom/mpi $(INST_LUADIR)/loom/mpi
+	cp loom/mpi/core.so $(INST_LIBDIR)/loom/mpi/
+	cp lua/loom/mpi/*.lua $(INST_LUADIR)/loom/mpi/
 
 # The embedding host: Lua and loom linked statically.  -E exports the Lua
 # API so C modules the scripts load (busted's) resolve against it.
@@ -158,9 +186,12 @@ host: build/host
 SANITIZE_SPECS ?= spec/thread_spec.lua spec/xfer_spec.lua spec/value_spec.lua \
   spec/array_spec.lua spec/queue_spec.lua spec/lock_spec.lua spec/sem_spec.lua \
   spec/cond_spec.lua spec/event_spec.lua spec/barrier_spec.lua \
-  spec/pool_spec.lua spec/future_spec.lua spec/gil_spec.lua
+  spec/pool_spec.lua spec/future_spec.lua spec/gil_spec.lua \
+  spec/future_api_spec.lua spec/thread_api_spec.lua
 # Specs that fork: TSan and ASan only (see spec/sanitize.sh for valgrind).
-FORK_SPECS ?= spec/process_spec.lua spec/dead_spec.lua
+FORK_SPECS ?= spec/process_spec.lua spec/dead_spec.lua \
+  spec/array_slice_spec.lua spec/barrier_action_spec.lua \
+  spec/queue_api_spec.lua spec/pipe_spec.lua
 STRESS ?= $(sort $(wildcard spec/stress/*.lua))
 SAN_RUN = ./spec/sanitize.sh
 

@@ -1,14 +1,23 @@
 /* barrier.c: loom.Barrier, a meeting point for a fixed number of threads
 ** or processes, following Python's threading.Barrier state machine.
-** Lua: loom.core.barrier(n[, timeout]) -> Barrier; wait([timeout]) -> index
-**      (0..n-1, as Python); abort(); reset(); fields parties, n_waiting,
-**      broken.  A broken barrier raises the error value "broken barrier".
+** Lua: loom.core.barrier(n, [timeout], [action]) or barrier(n, {timeout=,
+**      action=}) -> Barrier; wait([timeout]) -> index (0..n-1, as Python);
+**      abort(); reset(); fields parties, n_waiting, broken.  A broken
+**      barrier raises the error value "broken barrier".  The action is kept
+**      encoded, and the party that trips the barrier decodes and runs it,
+**      in whatever thread or process that party is.
 ** SPDX-License-Identifier: MIT */
 #include "loomint.h"
 
 #include <string.h>
 
-enum { B_FILLING = 0, B_DRAINING = 1, B_RESETTING = -1, B_BROKEN = -2 };
+/* B_ACTION: tripped, the last party runs the action; the others still
+** wait, newcomers too, as if it ran under the lock as Python's does. */
+enum { B_FILLING = 0, B_DRAINING = 1, B_ACTION = 2, B_RESETTING = -1,
+       B_BROKEN = -2 };
+
+/* barrier_pass's result for the party that must run the action. */
+#define B_RUN_ACTION (-1000)
 
 #define LOOM_BROKEN "broken barrier"
 
@@ -27,6 +36,8 @@ typedef struct Barrier {
   double timeout;           /* the default for wait(); < 0: none */
   int count;                /* callers inside wait(); mu held */
   int state;                /* B_*; mu held */
+  pid_t runner;             /* the process running the action; mu held */
+  LoomMsg *action;          /* NULL: none; immutable */
   pthread_mutex_t mu;
   LoomWaitq q;
   Party *procs;             /* nprocs entries in the heap, or NULL; mu held */
@@ -38,6 +49,7 @@ typedef struct Barrier {
 static void barrier_destroy (LoomObj *o) {
   Barrier *b = (Barrier *)o;
   loomi_heap_free(b->procs);
+  loomi_msg_free(b->action);
   pthread_mutex_destroy(&b->mu);
 }
 
@@ -94,7 +106,9 @@ static Party *party_entry (Barrier *b) {
 /* Looks for processes that died inside wait() (a zombie nobody reaped
 ** counts: the parent may be the one waiting here) and forgets their
 ** callers; a generation still filling can never trip with a dead party in
-** it, so it breaks, as a timeout would.  Also makes count the sum of the
+** it, so it breaks, as a timeout would; nor can a generation whose action
+** ran in a process that died (the others would wait for it forever).
+** Also makes count the sum of the
 ** entries again, after a holder of mu that died between its two stores.
 ** Runs when a wait slept a whole slice without news, and before the last
 ** party trips a generation other processes are in.  mu held. */
@@ -112,7 +126,8 @@ static void barrier_reap (Barrier *b) {
   b->count = sum;
   if (!dead)
     return;
-  if (b->state == B_FILLING)
+  if (b->state == B_FILLING ||
+      (b->state == B_ACTION && loomi_pid_gone(b->runner, 1)))
     barrier_break(b);
   else if (sum == 0 && (b->state == B_DRAINING || b->state == B_RESETTING)) {
     b->state = B_FILLING;
@@ -131,12 +146,27 @@ static int barrier_sleep (Barrier *b, const LoomDeadline *dl) {
   return rc;
 }
 
+/* A party leaves wait(): the last one out of a generation that tripped
+** (or was reset) opens the barrier to the next.  mu held. */
+static void barrier_leave (Barrier *b) {
+  Party *mine = party_entry(b);   /* the table may have moved; it has ours */
+  if (mine != NULL)
+    mine->n--;
+  if (--b->count == 0 &&
+      (b->state == B_DRAINING || b->state == B_RESETTING)) {
+    b->state = B_FILLING;
+    loomi_wake_all(&b->q);
+  }
+}
+
 /* One wait(): the index (>= 0), -1 when the barrier is or gets broken (a
 ** timeout breaks it, and so does a party whose process died inside wait),
 ** or -ECANCELED (a cancel breaks it too, so the other parties do not wait
 ** for a thread that is gone), or -EINTR (Ctrl-C on the main thread, which
 ** breaks it too), or -ENOMEM (no room to record the caller's process: it
-** fails alone).  A caller that comes
+** fails alone), or B_RUN_ACTION: the caller tripped the barrier and must
+** run the action, then call barrier_acted, before anyone is released.  A
+** caller that comes
 ** while the last generation is still leaving waits for that without its
 ** deadline, as Python's does: the tripped generation has passed, and no
 ** timeout or cancel of a caller that is not part of it may break it (a
@@ -144,7 +174,8 @@ static int barrier_sleep (Barrier *b, const LoomDeadline *dl) {
 static int barrier_pass (Barrier *b, const LoomDeadline *dl) {
   int rc = 0, index = -1;
   loomi_mutex_lock(&b->mu);
-  while ((b->state == B_DRAINING || b->state == B_RESETTING) && rc == 0)
+  while ((b->state == B_DRAINING || b->state == B_RESETTING ||
+          b->state == B_ACTION) && rc == 0)
     rc = barrier_sleep(b, NULL);
   if (rc != 0) {
     loomi_mutex_unlock(&b->mu);
@@ -168,28 +199,59 @@ static int barrier_pass (Barrier *b, const LoomDeadline *dl) {
   }
   mine->n++;
   index = b->count++;
+  if (index + 1 == b->parties && b->action != NULL) {
+    b->state = B_ACTION;
+    b->runner = loomi_self_pid();
+    loomi_mutex_unlock(&b->mu);
+    return B_RUN_ACTION;
+  }
   if (index + 1 == b->parties) {
     b->state = B_DRAINING;
     loomi_wake_all(&b->q);
   }
   else {
-    while (b->state == B_FILLING && rc == 0)
-      rc = barrier_sleep(b, dl);
-    if (b->state == B_FILLING) {   /* timed out or cancelled: break it */
+    for (;;) {
+      if (b->state == B_FILLING)
+        rc = barrier_sleep(b, dl);
+      else if (b->state == B_ACTION)
+        rc = barrier_sleep(b, NULL);   /* no timeout while the action runs */
+      else
+        break;
+      if (rc == ETIMEDOUT && b->state == B_ACTION)
+        rc = 0;   /* tripped in time: the action runs as if under the lock */
+      if (rc != 0)
+        break;
+    }
+    if (b->state == B_FILLING || b->state == B_ACTION) {
+      /* timed out or cancelled: break it */
       barrier_break(b);
       index = rc == ECANCELED || rc == EINTR ? -rc : -1;
     }
     else if (b->state < 0)
       index = rc == ECANCELED || rc == EINTR ? -rc : -1;
   }
-  mine = party_entry(b);   /* the table may have moved; it has our entry */
-  if (mine != NULL)
-    mine->n--;
-  if (--b->count == 0 &&
-      (b->state == B_DRAINING || b->state == B_RESETTING)) {
-    b->state = B_FILLING;
-    loomi_wake_all(&b->q);
+  barrier_leave(b);
+  loomi_mutex_unlock(&b->mu);
+  return index;
+}
+
+/* The party that ran the action: ok releases the generation (unless an
+** abort, reset or a waiter's cancel broke it meanwhile), a failed action
+** breaks it.  The runner's index, or -1 when broken. */
+static int barrier_acted (Barrier *b, int ok) {
+  int index = b->parties - 1;
+  loomi_mutex_lock(&b->mu);
+  if (b->state == B_ACTION) {
+    if (ok) {
+      b->state = B_DRAINING;
+      loomi_wake_all(&b->q);
+    }
+    else
+      barrier_break(b);
   }
+  if (b->state < 0)
+    index = -1;
+  barrier_leave(b);
   loomi_mutex_unlock(&b->mu);
   return index;
 }
@@ -200,22 +262,66 @@ static Barrier *checkbarrier (lua_State *L, int arg) {
   return (Barrier *)loomi_checkobj(L, arg, LOOM_BARRIER);
 }
 
+/* barrier(n, [timeout], [action]) or barrier(n, {timeout=, action=}).
+** The options land at stack indexes 2 (timeout) and 3 (action). */
 static int barrier_new (lua_State *L) {
   lua_Integer n = luaL_checkinteger(L, 1);
   luaL_argcheck(L, n >= 1, 1, "parties must be positive");
   luaL_argcheck(L, n <= (1 << 30), 1, "too many parties (at most 2^30)");
+  if (lua_istable(L, 2)) {
+    luaL_argcheck(L, lua_isnoneornil(L, 3), 3, "no argument expected after options");
+    lua_settop(L, 2);
+    lua_getfield(L, 2, "action");
+    lua_getfield(L, 2, "timeout");
+    lua_replace(L, 2);
+    if (!lua_isnoneornil(L, 2) && !lua_isnumber(L, 2))
+      return luaL_argerror(L, 2, "timeout must be a number");
+    if (!lua_isnil(L, 3) && !lua_isfunction(L, 3))
+      return luaL_argerror(L, 2, "action must be a function");
+  }
+  else if (!lua_isnoneornil(L, 3))
+    luaL_checktype(L, 3, LUA_TFUNCTION);
+  lua_settop(L, 3);
   double timeout = -1;
-  if (!lua_isnoneornil(L, 2)) {
+  if (!lua_isnil(L, 2)) {
     lua_Number t = luaL_checknumber(L, 2);
     luaL_argcheck(L, t >= 0, 2, "timeout must be non-negative");
     timeout = (double)t;
   }
   LoomObj **slot = loomi_proxy_new(L, LOOM_BARRIER);
+  LoomMsg *action = NULL;
+  if (!lua_isnil(L, 3))
+    action = loomi_xfer_encode(L, 3, 1, "action");   /* may raise */
   Barrier *b = barrier_create((int)n, timeout);
-  if (b == NULL)
+  if (b == NULL) {
+    loomi_msg_free(action);
     return luaL_error(L, "cannot create barrier: shared heap exhausted");
+  }
+  b->action = action;
   *slot = &b->obj;
   return 1;
+}
+
+/* Protected: decodes the action of the barrier (a light userdata at index
+** 1) and calls it with no arguments. */
+static int barrier_call_action (lua_State *L) {
+  Barrier *b = lua_touserdata(L, 1);
+  lua_settop(L, 0);
+  loomi_xfer_decode(L, b->action);
+  lua_call(L, lua_gettop(L) - 1, 0);
+  return 0;
+}
+
+/* Runs the action in the party that tripped the barrier; its error breaks
+** the barrier and is raised here, as Python raises it in that thread. */
+static int barrier_run_action (lua_State *L, Barrier *b) {
+  lua_pushcfunction(L, barrier_call_action);
+  lua_pushlightuserdata(L, b);
+  int rc = lua_pcall(L, 1, 0, 0);
+  int index = barrier_acted(b, rc == LUA_OK);
+  if (rc != LUA_OK)
+    return lua_error(L);
+  return index;
 }
 
 static int barrier_wait (lua_State *L) {
@@ -228,6 +334,8 @@ static int barrier_wait (lua_State *L) {
   loomi_block_begin(L);
   int index = barrier_pass(b, &dl);
   loomi_block_end(L);
+  if (index == B_RUN_ACTION)
+    index = barrier_run_action(L, b);
   if (index == -ECANCELED)
     return loomi_raise_cancelled(L);
   if (index == -EINTR)
@@ -255,7 +363,7 @@ static int barrier_reset (lua_State *L) {
   Barrier *b = checkbarrier(L, 1);
   loomi_mutex_lock(&b->mu);
   if (b->count > 0) {
-    if (b->state == B_FILLING || b->state == B_BROKEN)
+    if (b->state == B_FILLING || b->state == B_BROKEN || b->state == B_ACTION)
       b->state = B_RESETTING;
   }
   else

@@ -25,15 +25,18 @@
 ** makes the hook itself rarer. */
 #define GIL_COUNT 1000
 
-/* At most this many interpreters of a process ever get a GIL; a closed one
-** keeps its slot, frozen, so a thread parked on it parks forever. */
+/* At most this many interpreters of a process have a GIL at once.  A
+** closed one keeps its slot, frozen, until no thread can touch it again:
+** then the next interpreter takes it (a host that reloads its state). */
 #define GIL_MAX 64
 
 typedef struct GilWaiter {
   pthread_cond_t cv;
-  int granted;
+  int granted;               /* or the GIL froze: see gil->closing */
   struct GilWaiter *next;
 } GilWaiter;
+
+struct SharedThread;
 
 typedef struct Gil {
   pthread_mutex_t mu;        /* guards every field but the atomics */
@@ -46,10 +49,13 @@ typedef struct Gil {
   atomic_int nthreads;       /* shared threads started and not finished */
   atomic_llong since;        /* when the holder took the GIL, ns */
   atomic_int layered;        /* some coroutine has a user hook layer */
+  struct SharedThread *running;  /* started, not finished: gil->mu */
+  atomic_int users;          /* threads that may still touch this Gil */
 } Gil;
 
-/* Static storage: a thread parked on a GIL may outlive the interpreter and
-** even the last reference to this library (GIL.md, condition 7). */
+/* Static storage: a thread coming back for a GIL may outlive the
+** interpreter and even the last reference to this library (GIL.md,
+** condition 7); it finds the GIL frozen and ends (frozen_exit). */
 static Gil gils[GIL_MAX];
 static pthread_mutex_t gils_mu = PTHREAD_MUTEX_INITIALIZER;
 
@@ -83,6 +89,7 @@ typedef struct SharedThread {
   int daemon;
   LoomObj *borrowed;         /* thread.c's object: cancel, current() */
   int64_t ident;
+  struct SharedThread *next_running, *prev_running;   /* gil->mu */
   char name[64];
 } SharedThread;
 
@@ -96,27 +103,38 @@ static long long now_ns (void) {
   return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-/* Takes the GIL, queueing behind earlier waiters; gil->mu held.  Parks
-** forever once the interpreter is closing. */
+static _Noreturn void frozen_exit (Gil *g);
+
+/* Takes the GIL, queueing behind earlier waiters; gil->mu held.  Once the
+** interpreter is closing, its Lua is never run again: the calling OS thread
+** ends there (frozen_exit) rather than park for ever. */
 static void gil_take (Gil *g) {
   if (!g->held && g->head == NULL && !g->closing) {
     g->held = 1;
     atomic_store(&g->since, now_ns());
     return;
   }
-  GilWaiter w;
-  pthread_cond_init(&w.cv, NULL);
-  w.granted = 0;
-  w.next = NULL;
-  if (g->tail != NULL)
-    g->tail->next = &w;
-  else
-    g->head = &w;
-  g->tail = &w;
-  atomic_fetch_add(&g->waiting, 1);
-  while (!w.granted)
-    pthread_cond_wait(&w.cv, &g->mu);
-  pthread_cond_destroy(&w.cv);
+  atomic_fetch_add(&g->users, 1);
+  if (!g->closing) {
+    GilWaiter w;
+    pthread_cond_init(&w.cv, NULL);
+    w.granted = 0;
+    w.next = NULL;
+    if (g->tail != NULL)
+      g->tail->next = &w;
+    else
+      g->head = &w;
+    g->tail = &w;
+    atomic_fetch_add(&g->waiting, 1);
+    while (!w.granted)
+      pthread_cond_wait(&w.cv, &g->mu);
+    pthread_cond_destroy(&w.cv);
+  }
+  if (g->closing) {
+    pthread_mutex_unlock(&g->mu);
+    frozen_exit(g);
+  }
+  atomic_fetch_sub(&g->users, 1);
   atomic_store(&g->since, now_ns());
 }
 
@@ -164,14 +182,91 @@ static void gil_yield (Gil *g) {
   pthread_mutex_unlock(&g->mu);
 }
 
-/* Freezes g for good; the caller holds it and keeps it. */
+/* Freezes g for good; the caller holds it and keeps it.  The threads
+** queued for it are woken to end (gil_take), and the shared threads waiting
+** in a loom call are cancelled, so that their wait returns and they end as
+** they come back for the GIL: closing an interpreter leaves no OS thread
+** behind, whatever its shared threads were doing. */
 static void gil_freeze (Gil *g) {
   pthread_mutex_lock(&g->mu);
   g->closing = 1;
   g->key = NULL;
+  for (GilWaiter *w = g->head; w != NULL; ) {
+    GilWaiter *next = w->next;   /* once granted, w may go at any time */
+    w->granted = 1;
+    pthread_cond_signal(&w->cv);
+    w = next;
+  }
+  g->head = g->tail = NULL;
+  atomic_store(&g->waiting, 0);
+  int n = 0;
+  for (SharedThread *s = g->running; s != NULL; s = s->next_running)
+    n++;
+  LoomObj **cancel = n > 0 ? malloc((size_t)n * sizeof *cancel) : NULL;
+  if (cancel != NULL) {
+    n = 0;
+    for (SharedThread *s = g->running; s != NULL; s = s->next_running)
+      if (s != self_shared) {
+        loomi_obj_retain(s->borrowed);
+        cancel[n++] = s->borrowed;
+      }
+  }
   pthread_mutex_unlock(&g->mu);
   if (held_gil == g)
     held_gil = NULL;
+  if (cancel != NULL) {
+    for (int i = 0; i < n; i++) {
+      loomi_thread_cancel(cancel[i]);
+      loomi_obj_release(cancel[i]);
+    }
+    free(cancel);
+  }
+}
+
+static void running_add (Gil *g, SharedThread *s) {
+  pthread_mutex_lock(&g->mu);
+  s->prev_running = NULL;
+  s->next_running = g->running;
+  if (g->running != NULL)
+    g->running->prev_running = s;
+  g->running = s;
+  pthread_mutex_unlock(&g->mu);
+}
+
+static void running_remove (Gil *g, SharedThread *s) {
+  pthread_mutex_lock(&g->mu);
+  if (s->prev_running != NULL)
+    s->prev_running->next_running = s->next_running;
+  else
+    g->running = s->next_running;
+  if (s->next_running != NULL)
+    s->next_running->prev_running = s->prev_running;
+  s->next_running = s->prev_running = NULL;
+  pthread_mutex_unlock(&g->mu);
+}
+
+/* The end of an OS thread that came back for a frozen GIL: it lets go of
+** what it holds without touching the closed interpreter (its handles were
+** collected with it, so no one reads this thread's results), and exits.
+** The stack it leaves holds only frames of Lua and loom, which have no
+** cleanup to run. */
+static _Noreturn void frozen_exit (Gil *g) {
+  SharedThread *s = self_shared;
+  LoomObj *pinned = pinned_obj;
+  pinned_obj = NULL;
+  released_gil = NULL;
+  held_gil = NULL;
+  loomi_obj_release(pinned);
+  if (s != NULL) {
+    running_remove(g, s);
+    atomic_fetch_sub(&g->nthreads, 1);
+    self_shared = NULL;
+    loomi_thread_leave(s->borrowed);
+    loomi_obj_release(&s->obj);
+  }
+  /* gil_take's count, and a shared thread's own from its start */
+  atomic_fetch_sub(&g->users, s != NULL ? 2 : 1);
+  pthread_exit(NULL);
 }
 
 /* A fork keeps only the calling thread: the others' queue entries and
@@ -228,6 +323,17 @@ void loomi_gil_block_begin (lua_State *L) {
     return;
   if (lua_gc(L, LUA_GCISRUNNING) < 0 || main_of(L) != g->key)
     return;
+  /* The object a method waits on is its self.  Once the GIL is released
+  ** the interpreter may close and finalize every object, reachable or not:
+  ** a reference of this thread's own keeps self alive until the GIL is
+  ** back, or until the thread ends on a frozen GIL. */
+  if (loomi_proxy_shaped(L, 1)) {
+    LoomObj *o = *(LoomObj **)lua_touserdata(L, 1);
+    if (o != NULL) {
+      loomi_obj_retain(o);
+      pinned_obj = o;
+    }
+  }
   released_gil = g;
   gil_release(g);
 }
@@ -244,6 +350,8 @@ void loomi_gil_block_end (lua_State *L) {
   loomi_obj_release(o);
 }
 
+/* A wait's object when block_begin found none to pin (it is not the
+** method's self): kept from here to the end of the wait. */
 void loomi_gil_pin (LoomObj *o) {
   if (released_gil != NULL && pinned_obj == NULL && o != NULL) {
     loomi_obj_retain(o);
@@ -465,15 +573,32 @@ static Gil *gil_make (lua_State *L) {
   }
   lua_setmetatable(L, -2);
   pthread_mutex_lock(&gils_mu);
-  for (int i = 0; i < GIL_MAX && g == NULL; i++)
-    if (!gils[i].used) {
-      g = &gils[i];
-      pthread_mutex_init(&g->mu, NULL);
-      g->used = 1;
-      g->held = 1;
-      g->key = main_of(L);
-      atomic_store(&g->since, now_ns());
+  for (int i = 0; i < GIL_MAX && g == NULL; i++) {
+    Gil *c = &gils[i];
+    int reusable = 0;
+    if (c->used) {
+      pthread_mutex_lock(&c->mu);
+      reusable = c->closing && atomic_load(&c->users) == 0;
+      pthread_mutex_unlock(&c->mu);
+      if (!reusable)
+        continue;
     }
+    if (reusable) {   /* frozen, and no thread left that could touch it */
+      pthread_mutex_destroy(&c->mu);
+      c->closing = 0;
+      c->head = c->tail = NULL;
+      c->running = NULL;
+      atomic_store(&c->waiting, 0);
+      atomic_store(&c->nthreads, 0);
+      atomic_store(&c->layered, 0);
+    }
+    g = c;
+    pthread_mutex_init(&g->mu, NULL);
+    g->used = 1;
+    g->held = 1;
+    g->key = main_of(L);
+    atomic_store(&g->since, now_ns());
+  }
   pthread_mutex_unlock(&gils_mu);
   if (g == NULL)
     luaL_error(L, "cannot start shared thread: too many interpreters");
@@ -572,9 +697,11 @@ static void *shared_main (void *arg) {
     luaL_unref(co, LUA_REGISTRYINDEX, s->ref);
     s->ref = LUA_NOREF;
   }
+  running_remove(g, s);
   atomic_fetch_sub(&g->nthreads, 1);
   self_shared = NULL;
   gil_release(g);
+  atomic_fetch_sub(&g->users, 1);   /* the last touch of g */
   loomi_thread_leave(s->borrowed);
   loomi_obj_release(&s->obj);
   return NULL;
@@ -676,6 +803,8 @@ static int shared_start (lua_State *L) {
   s->state = SH_RUNNING;
   loomi_obj_retain(&s->obj);                  /* the running thread's ref */
   atomic_fetch_add(&g->nthreads, 1);
+  atomic_fetch_add(&g->users, 1);
+  running_add(g, s);
   loomi_thread_live(s->borrowed, 1);
   pthread_t tid;
   int err = pthread_create(&tid, &attr, shared_main, s);
@@ -683,6 +812,8 @@ static int shared_start (lua_State *L) {
   pthread_attr_destroy(&attr);
   if (err != 0) {
     loomi_thread_live(s->borrowed, 0);
+    running_remove(g, s);
+    atomic_fetch_sub(&g->users, 1);
     atomic_fetch_sub(&g->nthreads, 1);
     s->state = SH_NEW;
     s->co = NULL;

@@ -50,6 +50,25 @@ typedef struct Block {
 #define BLOCK_HDR   ((size_t)16)                 /* prev_size + size */
 #define BLOCK_MIN   ((size_t)32)                 /* room for the links */
 
+/* Freed blocks of a middle size (CACHE_MAX < size <= SLOT_MAX) wait in a
+** slot for the next request of about their size, so that a thread that
+** frees and allocates one again and again (a message of 64 KB sent in a
+** loop) never takes the arena's lock, and two such threads do not meet on
+** it.  Each thread draws a slot; a slot holds one block, taken and put by
+** atomic exchange, and lives in the shared header, so any thread of any
+** process can empty every slot: an allocation that finds no free block
+** does so under the lock before it fails, as do loom.heap() and
+** heap_used(), so the slots hold nothing the guarantee has to allow for.
+** A block in a slot stays used in the layout and in `used`, like a small
+** cached one; one a killed process had just taken out of a slot stays
+** used, as any block it held.  A slot per cache line. */
+#define HEAP_SLOTS      16
+#define SLOT_MAX        ((size_t)256 << 10)
+
+typedef struct HeapSlot {
+  _Alignas(64) _Atomic(struct Block *) b;
+} HeapSlot;
+
 typedef struct HeapHeader {
   size_t size;                /* the mapping */
   size_t page;
@@ -62,6 +81,8 @@ typedef struct HeapHeader {
   uint64_t fl_map;            /* bit f: some list of class f is not empty */
   uint32_t sl_map[HEAP_FL_COUNT];
   Block *lists[HEAP_FL_COUNT][HEAP_SL_COUNT];
+  atomic_uint slot_next;      /* the slot the next thread draws */
+  HeapSlot slots[HEAP_SLOTS]; /* no lock: see HeapSlot */
 } HeapHeader;
 
 /* The one mapping of this process (and of its forks, which inherit it).
@@ -93,6 +114,7 @@ typedef struct ThreadCache {
 } ThreadCache;
 
 static _Thread_local ThreadCache tcache;
+static _Thread_local HeapSlot *tslot = NULL;   /* drawn on first use */
 static pthread_key_t cache_key;
 static int cache_key_ok = 0;    /* written once under heap_once */
 
@@ -119,6 +141,7 @@ static void heap_postfork (void) {
 
 static void heap_postfork_child (void) {
   memset(&tcache, 0, sizeof tcache);   /* the parent's thread's blocks */
+  tslot = NULL;                        /* draw a slot of its own */
   pthread_mutex_unlock(&heap_mu);
 }
 
@@ -331,6 +354,41 @@ static void heap_lock (HeapHeader *h) {
     heap_recover(h);
 }
 
+/* ---- the slots ---- */
+
+static void free_locked (HeapHeader *h, Block *b);
+
+static int cache_register (ThreadCache *c);
+
+/* The calling thread's slot, drawn on first use; its block is given back
+** when the thread ends (cache_key) or its process leaves. */
+static HeapSlot *my_slot (HeapHeader *h) {
+  if (tslot == NULL) {
+    tslot = &h->slots[atomic_fetch_add_explicit(&h->slot_next, 1,
+                                                memory_order_relaxed) %
+                      HEAP_SLOTS];
+    cache_register(&tcache);
+  }
+  return tslot;
+}
+
+/* Gives every slot's block back to the arena: 1 when there was one.
+** h->mu held. */
+static int slots_empty (HeapHeader *h) {
+  int any = 0;
+  for (int i = 0; i < HEAP_SLOTS; i++) {
+    if (atomic_load_explicit(&h->slots[i].b, memory_order_relaxed) == NULL)
+      continue;   /* not a write: the line stays its thread's */
+    Block *b = atomic_exchange_explicit(&h->slots[i].b, NULL,
+                                        memory_order_acquire);
+    if (b != NULL) {
+      free_locked(h, b);
+      any = 1;
+    }
+  }
+  return any;
+}
+
 /* ---- the mapping ---- */
 
 int loomi_heap_env (size_t *size) {
@@ -448,7 +506,12 @@ size_t loomi_heap_size (void) {
 ** frees and then asks sees its blocks gone. */
 size_t loomi_heap_used (void) {
   cache_flush(&tcache);
-  return heap ? atomic_load(&heap->used) : 0;
+  if (heap == NULL)
+    return 0;
+  heap_lock(heap);
+  slots_empty(heap);
+  loomi_mutex_unlock(&heap->mu);
+  return atomic_load(&heap->used);
 }
 
 void loomi_heap_stats (LoomHeapStats *st) {
@@ -460,6 +523,7 @@ void loomi_heap_stats (LoomHeapStats *st) {
   size_t largest = 0;
   cache_flush(&tcache);
   heap_lock(h);
+  slots_empty(h);
   st->used = atomic_load(&h->used);
   st->recovered = h->recovered;
   for (int fl = 0; fl < HEAP_FL_COUNT; fl++)
@@ -502,9 +566,26 @@ void *loomi_heap_alloc (size_t n) {
       return (char *)b + BLOCK_HDR;
     }
   }
+  Block *stray = NULL;   /* a slot's block too small or too large */
+  if (need > CACHE_MAX && need <= SLOT_MAX) {
+    Block *b = atomic_exchange_explicit(&my_slot(h)->b, NULL,
+                                        memory_order_acquire);
+    if (b != NULL && bsize(b) >= need && bsize(b) - need <= need / 4)
+      return (char *)b + BLOCK_HDR;
+    stray = b;
+  }
   atomic_store_explicit(&heap_touched, 1, memory_order_relaxed);
   heap_lock(h);
+  if (stray != NULL)
+    free_locked(h, stray);
+  /* Before a request fails, and before a small one opens up new space at
+  ** the bottom of the largest free block, the slots' blocks go back: a
+  ** small object made right above a block waiting in a slot would leave
+  ** a hole there once the block comes back. */
   Block *b = find_block(h, need);
+  if ((b == NULL || (need < HEAP_HIGH && bsize(b) >= HEAP_HIGH)) &&
+      slots_empty(h))
+    b = find_block(h, need);
   if (b == NULL) {
     loomi_mutex_unlock(&h->mu);
     return NULL;
@@ -582,12 +663,21 @@ static void block_free (HeapHeader *h, Block *b) {
   list_insert(h, b);
 }
 
-/* Gives the thread's cached blocks back to the arena. */
+/* Gives the thread's cached blocks back to the arena, and the block in
+** its slot (which may be another thread's, sharing it: a cache all the
+** same). */
 static void cache_flush (ThreadCache *c) {
   HeapHeader *h = heap;
-  if (h == NULL || c->bytes == 0)
+  if (h == NULL)
+    return;
+  Block *own = tslot != NULL
+               ? atomic_exchange_explicit(&tslot->b, NULL, memory_order_acquire)
+               : NULL;
+  if (c->bytes == 0 && own == NULL)
     return;
   heap_lock(h);
+  if (own != NULL)
+    free_locked(h, own);
   for (size_t k = 0; k < CACHE_CLASSES; k++) {
     while (c->top[k] != NULL) {
       Block *b = c->top[k];
@@ -604,6 +694,18 @@ void loomi_heap_flush (void) {
   cache_flush(&tcache);
 }
 
+/* Has cache_key's destructor flush c when the thread ends: 0 when it
+** cannot (then nothing may stay cached). */
+static int cache_register (ThreadCache *c) {
+  if (!c->registered) {
+    /* the destructor runs only for a non-NULL value */
+    if (!cache_key_ok || pthread_setspecific(cache_key, c) != 0)
+      return 0;
+    c->registered = 1;
+  }
+  return 1;
+}
+
 /* Keeps a small block in the thread's cache; 0 when it has no room. */
 static int cache_put (Block *b, size_t s) {
   ThreadCache *c = &tcache;
@@ -613,17 +715,30 @@ static int cache_put (Block *b, size_t s) {
   for (Block *x = c->top[k]; x != NULL; x = x->next_free)
     if (x == b)
       abort();   /* freed twice */
-  if (!c->registered) {
-    /* the destructor runs only for a non-NULL value */
-    if (!cache_key_ok || pthread_setspecific(cache_key, c) != 0)
-      return 0;
-    c->registered = 1;
-  }
+  if (!cache_register(c))
+    return 0;
   b->next_free = c->top[k];
   c->top[k] = b;
   c->count[k]++;
   c->bytes += s;
   return 1;
+}
+
+/* Returns a used block to the arena and counts the pages it dirtied.
+** h->mu held. */
+static void free_locked (HeapHeader *h, Block *b) {
+  size_t s = bsize(b);
+  block_free(h, b);
+  if (s < HEAP_DIRTY_MAX) {
+    uintptr_t lo = (uintptr_t)b;
+    h->dirty += s;
+    if (lo < h->dirty_lo)
+      h->dirty_lo = lo;
+    if (lo + s > h->dirty_hi)
+      h->dirty_hi = lo + s;
+    if (h->dirty >= HEAP_DIRTY_MAX && h->dirty_hi - h->dirty_lo >= HEAP_DIRTY_MAX)
+      heap_trim(h);
+  }
 }
 
 void loomi_heap_free (void *p) {
@@ -635,6 +750,18 @@ void loomi_heap_free (void *p) {
   if (s <= CACHE_MAX && s >= BLOCK_MIN && s % HEAP_ALIGN == 0 &&
       cache_put(b, s))
     return;
+  if (s > CACHE_MAX && s <= SLOT_MAX && s % HEAP_ALIGN == 0 &&
+      (char *)b >= (char *)h->first && b < h->end) {
+    /* the slot's previous block, if any, goes to the arena instead */
+    Block *old = atomic_exchange_explicit(&my_slot(h)->b, b,
+                                          memory_order_acq_rel);
+    if (old == NULL)
+      return;
+    if (old == b)
+      abort();   /* freed twice */
+    b = old;
+    s = bsize(old);
+  }
   /* A block this large gives its pages back now, while it is still the
   ** caller's: nobody else can be writing to it, and the lock is not held
   ** through the system call. */
@@ -642,17 +769,7 @@ void loomi_heap_free (void *p) {
       s <= (size_t)((char *)h->end - (char *)b))
     release_pages(h, b, 0, UINTPTR_MAX);
   heap_lock(h);
-  block_free(h, b);
-  if (s < HEAP_DIRTY_MAX) {
-    uintptr_t lo = (uintptr_t)p - BLOCK_HDR;
-    h->dirty += s;
-    if (lo < h->dirty_lo)
-      h->dirty_lo = lo;
-    if (lo + s > h->dirty_hi)
-      h->dirty_hi = lo + s;
-    if (h->dirty >= HEAP_DIRTY_MAX && h->dirty_hi - h->dirty_lo >= HEAP_DIRTY_MAX)
-      heap_trim(h);
-  }
+  free_locked(h, b);
   loomi_mutex_unlock(&h->mu);
 }
 

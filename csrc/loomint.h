@@ -332,6 +332,11 @@ int  loomi_thread_forked (lua_State *L);
 /* What closing L does to the threads it started: cancel the daemons, wait
 ** for the rest.  A forked child calls it before it leaves. */
 void loomi_thread_shutdown (lua_State *L);
+/* At the exit of a process that never closed its states (core.c's atexit
+** handler): its threads' and children's end, as closing would do it. */
+void loomi_thread_atexit (void);
+void loomi_process_atexit (void);
+int  loomi_on_loom_thread (void);   /* the caller runs a loom thread */
 
 /* A shared-interpreter thread (gil.c) borrows a thread object: made with
 ** one reference; entered on its OS thread (self, ids) and left when done;
@@ -351,6 +356,15 @@ int  loomi_sigchld_ignored (void);
 #define LOOM_SIGCHLD_IGNORED "cannot start process: SIGCHLD is ignored " \
   "(SIG_IGN), so the child's exit status would be lost; restore its " \
   "default action (SIG_DFL) first"
+/* In a forked child: every descriptor from 3 up but the nkeep in keep is
+** closed, or with to_null made a copy of /dev/null (so that a stdio stream
+** or a Lua file still naming the number never reaches a file opened
+** later; closed when /dev/null cannot be opened) (process.c). */
+void loomi_close_fds (const int *keep, size_t nkeep, int to_null);
+/* The sequence of descriptors at idx (a pass_fds option), checked, then
+** pushed as a userdata of *n ints, which it returns; raises naming
+** argument arg of function fname. */
+int *loomi_check_fds (lua_State *L, int idx, int arg, size_t *n);
 /* Names the calling OS thread for current() when loom did not start it as
 ** a loom thread: a pool worker (thread.c). */
 void loomi_thread_name_os (const char *name);

@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -594,33 +595,83 @@ static int start_threads (TaskQueue *q, int n) {
 }
 
 /* ---- the process runner ----
-** A supervisor thread in the parent forks the workers, each of which makes
-** a fresh state and serves the same queue, then leaves with _exit.  It
-** polls their pidfds; a worker that dies fails the future it had claimed
-** (with its signal or exit code) and is replaced while there is work.  The
-** supervisor reports a worker gone only once it is reaped, so shutdown(true)
-** returns with no child left. */
+** Workers are forked by a fork server, a child forked when the pool is
+** made (from a short-lived thread of the caller's, so that it carries no
+** loom thread's state but the descriptors of that moment, less those
+** close_fds drops).  It is single-threaded and runs no Lua: it forks a
+** worker whenever the supervisor, a thread of the parent, asks (at the
+** start, and to replace one), reaps its workers and tells the supervisor
+** each one's wait status over a socket pair.  Each worker makes a fresh
+** state, serves the queue, then leaves with _exit.  A worker that dies fails
+** the future it had claimed (with its signal or exit code) and is replaced
+** while there is work.  The supervisor reports a worker gone only once it is
+** reaped, so shutdown(true) returns with no worker left; it then tells the
+** server to leave and reaps it.  The server watches its parent (a pidfd, or
+** getppid): if the parent dies, it kills its workers and leaves; workers
+** die with the server (PR_SET_PDEATHSIG, the server having one thread). */
+
+enum { FS_SPAWN, FS_QUIT, FS_SPAWNED, FS_FAILED, FS_EXITED };
+
+/* One message either way: SPAWN(index) and QUIT to the server; SPAWNED(index,
+** pid), FAILED(index, errno), EXITED(index, wait status) back. */
+typedef struct FsMsg {
+  int32_t what, index, value;
+} FsMsg;
 
 typedef struct ProcWorker {
-  pid_t pid;                 /* 0: no child in this slot */
-  int pidfd;
+  pid_t pid;                 /* 0: no worker; -1: asked for, not yet told */
+  int pidfd;                 /* the supervisor's, to outwait it if the
+                                server dies */
 } ProcWorker;
 
 typedef struct Supervisor {
   TaskQueue *q;              /* the supervisor's reference */
   int n;
-  pid_t parent;
+  int sock;                  /* our end of the socket pair */
+  pid_t server;
   lua_State *L;              /* a bare state, to encode crash errors */
   ProcWorker w[];
 } Supervisor;
 
-static void proc_worker_child (TaskQueue *q, int index, pid_t parent) {
-  loomi_child_sigmask();
-  /* the supervisor thread outlives every worker: its end means the parent
-  ** is gone */
+/* What the fork server is made with; read by the forking thread while the
+** maker waits for it. */
+typedef struct Forker {
+  TaskQueue *q;
+  int n;
+  int sock, other;           /* the server's end, and the supervisor's */
+  pid_t parent;
+  int close_fds;
+  const int *keep;           /* pass_fds */
+  size_t nkeep;
+  pid_t pid;                 /* the server, or -1 and err */
+  int err;
+} Forker;
+
+static int fs_send (int sock, int what, int index, int value) {
+  FsMsg m = { what, index, value };
+  ssize_t r;
+  do
+    r = send(sock, &m, sizeof m, MSG_NOSIGNAL);
+  while (r < 0 && errno == EINTR);
+  return r == (ssize_t)sizeof m ? 0 : -1;
+}
+
+static int open_pidfd (pid_t pid) {
+#ifdef SYS_pidfd_open
+  return (int)syscall(SYS_pidfd_open, pid, 0);
+#else
+  (void)pid;
+  return -1;
+#endif
+}
+
+/* A worker's life, from the server's fork to _exit. */
+static void fs_worker (TaskQueue *q, int index, pid_t server) {
+  /* the server's thread is the server: its end is the worker's */
   prctl(PR_SET_PDEATHSIG, SIGKILL);
-  if (getppid() != parent)
+  if (getppid() != server)
     _exit(1);
+  loomi_child_sigmask();
   /* what the parent had buffered is the parent's to write */
   __fpurge(stdout);
   __fpurge(stderr);
@@ -638,28 +689,137 @@ static void proc_worker_child (TaskQueue *q, int index, pid_t parent) {
   _exit(0);
 }
 
-static int proc_spawn (Supervisor *s, int i) {
-  pid_t pid = fork();
-  if (pid == 0)
-    proc_worker_child(s->q, i + 1, s->parent);
-  if (pid < 0)
-    return -1;
-  s->w[i].pid = pid;
-#ifdef SYS_pidfd_open
-  s->w[i].pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
-#else
-  s->w[i].pidfd = -1;
-#endif
-  return 0;
+/* The server's last act: no worker outlives it. */
+static void fs_leave (pid_t *pids, int n) {
+  for (int i = 0; i < n; i++)
+    if (pids[i] > 0)
+      kill(pids[i], SIGKILL);
+  for (int i = 0; i < n; i++)
+    if (pids[i] > 0)
+      while (waitpid(pids[i], NULL, 0) < 0 && errno == EINTR)
+        ;
+  _exit(0);
 }
 
-/* A worker could not be forked.  While others live they serve the queue;
+/* The fork server, from fork to _exit.  Every signal stays blocked (the
+** forking thread blocked them): Ctrl-C in the terminal is for the parent,
+** and the server ends with it. */
+static void fs_main (const Forker *fk) {
+  TaskQueue *q = fk->q;
+  int n = fk->n, sock = fk->sock;
+  pid_t parent = fk->parent, self = getpid();
+  close(fk->other);
+  prctl(PR_SET_NAME, "loom-forkserver");
+  if (fk->close_fds) {
+    int *keep = malloc((fk->nkeep + 1) * sizeof *keep);
+    if (keep == NULL)
+      _exit(1);
+    memcpy(keep, fk->keep, fk->nkeep * sizeof *keep);
+    keep[fk->nkeep] = sock;
+    loomi_close_fds(keep, fk->nkeep + 1, 0);
+    free(keep);
+  }
+  int parentfd = open_pidfd(parent);
+  if (getppid() != parent)
+    _exit(0);                /* the parent died already */
+  pid_t *pids = calloc((size_t)n, sizeof *pids);
+  int *fds = malloc((size_t)n * sizeof *fds);
+  int *slot = malloc((size_t)n * sizeof *slot);
+  struct pollfd *pf = malloc(((size_t)n + 2) * sizeof *pf);
+  if (pids == NULL || fds == NULL || slot == NULL || pf == NULL)
+    _exit(1);                /* the supervisor sees the end of the socket */
+  for (int i = 0; i < n; i++)
+    fds[i] = -1;
+  for (;;) {
+    int nfds = 2, blind = parentfd < 0;
+    pf[0] = (struct pollfd){ sock, POLLIN, 0 };
+    pf[1] = (struct pollfd){ parentfd, POLLIN, 0 };   /* -1: ignored */
+    for (int i = 0; i < n; i++) {
+      if (pids[i] <= 0)
+        continue;
+      if (fds[i] < 0)
+        blind = 1;
+      else {
+        slot[nfds - 2] = i;
+        pf[nfds++] = (struct pollfd){ fds[i], POLLIN, 0 };
+      }
+    }
+    poll(pf, (nfds_t)nfds, blind ? 50 : -1);
+    if (parentfd >= 0 ? pf[1].revents != 0 : getppid() != parent)
+      fs_leave(pids, n);
+    if (pf[0].revents != 0) {
+      FsMsg m;
+      ssize_t r = recv(sock, &m, sizeof m, 0);
+      if (r < 0 && (errno == EINTR || errno == EAGAIN))
+        continue;
+      if (r != (ssize_t)sizeof m || m.what == FS_QUIT)
+        fs_leave(pids, n);
+      int i = m.index;
+      if (m.what == FS_SPAWN && i >= 0 && i < n && pids[i] == 0) {
+        pid_t pid = fork();
+        if (pid == 0) {
+          close(sock);
+          if (parentfd >= 0)
+            close(parentfd);
+          for (int j = 0; j < n; j++)
+            if (fds[j] >= 0)
+              close(fds[j]);
+          fs_worker(q, i + 1, self);
+        }
+        if (pid < 0)
+          fs_send(sock, FS_FAILED, i, errno);
+        else {
+          pids[i] = pid;
+          fds[i] = open_pidfd(pid);
+          fs_send(sock, FS_SPAWNED, i, pid);
+        }
+      }
+    }
+    for (int i = 0; i < n; i++) {
+      int st;
+      if (pids[i] > 0 && waitpid(pids[i], &st, WNOHANG) == pids[i]) {
+        if (fds[i] >= 0)
+          close(fds[i]);
+        fds[i] = -1;
+        pids[i] = 0;
+        fs_send(sock, FS_EXITED, i, st);
+      }
+    }
+  }
+}
+
+static void *forker_main (void *arg) {
+  Forker *fk = arg;
+  fk->pid = fork();
+  if (fk->pid == 0)
+    fs_main(fk);             /* never returns */
+  fk->err = fk->pid < 0 ? errno : 0;
+  return NULL;
+}
+
+/* Forks the fork server from a new thread, with every signal blocked;
+** 0 or an errno. */
+static int fork_server (Forker *fk) {
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  pthread_t tid;
+  int err = pthread_create(&tid, NULL, forker_main, fk);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (err != 0)
+    return err;
+  pthread_join(tid, NULL);
+  return fk->pid < 0 ? fk->err : 0;
+}
+
+/* Worker i could not be forked.  While others live they serve the queue;
 ** with none left the queued tasks would wait forever, so the pool breaks
 ** and they fail with the reason. */
-static void proc_spawn_failed (Supervisor *s, int err) {
+static void proc_spawn_failed (Supervisor *s, int i, int err) {
+  s->w[i].pid = 0;
   queue_worker_gone(s->q);
-  for (int i = 0; i < s->n; i++)
-    if (s->w[i].pid > 0)
+  for (int j = 0; j < s->n; j++)
+    if (s->w[j].pid != 0)
       return;
   s->q->broken_errno = err;
   lua_settop(s->L, 0);
@@ -678,6 +838,8 @@ static int encode_crash (lua_State *L) {
   return 0;
 }
 
+/* Worker i has ended with `status` and been reaped: its task fails, and
+** it is replaced while there is work. */
 static void proc_reaped (Supervisor *s, int i, int status) {
   TaskQueue *q = s->q;
   if (s->w[i].pidfd >= 0)
@@ -728,64 +890,115 @@ static void proc_reaped (Supervisor *s, int i, int status) {
               (!atomic_load(&q->shutdown) || atomic_load(&q->nqueued) > 0);
   if (!again)
     queue_worker_gone(q);
-  else if (proc_spawn(s, i) != 0)
-    proc_spawn_failed(s, errno);
+  else {
+    s->w[i].pid = -1;
+    fs_send(s->sock, FS_SPAWN, i, 0);   /* a dead server: seen by recv */
+  }
+}
+
+/* The fork server is gone (killed): so are its workers, or soon (their
+** death signal).  The pool breaks; each worker is waited for through its
+** pidfd before its task fails, so that no live worker finishes it later. */
+static void proc_server_died (Supervisor *s) {
+  queue_break_why(s->q, "the pool's fork server died");
+  for (int i = 0; i < s->n; i++) {
+    ProcWorker *w = &s->w[i];
+    if (w->pid == -1) {
+      w->pid = 0;
+      queue_worker_gone(s->q);
+    }
+    else if (w->pid > 0) {
+      if (w->pidfd >= 0) {
+#ifdef SYS_pidfd_send_signal
+        syscall(SYS_pidfd_send_signal, w->pidfd, SIGKILL, NULL, 0);
+#endif
+        struct pollfd pfd = { w->pidfd, POLLIN, 0 };
+        while (poll(&pfd, 1, -1) < 0 && errno == EINTR)
+          ;
+      }
+      else {
+        /* no pidfd (an old kernel): the orphan is reaped by init soon */
+        for (int k = 0; k < 500 && kill(w->pid, 0) == 0; k++) {
+          struct timespec ts = { 0, 10000000 };
+          nanosleep(&ts, NULL);
+        }
+      }
+      proc_reaped(s, i, SIGKILL);   /* the status of a SIGKILL death */
+    }
+  }
 }
 
 static void *supervisor_main (void *arg) {
   Supervisor *s = arg;
-  for (int i = 0; i < s->n; i++)
-    if (proc_spawn(s, i) != 0)
-      proc_spawn_failed(s, errno);
-  struct pollfd *fds = malloc((size_t)s->n * sizeof *fds);
+  for (int i = 0; i < s->n; i++) {
+    s->w[i].pid = -1;
+    fs_send(s->sock, FS_SPAWN, i, 0);
+  }
   for (;;) {
-    int live = 0, nfds = 0;
-    for (int i = 0; i < s->n; i++) {
-      if (s->w[i].pid <= 0)
-        continue;
-      live++;
-      if (fds != NULL && s->w[i].pidfd >= 0) {
-        fds[nfds].fd = s->w[i].pidfd;
-        fds[nfds].events = POLLIN;
-        fds[nfds].revents = 0;
-        nfds++;
-      }
-    }
+    int live = 0;
+    for (int i = 0; i < s->n; i++)
+      live += s->w[i].pid != 0;
     if (live == 0)
       break;
-    if (nfds == live)
-      poll(fds, (nfds_t)nfds, 1000);
-    else {
-      struct timespec ts = { 0, 10000000 };
-      nanosleep(&ts, NULL);
+    FsMsg m;
+    ssize_t r = recv(s->sock, &m, sizeof m, 0);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r != (ssize_t)sizeof m) {
+      proc_server_died(s);
+      break;
     }
-    for (int i = 0; i < s->n; i++) {
-      int st;
-      if (s->w[i].pid > 0 && waitpid(s->w[i].pid, &st, WNOHANG) == s->w[i].pid)
-        proc_reaped(s, i, st);
+    int i = m.index;
+    if (i < 0 || i >= s->n)
+      continue;
+    if (m.what == FS_SPAWNED && s->w[i].pid == -1) {
+      s->w[i].pid = m.value;
+      s->w[i].pidfd = open_pidfd(m.value);   /* not reaped before EXITED */
     }
+    else if (m.what == FS_FAILED && s->w[i].pid == -1)
+      proc_spawn_failed(s, i, m.value);
+    else if (m.what == FS_EXITED && s->w[i].pid > 0)
+      proc_reaped(s, i, m.value);
   }
-  free(fds);
+  fs_send(s->sock, FS_QUIT, 0, 0);
+  close(s->sock);
+  while (waitpid(s->server, NULL, 0) < 0 && errno == EINTR)
+    ;
   lua_close(s->L);
   loomi_obj_release(&s->q->obj);
   free(s);
   return NULL;
 }
 
-/* Starts the supervisor of n worker processes; 0 or an errno. */
-static int start_processes (TaskQueue *q, int n) {
+/* Forks the fork server of n worker processes and starts its supervisor;
+** 0 or an errno. */
+static int start_processes (TaskQueue *q, int n, int close_fds,
+                            const int *keep, size_t nkeep) {
   q->claimed = loomi_heap_calloc((size_t)n * sizeof(Future *));
   Supervisor *s = calloc(1, sizeof(Supervisor) + (size_t)n * sizeof(ProcWorker));
   lua_State *L = luaL_newstate();
-  if (q->claimed == NULL || s == NULL || L == NULL) {
+  int sv[2] = { -1, -1 };
+  if (q->claimed == NULL || s == NULL || L == NULL ||
+      socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+    int err = q->claimed == NULL || s == NULL || L == NULL ? ENOMEM : errno;
     free(s);
     if (L != NULL)
       lua_close(L);
-    return ENOMEM;
+    return err;
+  }
+  Forker fk = { q, n, sv[1], sv[0], getpid(), close_fds, keep, nkeep, -1, 0 };
+  int err = fork_server(&fk);
+  close(sv[1]);
+  if (err != 0) {
+    close(sv[0]);
+    free(s);
+    lua_close(L);
+    return err;
   }
   s->q = q;
   s->n = n;
-  s->parent = getpid();
+  s->sock = sv[0];
+  s->server = fk.pid;
   s->L = L;
   for (int i = 0; i < n; i++)
     s->w[i].pidfd = -1;
@@ -800,12 +1013,15 @@ static int start_processes (TaskQueue *q, int n) {
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
   pthread_t tid;
-  int err = pthread_create(&tid, &attr, supervisor_main, s);
+  err = pthread_create(&tid, &attr, supervisor_main, s);
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   pthread_attr_destroy(&attr);
   if (err != 0) {
     for (int i = 0; i < n; i++)
       queue_worker_gone(q);
+    close(sv[0]);            /* the server sees the end and leaves */
+    while (waitpid(fk.pid, NULL, 0) < 0 && errno == EINTR)
+      ;
     lua_close(L);
     free(s);
     loomi_obj_release(&q->obj);
@@ -1244,6 +1460,7 @@ static int future_result (lua_State *L) {
     return loomi_push_interrupted(L);
   lua_settop(L, 1);
   future_dispatch(L);
+  f = checkself(L);          /* a callback may have closed this handle */
   if (rc == ETIMEDOUT) {
     luaL_pushfail(L);
     lua_pushliteral(L, LOOM_TIMEOUT);
@@ -1283,6 +1500,7 @@ static int future_error (lua_State *L) {
     return loomi_push_interrupted(L);
   lua_settop(L, 1);
   future_dispatch(L);
+  f = checkself(L);          /* a callback may have closed this handle */
   if (rc == ETIMEDOUT) {
     luaL_pushfail(L);
     lua_pushliteral(L, LOOM_TIMEOUT);
@@ -1302,22 +1520,22 @@ static int future_error (lua_State *L) {
 }
 
 static int future_done (lua_State *L) {
-  Future *f = checkself(L);
   future_dispatch(L);
+  Future *f = checkself(L);
   lua_pushboolean(L, finished(atomic_load(&f->state)));
   return 1;
 }
 
 static int future_running (lua_State *L) {
-  Future *f = checkself(L);
   future_dispatch(L);
+  Future *f = checkself(L);
   lua_pushboolean(L, atomic_load(&f->state) == F_RUNNING);
   return 1;
 }
 
 static int future_cancelled (lua_State *L) {
-  Future *f = checkself(L);
   future_dispatch(L);
+  Future *f = checkself(L);
   lua_pushboolean(L, atomic_load(&f->state) == F_CANCELLED);
   return 1;
 }
@@ -1413,7 +1631,6 @@ static int pool_wait (lua_State *L) {
     return loomi_raise_cancelled(L);
   if (rc == EINTR)
     return loomi_push_interrupted(L);
-  future_dispatch(L);
   lua_createtable(L, (int)n, 0);
   lua_createtable(L, 0, 0);
   lua_Integer nd = 0, nn = 0;
@@ -1424,6 +1641,7 @@ static int pool_wait (lua_State *L) {
     else
       lua_rawseti(L, 5, ++nn);
   }
+  future_dispatch(L);        /* last: a callback may close the handles */
   return 2;
 }
 
@@ -1470,9 +1688,11 @@ static int ascompleted_next (lua_State *L) {
   Waiter *w = (Waiter *)a->w.o;
   if (w == NULL || a->next >= w->n)
     return 0;
+  loomi_obj_retain(&w->obj);   /* a's finalizer may run while this waits */
   loomi_block_begin(L);
   int rc = waiter_wait(w, WAIT_ALL, a->next + 1, &a->dl);
   loomi_block_end(L);
+  loomi_obj_release(&w->obj);
   if (rc == ECANCELED)
     return loomi_raise_cancelled(L);
   if (rc == EINTR)
@@ -1628,6 +1848,23 @@ static int pool_new (lua_State *L) {
   }
   luaL_argcheck(L, n <= POOL_MAXWORKERS, 1, "too many workers");
   int base = lua_gettop(L) - ninit + 1;
+  /* process pools: the fork server keeps 0, 1, 2 and pass_fds only,
+  ** unless close_fds is false (pushes the pass_fds array) */
+  int close_fds = 1;
+  size_t nkeep = 0;
+  const int *keep = NULL;
+  if (lua_istable(L, 1)) {
+    int t = lua_getfield(L, 1, "close_fds");
+    luaL_argcheck(L, t == LUA_TNIL || t == LUA_TBOOLEAN, 1,
+                  "close_fds must be a boolean");
+    close_fds = t == LUA_TNIL || lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    if (lua_getfield(L, 1, "pass_fds") != LUA_TNIL) {
+      keep = loomi_check_fds(L, -1, 1, &nkeep);
+      luaL_argcheck(L, close_fds || nkeep == 0, 1,
+                    "pass_fds given with close_fds false");
+    }
+  }
   LoomObj **slot = loomi_proxy_new(L, LOOM_POOL);
   Pool *p = (Pool *)loomi_obj_new(sizeof(Pool), LOOM_POOL, pool_destroy);
   if (p == NULL)
@@ -1651,7 +1888,8 @@ static int pool_new (lua_State *L) {
     lua_pushinteger(L, ECHILD);
     return 3;
   }
-  int err = process ? start_processes(q, (int)n) : start_threads(q, (int)n);
+  int err = process ? start_processes(q, (int)n, close_fds, keep, nkeep)
+                    : start_threads(q, (int)n);
   if (err != 0) {
     queue_shutdown(q, 1);
     luaL_pushfail(L);

@@ -8,11 +8,15 @@
 ** SPDX-License-Identifier: MIT */
 #include "loomint.h"
 
+#include <dirent.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -59,6 +63,56 @@ static int self_daemon = 0;
 static atomic_long process_counter = 0;
 
 /* ---- C core ---- */
+
+static int kept (int fd, const int *keep, size_t nkeep) {
+  for (size_t i = 0; i < nkeep; i++)
+    if (keep[i] == fd)
+      return 1;
+  return 0;
+}
+
+static void drop_fd (int fd, int nullfd) {
+  if (nullfd >= 0) {
+    while (dup2(nullfd, fd) < 0 && errno == EINTR)
+      ;
+  }
+  else
+    close(fd);
+}
+
+/* The open descriptors are listed in /proc/self/fd; without /proc every
+** number up to the descriptor limit (at most 2^16) is tried.  Without
+** /dev/null they are closed: they must not stay. */
+void loomi_close_fds (const int *keep, size_t nkeep, int to_null) {
+  int nullfd = to_null ? open("/dev/null", O_RDWR | O_CLOEXEC) : -1;
+  DIR *d = opendir("/proc/self/fd");
+  if (d != NULL) {
+    int own = dirfd(d);
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+      char *end;
+      long fd = strtol(e->d_name, &end, 10);
+      if (*end != '\0' || end == e->d_name || fd < 3 || fd == own ||
+          fd == nullfd || kept((int)fd, keep, nkeep))
+        continue;
+      drop_fd((int)fd, nullfd);
+    }
+    closedir(d);
+  }
+  else {
+    struct rlimit rl;
+    long max = 1024;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+      max = (long)rl.rlim_cur;
+    if (max > 65536)
+      max = 65536;
+    for (int fd = 3; fd < max; fd++)
+      if (fd != nullfd && !kept(fd, keep, nkeep) && fcntl(fd, F_GETFD) >= 0)
+        drop_fd(fd, nullfd);
+  }
+  if (nullfd >= 0)
+    close(nullfd);
+}
 
 static void process_destroy (LoomObj *o) {
   LoomProcess *p = (LoomProcess *)o;
@@ -286,7 +340,46 @@ typedef struct ProcList {
   LoomProcess **list;
   size_t n, cap;
   pid_t pid;             /* the process whose references the list holds */
+  int listed;            /* on exit_lists: a state of the host's threads */
+  struct ProcList *next_listed, *prev_listed;
 } ProcList;
+
+/* Process-global: the lists of the states that run on threads loom did
+** not start (the host's own), for the exit of a process that never closes
+** them (loomi_process_atexit).  A loom thread's state does what closing
+** would when the thread's function returns, so its list is not here. */
+static pthread_mutex_t exit_lists_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct ProcList *exit_lists = NULL;
+
+static void exit_lists_prefork (void) { pthread_mutex_lock(&exit_lists_mu); }
+static void exit_lists_postfork (void) { pthread_mutex_unlock(&exit_lists_mu); }
+static pthread_once_t exit_lists_once = PTHREAD_ONCE_INIT;
+static void exit_lists_init (void) {
+  pthread_atfork(exit_lists_prefork, exit_lists_postfork, exit_lists_postfork);
+}
+
+static void exit_list (ProcList *pl, int on) {
+  pthread_once(&exit_lists_once, exit_lists_init);
+  pthread_mutex_lock(&exit_lists_mu);
+  if (on && !pl->listed) {
+    pl->prev_listed = NULL;
+    pl->next_listed = exit_lists;
+    if (exit_lists != NULL)
+      exit_lists->prev_listed = pl;
+    exit_lists = pl;
+    pl->listed = 1;
+  }
+  else if (!on && pl->listed) {
+    if (pl->prev_listed != NULL)
+      pl->prev_listed->next_listed = pl->next_listed;
+    else
+      exit_lists = pl->next_listed;
+    if (pl->next_listed != NULL)
+      pl->next_listed->prev_listed = pl->prev_listed;
+    pl->listed = 0;
+  }
+  pthread_mutex_unlock(&exit_lists_mu);
+}
 
 static const char PROCLIST_KEY = 'P';
 
@@ -347,8 +440,20 @@ static void proclist_orphan (ProcList *pl) {
 #define LOOM_PROCLIST "loom.ProcList"
 
 static int proclist_gc (lua_State *L) {
-  proclist_shutdown(luaL_checkudata(L, 1, LOOM_PROCLIST));
+  ProcList *pl = luaL_checkudata(L, 1, LOOM_PROCLIST);
+  exit_list(pl, 0);
+  proclist_shutdown(pl);
   return 0;
+}
+
+/* At exit without lua_close: each host state's children are terminated
+** (daemons) or waited for, as closing the state would. */
+void loomi_process_atexit (void) {
+  pthread_mutex_lock(&exit_lists_mu);
+  for (ProcList *pl = exit_lists; pl != NULL; pl = pl->next_listed)
+    if (pl->pid == getpid())
+      proclist_shutdown(pl);
+  pthread_mutex_unlock(&exit_lists_mu);
 }
 
 /* The list of L's state, made on first use; NULL with `make` false and no
@@ -375,6 +480,8 @@ static ProcList *proclist_of (lua_State *L, int make) {
   }
   lua_setmetatable(L, -2);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &PROCLIST_KEY);
+  if (!loomi_on_loom_thread())
+    exit_list(pl, 1);
   return pl;
 }
 
@@ -499,10 +606,22 @@ static void child_fail (lua_State *L, LoomProcess *p) {
   }
 }
 
-/* The child's life, from fork to _exit; stack: proxy, {target, args}. */
+/* The child's life, from fork to _exit; stack: proxy, {target, args,
+** close_fds, pass_fds}.  close_fds points the descriptors at /dev/null
+** rather than closing them: a Lua file or stdio stream of the parent's
+** still names the number, and must not reach a file the child opens
+** later. */
 static void process_child (lua_State *L, LoomProcess *p) {
   loomi_thread_forked(L);
   loomi_child_sigmask();   /* whatever the forking thread blocked */
+  lua_rawgeti(L, 2, 3);
+  int close_fds = lua_toboolean(L, -1);
+  lua_rawgeti(L, 2, 4);
+  const int *keep = lua_touserdata(L, -1);
+  size_t nkeep = keep != NULL ? lua_rawlen(L, -1) / sizeof(int) : 0;
+  if (close_fds)
+    loomi_close_fds(keep, nkeep, 1);
+  lua_pop(L, 2);
   ProcList *pl = proclist_of(L, 0);
   if (pl != NULL) {
     pl->n = 0;   /* the parent's children, and its references to them */
@@ -536,20 +655,32 @@ static LoomProcess *checkprocess (lua_State *L, int arg) {
   return (LoomProcess *)loomi_checkobj(L, arg, LOOM_PROCESS);
 }
 
-/* process(target, args, name, daemon): the Lua layer has sorted out the
-** two call forms; args is a sequence table with an n field. */
+/* process(target, args, name, daemon, close_fds, pass_fds): the Lua layer
+** has sorted out the two call forms and checked the options; args is a
+** sequence table with an n field. */
 static int process_new (lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   luaL_checktype(L, 2, LUA_TTABLE);
   const char *name = lua_isnoneornil(L, 3) ? NULL
                      : loomi_checkname(L, 3, sizeof ((LoomProcess *)0)->name);
   int daemon = lua_toboolean(L, 4);
+  int close_fds = lua_toboolean(L, 5);
+  lua_settop(L, 6);
+  size_t nkeep = 0;
+  if (!lua_isnil(L, 6))
+    loomi_check_fds(L, 6, 6, &nkeep);      /* 7 */
+  else
+    lua_pushnil(L);
   LoomObj **slot = loomi_proxy_new(L, LOOM_PROCESS);
-  lua_createtable(L, 2, 0);      /* the call, run by the child */
+  lua_createtable(L, 4, 0);      /* the call, run by the child */
   lua_pushvalue(L, 1);
   lua_rawseti(L, -2, 1);
   lua_pushvalue(L, 2);
   lua_rawseti(L, -2, 2);
+  lua_pushboolean(L, close_fds);
+  lua_rawseti(L, -2, 3);
+  lua_pushvalue(L, 7);           /* the descriptors close_fds keeps */
+  lua_rawseti(L, -2, 4);
   lua_setiuservalue(L, -2, 1);
   LoomProcess *p = process_create();
   if (p == NULL)
@@ -571,6 +702,33 @@ int loomi_sigchld_ignored (void) {
   if (sigaction(SIGCHLD, NULL, &sa) != 0)
     return 0;
   return sa.sa_handler == SIG_IGN || (sa.sa_flags & SA_NOCLDWAIT) != 0;
+}
+
+int *loomi_check_fds (lua_State *L, int idx, int arg, size_t *n) {
+  idx = lua_absindex(L, idx);
+  luaL_argcheck(L, lua_type(L, idx) == LUA_TTABLE, arg,
+                "pass_fds must be a table of descriptors");
+  lua_Unsigned len = lua_rawlen(L, idx);
+  luaL_argcheck(L, len <= 65536, arg, "pass_fds too long (at most 65536)");
+  for (lua_Unsigned i = 1; i <= len; i++) {
+    int isint;
+    lua_rawgeti(L, idx, (lua_Integer)i);
+    lua_Integer fd = lua_tointegerx(L, -1, &isint);
+    if (lua_type(L, -1) != LUA_TNUMBER || !isint || fd < 0 || fd > INT_MAX) {
+      luaL_argerror(L, arg, lua_pushfstring(L,
+        "pass_fds[%d] must be a descriptor (a non-negative integer)", (int)i));
+      return NULL;
+    }
+    lua_pop(L, 1);
+  }
+  int *fds = lua_newuserdatauv(L, (size_t)len * sizeof(int), 0);
+  for (lua_Unsigned i = 1; i <= len; i++) {
+    lua_rawgeti(L, idx, (lua_Integer)i);
+    fds[i - 1] = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+  }
+  *n = (size_t)len;
+  return fds;
 }
 
 static int process_start (lua_State *L) {

@@ -29,6 +29,7 @@ typedef struct LoomThread {
   int failed;                /* error holds (error value, traceback) */
   int collected;             /* result() or error() has seen the error */
   int main;                  /* stands for a thread loom did not start */
+  int borrowed;              /* a shared thread's (gil.c) */
   int listed;                /* a reference is held by a Children list */
   atomic_int cancel;
   atomic_int done;           /* state is TH_DONE, for a look without mu */
@@ -69,6 +70,9 @@ static LOOM_THREAD_LOCAL LoomThread *self_thread = NULL;
 /* The name current() gives an OS thread loom did not start as a loom
 ** thread (a pool worker, the child of a fork), empty for the default. */
 static LOOM_THREAD_LOCAL char os_thread_name[64];
+
+/* The calling OS thread's id, once current() needed it (0 before). */
+static LOOM_THREAD_LOCAL int64_t current_tid = 0;
 
 /* Default thread names count up across the process, like Python's. */
 static atomic_long thread_counter = 0;
@@ -191,8 +195,47 @@ static void live_atfork_child (void) {
   atomic_store(&main_ident, (int64_t)pthread_self());
 }
 
+/* At the exit of a process whose interpreters were never closed (hosts
+** such as neomutt and gnuplot exit without lua_close, and os.exit does not
+** close by default), the isolated threads still running are treated as a
+** closing interpreter treats its own: daemon threads are cancelled (and
+** given up to 2 s each), the others waited for, as Python's interpreter
+** waits at exit.  A closed interpreter already did this, and left none.
+** Shared threads are not waited for: they need their interpreter's lock,
+** which the exiting thread may hold. */
+static void thread_request_cancel (LoomThread *t);
+static int thread_wait_done (LoomThread *t, const LoomDeadline *dl);
+
+void loomi_thread_atexit (void) {
+  LoomThread **list = NULL;
+  int n = 0;
+  pthread_mutex_lock(&live_mu);
+  if (live_count > 0)
+    list = malloc((size_t)live_count * sizeof *list);
+  for (LoomThread *t = live_head; list != NULL && t != NULL; t = t->live_next)
+    if (!t->borrowed && t != self_thread) {
+      loomi_obj_retain(&t->obj);
+      list[n++] = t;
+    }
+  pthread_mutex_unlock(&live_mu);
+  for (int i = 0; i < n; i++)
+    if (list[i]->daemon)
+      thread_request_cancel(list[i]);
+  for (int i = 0; i < n; i++) {
+    LoomDeadline dl;
+    loomi_deadline_in(&dl, list[i]->daemon ? 2.0 : -1);
+    thread_wait_done(list[i], &dl);
+    loomi_obj_release(&list[i]->obj);
+  }
+  free(list);
+}
+
 static void live_init (void) {
   pthread_atfork(live_atfork_prepare, live_atfork_parent, live_atfork_child);
+}
+
+int loomi_on_loom_thread (void) {
+  return self_thread != NULL;
 }
 
 /* Whether t's cancellation is to be raised now: not while a __close
@@ -1705,8 +1748,26 @@ static int thread_current (lua_State *L) {
     loomi_proxy_push(L, &self_thread->obj);
     return 1;
   }
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &MAIN_KEY) == LUA_TUSERDATA)
+  /* A host may call one state from several OS threads of its own (one at
+  ** a time): each gets a handle of its own, kept by its OS thread id with
+  ** a weak reference, so a host thread that ended leaves nothing behind. */
+  if (current_tid == 0)
+    current_tid = os_thread_id();
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &MAIN_KEY) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "v");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &MAIN_KEY);
+  }
+  int handles = lua_gettop(L);
+  if (lua_rawgeti(L, handles, (lua_Integer)current_tid) == LUA_TUSERDATA) {
+    lua_remove(L, handles);   /* callers count on one value pushed */
     return 1;
+  }
   lua_pop(L, 1);
   LoomObj **slot = loomi_proxy_new(L, LOOM_THREAD);
   LoomThread *t = thread_create();
@@ -1716,12 +1777,13 @@ static int thread_current (lua_State *L) {
   t->main = 1;
   t->state = TH_RUNNING;
   t->ident = (int64_t)pthread_self();
-  t->native_id = os_thread_id();
+  t->native_id = current_tid;
   snprintf(t->name, sizeof t->name, "%s",
            os_thread_name[0] != '\0' ? os_thread_name
            : getpid() == t->native_id ? "MainThread" : "Thread");
   lua_pushvalue(L, -1);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &MAIN_KEY);
+  lua_rawseti(L, handles, (lua_Integer)current_tid);
+  lua_remove(L, handles);
   return 1;
 }
 
@@ -2009,6 +2071,7 @@ LoomObj *loomi_thread_borrowed (const char *name, int daemon) {
     return NULL;
   t->state = TH_RUNNING;
   t->daemon = daemon;
+  t->borrowed = 1;
   snprintf(t->name, sizeof t->name, "%s", name);
   return &t->obj;
 }
@@ -2054,13 +2117,17 @@ int loomi_thread_forked (lua_State *L) {
   ** (as Python's threading does after os.fork) */
   if (self_thread != NULL)
     loomi_thread_name_os(self_thread->name);
-  else if (lua_rawgetp(L, LUA_REGISTRYINDEX, &MAIN_KEY) == LUA_TUSERDATA) {
-    LoomObj **slot = lua_touserdata(L, -1);
-    if (*slot != NULL)
-      loomi_thread_name_os(((LoomThread *)*slot)->name);
+  else if (current_tid != 0) {   /* still the forking thread's id here */
+    int top = lua_gettop(L);
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &MAIN_KEY) == LUA_TTABLE &&
+        lua_rawgeti(L, -1, (lua_Integer)current_tid) == LUA_TUSERDATA) {
+      LoomObj **slot = lua_touserdata(L, -1);
+      if (*slot != NULL)
+        loomi_thread_name_os(((LoomThread *)*slot)->name);
+    }
+    lua_settop(L, top);
   }
-  if (!was)
-    lua_pop(L, 1);
+  current_tid = 0;
   self_thread = NULL;
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &CHILDREN_KEY) == LUA_TUSERDATA) {
     Children *c = lua_touserdata(L, -1);

@@ -83,8 +83,18 @@ describe("fault injection", function()
                        "false\tnil\tnil\n42\t0\n", out)
     end)
 
-    it("breaks a process pool none of whose workers can be forked", function()
+    it("makes a process pool whose fork server cannot be forked return fail", function()
       local ok, out = run("all", [[
+        local loom = require "loom"
+        print(loom.pool{ workers = 2, kind = "process" })
+      ]])
+      assert(ok, out)
+      assert.are.equal("nil\tcannot start pool worker: Resource temporarily unavailable\t11\n", out)
+    end)
+
+    -- the fork server is the parent's fork 1; it counts on from there
+    it("breaks a process pool none of whose workers can be forked", function()
+      local ok, out = run("2,3", [[
         local loom = require "loom"
         local pool <close> = loom.pool{ workers = 2, kind = "process" }
         -- the supervisor may have given up before this submit or after it

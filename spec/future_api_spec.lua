@@ -113,6 +113,12 @@ describe("loom.future()", function()
     f:set_result(1)
   end)
 
+  it("sends an error value that cannot travel as text", function()
+    local f = loom.future()
+    f:set_error(coroutine.create(print))
+    assert.matches("^%(error object is a thread value that cannot be sent: ", (f:error(0)))
+  end)
+
   it("refuses to settle a pool task's future", function()
     local pool <close> = loom.pool(1)
     local f = pool:submit(sleeper, 0, 5)
@@ -174,7 +180,7 @@ describe("loom.future()", function()
     end, f):start()
     local g = loom.future()
     g:set_result(f)              -- a second handle, inside another future
-    do local h <close> = f end
+    do local g2 <close> = f end
     assert.has_error(function() f:done() end, "attempt to use a closed loom.Future")
     collectgarbage()
     H.join(t, 5)
@@ -265,6 +271,40 @@ describe("loom.Future:add_done_callback(fn)", function()
     local ran2 = false
     g:add_done_callback(function() ran2 = true end)
     for _ in loom.as_completed({ g }, H.t(5)) do assert.is_true(ran2) end
+  end)
+
+  it("runs each of many callbacks exactly once, for tasks of a process pool #fork", function()
+    local pool <close> = loom.pool{ workers = 2, kind = "process" }
+    local fs, count = {}, {}
+    for i = 1, 40 do
+      fs[i] = pool:submit(function(x) return x * 2 end, i)
+      fs[i]:add_done_callback(function(f) count[i] = (count[i] or 0) + (f:result(0) == 2 * i and 1 or 100) end)
+    end
+    local done = loom.wait(fs, H.t(20))
+    assert.equal(40, #done)
+    for i = 1, 40 do
+      fs[i]:done()
+      assert.equal(1, count[i], "callback " .. i)
+    end
+  end)
+
+  it("survives a callback that closes the handle being waited on", function()
+    local f = loom.future()
+    local t = loom.thread(function(x) require("loom").sleep(0.02); x:set_result(1) end, f):start()
+    f:add_done_callback(function(x) getmetatable(x).__close(x) end)
+    assert.has_error(function() f:result(H.t(5)) end, "attempt to use a closed loom.Future")
+    H.join(t, 5)
+    local g = loom.future()
+    g:add_done_callback(function(x) getmetatable(x).__close(x) end)
+    g:set_result(2)
+    collectgarbage()
+    local list = { loom.future() }
+    list[1]:add_done_callback(function(x) getmetatable(x).__close(x) end)
+    list[1]:cancel()
+    local other = loom.future()
+    other:set_result(0)
+    local done = loom.wait({ other }, 0)
+    assert.equal(1, #done)
   end)
 
   it("runs for a cancelled future", function()

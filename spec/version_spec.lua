@@ -39,11 +39,13 @@ describe("loom._VERSION", function()
     local n = 0
     for path in p:lines() do
       n = n + 1
-      local version = read(path):match('\nversion%s*=%s*"([^"]+)"')
+      local text = read(path)
+      local version = text:match('\nversion%s*=%s*"([^"]+)"')
+      local package = text:match('\npackage%s*=%s*"([^"]+)"')
       local rel = version:match("^(.-)%-%d+$")
       assert(rel == "scm" or "loom " .. rel == loom._VERSION,
              path .. " says " .. version .. ", loom says " .. loom._VERSION)
-      assert.truthy(path:find("loom-" .. version .. ".rockspec", 1, true))
+      assert.truthy(path:find("/" .. package .. "-" .. version .. ".rockspec", 1, true))
     end
     p:close()
     assert.is_true(n > 0)

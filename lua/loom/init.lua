@@ -112,7 +112,7 @@ Timer.__index = function(t, k)
   local m = timer_methods[k]
   if m then return m end
   if k == "status" then
-    if rawget(t, "stopped") then return "cancelled" end
+    if t.stopped.value then return "cancelled" end
     return t.thread.status
   end
   if timer_fields[k] then return t.thread[k] end
@@ -143,7 +143,7 @@ end
 function timer_methods.cancel(t)
   t.finished:set()
   local stopped = t.gate:acquire(false)
-  if stopped then rawset(t, "stopped", true) end
+  if stopped then t.stopped.value = true end
   return stopped
 end
 
@@ -164,14 +164,18 @@ function M.timer(interval, fn, ...)
   if type(fn) ~= "function" then
     error("bad argument #2 to 'timer' (function expected, got " .. type(fn) .. ")", 2)
   end
+  -- shared, so that a copy of the timer in another thread or process
+  -- cancels this one and sees the same status
   local finished, gate = core.event(), core.semaphore(1)
+  local stopped = core.value("bool", false, false)
   local thread = core.thread(timer_body,
     table_pack(finished, gate, interval, fn, ...), nil, false)
   return setmetatable({ thread = thread, finished = finished, gate = gate,
-                        interval = interval }, Timer)
+                        stopped = stopped, interval = interval }, Timer)
 end
 
 M.process = lproc.process
+M.pipe = require("loom.pipe").pipe
 require("loom.pool").install()
 
 setmetatable(M, { __name = "loom" })

@@ -3,7 +3,7 @@ local core = require "loom.core"
 
 local error, type, select, getmetatable = error, type, select, getmetatable
 local table_pack, table_unpack = table.pack, table.unpack
-local math_tointeger, pcall = math.tointeger, pcall
+local math_tointeger, math_type, pcall = math.tointeger, math.type, pcall
 
 local M = {}
 
@@ -37,6 +37,33 @@ function M.pack_args(fname, args)
   return packed
 end
 
+-- close_fds (a boolean) and pass_fds (a list of descriptors, which implies
+-- close_fds unless it is false, an error then), checked.
+function M.check_fds(fname, close_fds, pass_fds)
+  if close_fds ~= nil and type(close_fds) ~= "boolean" then
+    error("bad argument #1 to '" .. fname .. "' (close_fds must be a boolean)", 4)
+  end
+  if pass_fds == nil then
+    return close_fds, nil
+  end
+  if type(pass_fds) ~= "table" then
+    error("bad argument #1 to '" .. fname .. "' (pass_fds must be a table of descriptors)", 4)
+  end
+  if #pass_fds > 65536 then
+    error("bad argument #1 to '" .. fname .. "' (pass_fds too long (at most 65536))", 4)
+  end
+  for i = 1, #pass_fds do
+    local fd = pass_fds[i]
+    if math_type(fd) ~= "integer" or fd < 0 or fd > 0x7fffffff then
+      error("bad argument #1 to '" .. fname .. "' (pass_fds[" .. i ..
+            "] must be a descriptor (a non-negative integer))", 4)
+    end
+  end
+  if close_fds == false and #pass_fds > 0 then
+    error("bad argument #1 to '" .. fname .. "' (pass_fds given with close_fds false)", 4)
+  end
+  return true, pass_fds
+end
 
 local function options(first, ...)
   if type(first) == "table" and getmetatable(first) == nil and select("#", ...) == 0 then
@@ -49,7 +76,9 @@ local function options(first, ...)
       error("bad argument #1 to 'process' (args must be a table)", 3)
     end
     M.check_name("process", first.name)
-    return target, M.pack_args("process", args), first.name, first.daemon
+    local close_fds, pass_fds = M.check_fds("process", first.close_fds, first.pass_fds)
+    return target, M.pack_args("process", args), first.name, first.daemon,
+           close_fds, pass_fds
   end
   if type(first) ~= "function" then
     error("bad argument #1 to 'process' (function expected, got " .. type(first) .. ")", 3)
@@ -57,7 +86,8 @@ local function options(first, ...)
   return first, table_pack(...), nil, false
 end
 
---- loom.process(fn, ...) or loom.process{target=, args=, name=, daemon=}:
+--- loom.process(fn, ...) or loom.process{target=, args=, name=, daemon=,
+-- close_fds=, pass_fds=}:
 -- a process that, once started, runs fn(...) in a forked copy of this
 -- interpreter.
 function M.process(...)
