@@ -184,7 +184,9 @@ SANITIZE_SPECS ?= spec/thread_spec.lua spec/xfer_spec.lua spec/value_spec.lua \
   spec/pool_spec.lua spec/future_spec.lua spec/gil_spec.lua \
   spec/future_api_spec.lua spec/thread_api_spec.lua
 # Specs that fork: TSan and ASan only (see spec/sanitize.sh for valgrind).
-FORK_SPECS ?= spec/process_spec.lua spec/dead_spec.lua
+FORK_SPECS ?= spec/process_spec.lua spec/dead_spec.lua \
+  spec/array_slice_spec.lua spec/barrier_action_spec.lua \
+  spec/queue_api_spec.lua spec/pipe_spec.lua
 STRESS ?= $(sort $(wildcard spec/stress/*.lua))
 SAN_RUN = ./spec/sanitize.sh
 

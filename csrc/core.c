@@ -43,9 +43,18 @@ static void core_postfork_child (void) {
 ** what every forked child starts with, whichever thread forks it. */
 static sigset_t original_mask;
 
+/* A process that exits without closing its states (os.exit without
+** close, hosts that never call lua_close) ends its threads and children
+** as closing would; then there are none left for this to do. */
+static void core_atexit (void) {
+  loomi_thread_atexit();
+  loomi_process_atexit();
+}
+
 static void core_register_fork (void) {
   pthread_sigmask(SIG_SETMASK, NULL, &original_mask);
   pthread_atfork(core_prefork, core_postfork_parent, core_postfork_child);
+  atexit(core_atexit);
 }
 
 void loomi_child_sigmask (void) {

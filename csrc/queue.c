@@ -609,6 +609,8 @@ static int queue_close (lua_State *L) {
 ** objects they held are released under no lock. */
 static int queue_shutdown (lua_State *L) {
   LoomQueue *q = checkqueue(L, 1);
+  if (!lua_isnoneornil(L, 2))
+    luaL_checktype(L, 2, LUA_TBOOLEAN);
   int immediate = lua_toboolean(L, 2);
   Ring *r;
   size_t from, to;

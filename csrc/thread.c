@@ -206,7 +206,7 @@ static void live_atfork_child (void) {
 static void thread_request_cancel (LoomThread *t);
 static int thread_wait_done (LoomThread *t, const LoomDeadline *dl);
 
-static void exit_shutdown (void) {
+void loomi_thread_atexit (void) {
   LoomThread **list = NULL;
   int n = 0;
   pthread_mutex_lock(&live_mu);
@@ -232,7 +232,10 @@ static void exit_shutdown (void) {
 
 static void live_init (void) {
   pthread_atfork(live_atfork_prepare, live_atfork_parent, live_atfork_child);
-  atexit(exit_shutdown);
+}
+
+int loomi_on_loom_thread (void) {
+  return self_thread != NULL;
 }
 
 /* Whether t's cancellation is to be raised now: not while a __close

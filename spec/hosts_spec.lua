@@ -139,4 +139,24 @@ describe("a process that exits without closing its interpreter", function()
     assert.truthy(out:find("worker finished", 1, true), out)
     assert.truthy(out:find("daemon unwound", 1, true), out)
   end)
+
+  it("waits for its non-daemon children and terminates its daemon children", function()
+    local out, ok = H.run([[
+      local loom = require "loom"
+      loom.process(function() require("loom").sleep(0.2); io.stdout:write("child finished\n") end):start()
+      local d = loom.process{ daemon = true, target = function()
+        io.stdout:close()   -- so that the reader sees the end whatever becomes of it
+        require("loom").sleep(3600)
+      end }:start()
+      io.stdout:write("daemon ", d.pid, "\n")
+      io.stdout:flush()
+      os.exit(0)
+    ]])
+    assert(ok, out)
+    assert.truthy(out:find("child finished", 1, true), out)
+    local pid = assert(tonumber(out:match("daemon (%d+)")), out)
+    -- reaped before the exit: no process of that pid is left (a reused pid
+    -- within this instant is not a worry on a machine of 2^22 pids)
+    assert.is_false(H.sh("kill -0 " .. pid), "the daemon child outlived its parent")
+  end)
 end)

@@ -152,6 +152,19 @@ describe("loom.priority_queue", function()
 end)
 
 describe("loom.Queue", function()
+  it("its new methods refuse another object as self", function()
+    local q0 = loom.queue()
+    for _, m in ipairs { "task_done", "join", "shutdown", "poll" } do
+      local ok, err = pcall(q0[m], loom.lock())
+      assert.is_false(ok)
+      assert.matches("bad argument #1 to '.-' %(loom.Queue expected, got loom.Lock%)", err)
+    end
+    local q = loom.queue()
+    q.maxsize = math.maxinteger
+    assert.is_true(q:put(1))
+    assert.equal(math.maxinteger, q.maxsize)
+  end)
+
   describe(":poll()", function()
     it("says whether get would wait, taking nothing", function()
       local q = loom.queue()
@@ -267,6 +280,15 @@ describe("loom.Queue", function()
       assert.equal(1, q:get(0))
       assert.equal(2, q:get(0))
       assert.same({ nil, "closed" }, { q:get(0) })
+    end)
+
+    it("takes a boolean", function()
+      local q = loom.queue()
+      assert.has_error(function() q:shutdown(1) end,
+                       "bad argument #1 to 'shutdown' (boolean expected, got number)")
+      assert.is_false(q.is_shutdown)
+      q:shutdown(nil)
+      assert.is_true(q.is_shutdown)
     end)
 
     it("immediate drops the items, counts them done and frees them", function()
