@@ -301,10 +301,19 @@ Pool.__index = Pool
 
 local open_pool      -- the pool whose dispatcher makes this process's MPI calls
 
+-- The pools this module made: a table given Pool's metatable by hand is
+-- not one of them.
+local pools = setmetatable({}, { __mode = "k" })
+
+local function typename(v)
+  local mt = getmetatable(v)
+  return type(mt) == "table" and type(mt.__name) == "string" and mt.__name or type(v)
+end
+
 local function checkpool(p, name)
-  if getmetatable(p) ~= Pool then
+  if not pools[p] then
     error(("bad argument #1 to '%s' (loom.mpi.Pool expected, got %s)"):format(
-      name, type(p)), 3)
+      name, pools[p] == nil and getmetatable(p) == Pool and "a forged loom.mpi.Pool" or typename(p)), 3)
   end
   return p
 end
@@ -391,6 +400,7 @@ function M.pool(n)
   t:start()
   local p = setmetatable({ workers = n, kind = "mpi", spawned = spawned,
     _q = q, _t = t, _ready = ready, _id = 0 }, Pool)
+  pools[p] = true
   open_pool = p
   return p
 end
