@@ -28,9 +28,12 @@ M.dead = {}
 -- and the rest stay cancellable at rank 0.
 local AHEAD = 2
 
+local threads_ok = true
+
 --- Initializes MPI (once); returns the world's size and this rank.
 function M.init()
-  core.init()
+  local _, serialized = core.init()
+  threads_ok = serialized
   local w = core.world()
   return core.size(w), core.rank(w)
 end
@@ -362,6 +365,10 @@ function M.pool(n)
     error("an MPI pool is already open in this process (shut it down first)", 2)
   end
   local size, rank = M.init()
+  if not threads_ok then
+    error("this MPI library cannot be called from another thread " ..
+      "(MPI_THREAD_SERIALIZED not provided), which the pool's dispatcher needs", 2)
+  end
   if core.parent() then
     error("cannot open an MPI pool in a spawned worker", 2)
   end
