@@ -164,7 +164,6 @@ function M.process(...)
   return core.process(target, args, o.name, o.daemon, close_fds, pass_fds)
 end
 M.pipe = require("loom.pipe").pipe
-require("loom.pool").install()
 
 setmetatable(M, { __name = "loom" })
 return M
