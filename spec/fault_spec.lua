@@ -1,12 +1,7 @@
 -- Fault injection: each fault ends in a clear error, nothing lost, no hang.
 local H = require "helpers"
 
-local function sh(cmd)
-  local p = assert(io.popen(cmd .. " 2>&1"))
-  local out = p:read("a")
-  local ok = p:close()
-  return ok, out
-end
+local sh = H.sh
 
 local function script(body)
   local path = os.tmpname()
