@@ -389,9 +389,43 @@ function rows.B11rss(mb)
   emit("heap_used_after", loom.heap_used())
 end
 
+-- The portable encoding of B10's table: encode + decode, MB/s of payload.
+function rows.B10enc()
+  local rounds = scaled(20, 5)
+  local payload = {}
+  for i = 1, 100000 do
+    payload[i] = (i - 1) * 0.5
+  end
+  local encode, decode = loom.encode, loom.decode
+  local t0 = now()
+  for _ = 1, rounds do
+    local back = decode(encode(payload))
+    assert(#back == #payload)
+  end
+  local dt = now() - t0
+  emit("mb_per_s", rounds * #payload * 8 / dt / 1e6)
+  emit("bytes", #encode(payload))
+end
+
+-- A loom.mpi pool of 2 ranks (mpiexec -n 3): bench/mpi_rows.lua.
+function rows.B12(kind)
+  if io.open("loom/mpi/core.so") == nil then
+    print("na loom.mpi not built (make mpi)")
+    return
+  end
+  local root = os.getenv("PWD") or "."
+  local cmd = string.format("LUA_PATH='%s/lua/?.lua;%s/lua/?/init.lua;;' LUA_CPATH='%s/?.so;;' " ..
+    "mpiexec -n 3 --oversubscribe %s lua5.4 -l loom.mpi.run bench/mpi_rows.lua %s%s",
+    root, root, root, os.getenv("USER") == "root" or io.popen("id -u"):read("l") == "0"
+      and "--allow-run-as-root" or "", kind, quick and " --quick" or "")
+  local p = io.popen(cmd)
+  io.write(p:read("a"))
+  assert(p:close(), "mpiexec failed")
+end
+
 local row = rows[args[1]]
 if row == nil then
-  io.stderr:write("usage: lua5.4 bench/loom_rows.lua B1..B11|B4hook [variant] [--quick]\n")
+  io.stderr:write("usage: lua5.4 bench/loom_rows.lua B1..B12|B4hook|B10enc [variant] [--quick]\n")
   os.exit(2)
 end
 row(table.unpack(args, 2))

@@ -1,4 +1,4 @@
--- `make bench`: runs the workloads B1..B11 for loom and for Python in
+-- `make bench`: runs the workloads B1..B12 for loom and for Python in
 -- one run and prints one table (median of 5 repetitions, min-max shown,
 -- the ratio, the machine's raw limit where one applies, the target).
 --
@@ -123,6 +123,14 @@ local ROWS = {
   { id = "B10", name = "transfer 800 KB, process worker", unit = "MB/s", key = "mb_per_s",
     loom = { "B10", "processes" }, py = { "B10", "processes" }, ref = "memcpy",
     target = ">= 500", ok = at_least(500) },
+  { id = "B10", name = "portable encode+decode 800 KB (loom.encode vs pickle)", unit = "MB/s",
+    key = "mb_per_s", loom = { "B10enc" }, py = { "B10pickle" }, ref = "memcpy" },
+  { id = "B12", name = "MPI pool roundtrip, 2 ranks (vs mpi4py.futures)", unit = "µs/task",
+    key = "us_per_task", lower = true, loom = { "B12", "roundtrip" }, py = { "B12", "roundtrip" },
+    reps = 3 },
+  { id = "B12", name = "MPI pool throughput, 2 ranks (vs mpi4py.futures)", unit = "tasks/s",
+    key = "tasks_per_s", loom = { "B12", "throughput" }, py = { "B12", "throughput" },
+    reps = 3 },
   { id = "B11", name = "heap alloc+free 64 B", unit = "ns/pair", key = "ns_per_pair",
     lower = true, loom = { "B11", "64", "1" }, ref = "malloc_64",
     target = "<= 2x ref", ok = within_ref(2) },
@@ -151,6 +159,8 @@ local WORKLOADS = {
   { "B8", "2 workers x 500000 increments of one shared counter: loom.lock + loom.value / Value:add / Value:get_lock in 2 processes (threading.Lock over an int; multiprocessing.Value + get_lock in 2 processes); the final count is checked" },
   { "B9", "1 producer -> 1 consumer, 1e6 small integers through a queue of capacity 1024 (queue.Queue; multiprocessing.Queue)" },
   { "B10", "20 x (send a table of 100000 floats to a worker, get its sum back); payload MB/s (ThreadPoolExecutor, no copy; multiprocessing Pipe, pickled copy)" },
+  { "B10enc", "20 x loom.decode(loom.encode(t)) of B10's table of 100000 floats (pickle.loads(pickle.dumps(t)), highest protocol); payload MB/s" },
+  { "B12", "a loom.mpi pool on the 2 other ranks of `mpiexec -n 3 --oversubscribe` (mpi4py.futures.MPIPoolExecutor under `python3 -m mpi4py.futures`, Debian's python3-mpi4py): 3000 x (submit `x -> x+1`, wait for its result); then 30000 submitted at once and gathered" },
   { "B11", "the shared heap's allocate+free pair (loomi_heap_alloc/free, in C: build/heap_bench) of 64 B and of 64 KB, 2e6 / 5e5 pairs, in one thread or in each of 2 at once, against glibc malloc/free timed by the same loop (build/limits); ns per pair as each thread sees it. RSS: a 600 MB string put in a queue and taken by a thread worker; the process's VmRSS once the item is freed (before/during figures in the run's output)" },
 }
 

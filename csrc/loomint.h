@@ -360,6 +360,14 @@ int  loomi_sigchld_ignored (void);
 ** or a Lua file still naming the number never reaches a file opened
 ** later; closed when /dev/null cannot be opened) (process.c). */
 void loomi_close_fds (const int *keep, size_t nkeep, int to_null);
+/* A pool worker process, before it runs Lua: its name for
+** current_process(), and the pool maker's pid and name for
+** parent_process(); leave gives both handles back before _exit; name is
+** the calling process's (process.c). */
+void loomi_process_adopted (const char *name, pid_t parent,
+                            const char *parent_name);
+void loomi_process_leave (void);
+const char *loomi_process_name (void);
 /* The sequence of descriptors at idx (a pass_fds option), checked, then
 ** pushed as a userdata of *n ints, which it returns; raises naming
 ** argument arg of function fname. */

@@ -637,6 +637,7 @@ typedef struct Forker {
   int n;
   int sock, other;           /* the server's end, and the supervisor's */
   pid_t parent;
+  char parent_name[64];      /* the maker's, for parent_process() */
   int close_fds;
   const int *keep;           /* pass_fds */
   size_t nkeep;
@@ -663,12 +664,16 @@ static int open_pidfd (pid_t pid) {
 }
 
 /* A worker's life, from the server's fork to _exit. */
-static void fs_worker (TaskQueue *q, int index, pid_t server) {
+static void fs_worker (const Forker *fk, int index, pid_t server) {
+  TaskQueue *q = fk->q;
   /* the server's thread is the server: its end is the worker's */
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() != server)
     _exit(1);
   loomi_child_sigmask();
+  char name[64];
+  snprintf(name, sizeof name, "Pool-%d-worker-%d", q->id, index);
+  loomi_process_adopted(name, fk->parent, fk->parent_name);
   /* what the parent had buffered is the parent's to write */
   __fpurge(stdout);
   __fpurge(stderr);
@@ -680,6 +685,7 @@ static void fs_worker (TaskQueue *q, int index, pid_t server) {
     queue_serve(q, L, index);
     lua_close(L);            /* the worker's own files and objects only */
   }
+  loomi_process_leave();
   loomi_heap_flush();
   fflush(stdout);
   fflush(stderr);
@@ -702,7 +708,6 @@ static void fs_leave (pid_t *pids, int n) {
 ** forking thread blocked them): Ctrl-C in the terminal is for the parent,
 ** and the server ends with it. */
 static void fs_main (const Forker *fk) {
-  TaskQueue *q = fk->q;
   int n = fk->n, sock = fk->sock;
   pid_t parent = fk->parent, self = getpid();
   close(fk->other);
@@ -761,7 +766,7 @@ static void fs_main (const Forker *fk) {
           for (int j = 0; j < n; j++)
             if (fds[j] >= 0)
               close(fds[j]);
-          fs_worker(q, i + 1, self);
+          fs_worker(fk, i + 1, self);
         }
         if (pid < 0)
           fs_send(sock, FS_FAILED, i, errno);
@@ -983,7 +988,9 @@ static int start_processes (TaskQueue *q, int n, int close_fds,
       lua_close(L);
     return err;
   }
-  Forker fk = { q, n, sv[1], sv[0], getpid(), close_fds, keep, nkeep, -1, 0 };
+  Forker fk = { q, n, sv[1], sv[0], getpid(), "", close_fds, keep, nkeep,
+                -1, 0 };
+  snprintf(fk.parent_name, sizeof fk.parent_name, "%s", loomi_process_name());
   int err = fork_server(&fk);
   close(sv[1]);
   if (err != 0) {

@@ -50,13 +50,36 @@ typedef struct LoomProcess {
   atomic_int leaving;        /* LEAVE_*: who gives them back */
   char failmsg[1024];        /* the error as text, for reports */
   char name[64];
+  char parent_name[64];      /* its starter's name, for parent_process() */
+  int role;                  /* ROLE_*: what the handle stands for */
+  int sentinel;              /* readable once it has ended, or -1 ... */
+  pid_t sentinel_owner;      /* ... a descriptor of this process's */
 } LoomProcess;
+
+/* A handle is a child's (made by loom.process), or stands for the calling
+** process (current_process() where loom did not fork it) or for the
+** process that started it (parent_process()): those are never joined,
+** started or signalled. */
+enum { ROLE_CHILD, ROLE_SELF, ROLE_PARENT };
 
 /* Who this process is when loom forked it: its own handle, and whether it
 ** is a daemon (which may not start children).  Written once, on the only
 ** thread of a new child. */
 static LoomProcess *self_process = NULL;
 static int self_daemon = 0;
+
+/* Written once per process, on its only thread, by a child loom forked (a
+** loom.process or a pool worker): who its parent is (parent_for: the
+** process they are true for; a fork loom did not do inherits them).  The
+** handles of current_process() (where self_process is NULL) and of
+** parent_process() are made on first use, and are true only in the process
+** that made them (their creator).  self_name names the calling process:
+** the main process, or a pool worker. */
+static pid_t parent_pid = 0, parent_for = 0;
+static char parent_name[64];
+static _Atomic(LoomProcess *) parent_made = NULL;
+static _Atomic(LoomProcess *) self_made = NULL;
+static char self_name[64] = "MainProcess";
 
 /* Default names count up per process, like Python's; a child's children
 ** are named after it ("Process-1:1"). */
@@ -118,6 +141,8 @@ static void process_destroy (LoomObj *o) {
   LoomProcess *p = (LoomProcess *)o;
   if (p->pidfd >= 0 && p->parent == getpid())
     close(p->pidfd);
+  if (p->sentinel >= 0 && p->sentinel_owner == getpid())
+    close(p->sentinel);
   loomi_msg_free(p->results);
   loomi_msg_free(p->error);
   loomi_held_release(atomic_exchange(&p->held, NULL));
@@ -136,6 +161,7 @@ static LoomProcess *process_create (void) {
   if (p == NULL)
     return NULL;
   p->pidfd = -1;
+  p->sentinel = -1;
   if (loomi_mutex_init(&p->mu) != 0) {
     p->obj.destroy = NULL;
     loomi_obj_release(&p->obj);
@@ -189,6 +215,86 @@ static void process_reap (LoomProcess *p) {
     close(p->pidfd);
     p->pidfd = -1;
   }
+}
+
+/* The name of the calling process, as its children's parent_process()
+** and default names give it. */
+static const char *current_name (void) {
+  return self_process != NULL ? self_process->name : self_name;
+}
+
+/* A handle of role ROLE_SELF or ROLE_PARENT for a running process (NULL
+** when the heap is exhausted).  A parent's sentinel is a pidfd; if the
+** parent that forked us has gone already (we were handed to another), its
+** pid may be another's: the sentinel is then a pipe already at its end. */
+static LoomProcess *process_standin (int role, pid_t pid, const char *name) {
+  LoomProcess *p = process_create();
+  if (p == NULL)
+    return NULL;
+  p->role = role;
+  p->state = PR_RUNNING;
+  p->pid = pid;
+  snprintf(p->name, sizeof p->name, "%s", name);
+  if (role == ROLE_PARENT) {
+    int fd = open_pidfd(pid);
+    int gone = fd < 0 ? errno == ESRCH
+                      : self_process != NULL && getppid() != pid;
+    if (gone) {
+      int ends[2];
+      if (fd >= 0)
+        close(fd);
+      fd = -1;
+      if (pipe2(ends, O_CLOEXEC) == 0) {
+        close(ends[1]);
+        fd = ends[0];
+      }
+    }
+    p->sentinel = fd;
+    p->sentinel_owner = getpid();
+  }
+  return p;
+}
+
+/* The handle in *cache if this process made it, else a new one kept there
+** (the first of two threads racing wins); NULL when the heap is exhausted. */
+static LoomProcess *standin_cached (_Atomic(LoomProcess *) *cache, int role,
+                                    pid_t pid, const char *name) {
+  LoomProcess *p = atomic_load(cache);
+  if (p != NULL && p->creator == getpid())
+    return p;
+  LoomProcess *made = process_standin(role, pid, name);
+  if (made == NULL)
+    return NULL;
+  if (atomic_compare_exchange_strong(cache, &p, made))
+    return made;
+  loomi_obj_release(&made->obj);
+  return p;
+}
+
+/* In a process loom forked but not through loom.process (a pool worker):
+** its own name, and who its parent is (the pool's maker, not the fork
+** server that forked it).  On the only thread, before any Lua runs. */
+void loomi_process_adopted (const char *name, pid_t parent,
+                            const char *pname) {
+  snprintf(self_name, sizeof self_name, "%s", name);
+  self_process = NULL;
+  parent_pid = parent;
+  parent_for = getpid();
+  snprintf(parent_name, sizeof parent_name, "%s", pname);
+}
+
+const char *loomi_process_name (void) {
+  return current_name();
+}
+
+/* Gives back the handles a process made for itself, as it leaves. */
+void loomi_process_leave (void) {
+  LoomProcess *made = atomic_exchange(&self_made, NULL);
+  if (made != NULL && made->creator == getpid())
+    loomi_obj_release(&made->obj);
+  made = atomic_exchange(&parent_made, NULL);
+  if (made != NULL && made->creator == getpid())
+    loomi_obj_release(&made->obj);
 }
 
 static int exitcode_of (int status) {
@@ -493,6 +599,7 @@ static void child_leave (lua_State *L, int code, int quick) {
   else if (pl != NULL)
     proclist_orphan(pl);
   loomi_proxy_release_own(L);
+  loomi_process_leave();
   if (self_process != NULL) {
     int running = LEAVE_RUNNING;
     if (!atomic_compare_exchange_strong(&self_process->leaving, &running,
@@ -615,6 +722,9 @@ static void process_child (lua_State *L, LoomProcess *p) {
   }
   self_process = p;
   self_daemon = p->daemon;
+  parent_pid = p->parent;
+  parent_for = getpid();
+  snprintf(parent_name, sizeof parent_name, "%s", p->parent_name);
   atomic_store(&process_counter, 0);
   loomi_mutex_lock(&p->mu);
   p->pid = getpid();
@@ -755,6 +865,7 @@ static int process_start (lua_State *L) {
   /* what is buffered now belongs to the parent: a child that flushed it
   ** again would print it twice */
   fflush(NULL);
+  snprintf(p->parent_name, sizeof p->parent_name, "%s", current_name());
   atomic_store(&p->held, held);
   atomic_store(&p->leaving, LEAVE_RUNNING);
   loomi_obj_retain(&p->obj);     /* the list's reference */
@@ -883,8 +994,24 @@ static int process_error (lua_State *L) {
   return n ? n : 1;
 }
 
+/* A stand-in's process is alive until its pidfd says otherwise (without
+** one, while its pid exists: it may be another's by then). */
+static int standin_alive (LoomProcess *p) {
+  if (p->role == ROLE_SELF || p->pid == getpid())
+    return 1;
+  if (p->sentinel >= 0 && p->sentinel_owner == getpid()) {
+    struct pollfd pfd = { p->sentinel, POLLIN, 0 };
+    return poll(&pfd, 1, 0) == 0;
+  }
+  return kill(p->pid, 0) == 0 || errno == EPERM;
+}
+
 static int process_is_alive (lua_State *L) {
   LoomProcess *p = checkprocess(L, 1);
+  if (p->role != ROLE_CHILD || p->pid == getpid()) {
+    lua_pushboolean(L, standin_alive(p));
+    return 1;
+  }
   loomi_mutex_lock(&p->mu);
   int state = p->state;
   pid_t parent = p->parent;
@@ -901,6 +1028,8 @@ static int process_is_alive (lua_State *L) {
 
 static int signal_process (lua_State *L, int sig) {
   LoomProcess *p = checkprocess(L, 1);
+  if (p->role != ROLE_CHILD)
+    return luaL_error(L, "can only signal a child process");
   loomi_mutex_lock(&p->mu);
   int state = p->state;
   loomi_mutex_unlock(&p->mu);
@@ -924,6 +1053,36 @@ static int process_gc (lua_State *L) {
   if (p != NULL && p->state == PR_DONE)
     process_report_lost(p);
   return loomi_proxy_gc(L);
+}
+
+/* The descriptor that becomes readable once p has ended, opened on first
+** use and kept until p is destroyed; -1 before start, outside the parent,
+** for the calling process, or when none can be had.  In the parent of a
+** child not yet reaped, a pidfd; of one reaped, a pipe already at its end
+** (its pid may be another's by then). */
+static int process_sentinel (LoomProcess *p) {
+  pid_t me = getpid();
+  loomi_mutex_lock(&p->mu);
+  int fd = p->sentinel_owner == me ? p->sentinel : -1;
+  if (fd < 0 && p->role == ROLE_CHILD && p->parent == me &&
+      p->state != PR_NEW) {
+    process_reap(p);
+    if (p->state == PR_RUNNING)
+      fd = open_pidfd(p->pid);
+    else {
+      int ends[2];
+      if (pipe2(ends, O_CLOEXEC) == 0) {
+        close(ends[1]);
+        fd = ends[0];
+      }
+    }
+    if (fd >= 0) {
+      p->sentinel = fd;
+      p->sentinel_owner = me;
+    }
+  }
+  loomi_mutex_unlock(&p->mu);
+  return fd;
 }
 
 static int process_index (lua_State *L) {
@@ -955,6 +1114,13 @@ static int process_index (lua_State *L) {
   }
   else if (strcmp(key, "daemon") == 0)
     lua_pushboolean(L, p->daemon);
+  else if (strcmp(key, "sentinel") == 0) {
+    int fd = process_sentinel(p);
+    if (fd >= 0)
+      lua_pushinteger(L, fd);
+    else
+      lua_pushnil(L);
+  }
   else if (strcmp(key, "status") == 0) {
     /* a process has no cooperative cancel: killed is "error" */
     loomi_mutex_lock(&p->mu);
@@ -1013,6 +1179,45 @@ static int process_tostring (lua_State *L) {
   return 1;
 }
 
+/* current_process() -> Process: this process's handle: the one its
+** parent holds if loom.process forked it, else one made on first use. */
+static int process_current (lua_State *L) {
+  LoomProcess *p = self_process;
+  if (p == NULL)
+    p = standin_cached(&self_made, ROLE_SELF, getpid(), self_name);
+  if (p == NULL)
+    return luaL_error(L, "cannot make a process handle: shared heap exhausted");
+  loomi_proxy_push(L, &p->obj);
+  return 1;
+}
+
+/* parent_process() -> Process, or nil in a process loom did not fork. */
+static int process_parent (lua_State *L) {
+  if (parent_pid == 0 || parent_for != getpid()) {
+    lua_pushnil(L);
+    return 1;
+  }
+  LoomProcess *p = standin_cached(&parent_made, ROLE_PARENT, parent_pid,
+                                  parent_name);
+  if (p == NULL)
+    return luaL_error(L, "cannot make a process handle: shared heap exhausted");
+  loomi_proxy_push(L, &p->obj);
+  return 1;
+}
+
+/* active_children() -> {Process...}: the children this interpreter
+** started that have not ended (the ended ones are reaped). */
+static int process_active_children (lua_State *L) {
+  ProcList *pl = proclist_of(L, 1);
+  proclist_prune(pl);
+  lua_createtable(L, (int)pl->n, 0);
+  for (size_t i = 0; i < pl->n; i++) {
+    loomi_proxy_push(L, &pl->list[i]->obj);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  return 1;
+}
+
 static const luaL_Reg process_meta[] = {
   {"__index", process_index},
   {"__newindex", process_newindex},
@@ -1035,6 +1240,9 @@ static const luaL_Reg process_methods[] = {
 
 static const luaL_Reg process_funcs[] = {
   {"process", process_new},
+  {"current_process", process_current},
+  {"parent_process", process_parent},
+  {"active_children", process_active_children},
   {NULL, NULL}
 };
 

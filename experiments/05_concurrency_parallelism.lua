@@ -35,6 +35,34 @@ local function cpu_task(name)
   return Res
 end
 
+local function sh(cmd)
+  local p = io.popen(cmd .. " 2>&1")
+  local out = p:read("a")
+  return out, p:close()
+end
+
+local function mpi_pool_map(x, n)
+  local here = debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") or ""
+  local root = here .. "../"
+  if not sh("command -v mpiexec"):match("mpiexec") or io.open(root .. "loom/mpi/core.so") == nil then
+    x:note("MPI pool of 2 ranks: skipped (needs mpiexec and loom.mpi: make mpi)")
+    return nil
+  end
+  local out, ok = sh(string.format(
+    "LUA_PATH='%slua/?.lua;%slua/?/init.lua;;' LUA_CPATH='%s?.so;;' timeout 300 " ..
+    "mpiexec -n 3 --oversubscribe %s lua5.4 -l loom.mpi.run %s05_mpi_pool.lua %d",
+    root, root, root, sh("id -u"):match("^0") and "--allow-run-as-root" or "", here, n))
+  local secs = tonumber(out:match("seconds (%S+)"))
+  if not ok or not secs then
+    x:check(false, "the MPI pool ran without error (%s)", out:sub(1, 300))
+    return nil
+  end
+  x:record("cpu_mpi_pool", "MPI pool of 2 ranks: map (mpiexec -n 3, pool already open)", secs,
+    { base = "cpu_sequential" })
+  local a, b, c = out:match("sums (%S+) (%S+) (%S+)")
+  return { tonumber(a), tonumber(b), tonumber(c) }
+end
+
 function experiment.run(x)
   DELAY, N = x:pick(2, 0.4), x:pick(20000000, 2000000)
   local map_skip = lib.pool_offers("map")
@@ -79,6 +107,10 @@ function experiment.run(x)
       return pool:map(cpu_task, names)
     end)
 
+  -- the same tasks on 2 MPI ranks (loom.mpi), in an mpiexec world of its own:
+  -- MPI in this process would make the later experiments' forks unsafe
+  local mpi_sums = mpi_pool_map(x, N)
+
   local sum = 3 * DELAY
   x:check_time("sequential", sum * 0.98, sum * 1.5, "three sleeps in a row")
   x:check_time("threads", DELAY * 0.98, DELAY * 1.5 + 0.1, "one sleep: they overlap")
@@ -91,9 +123,17 @@ function experiment.run(x)
     x:check(seq_sums[1] == pool_sums[1] and pool_sums[1] == pool_sums[3],
       "the processes computed the same sums: %s", repr(pool_sums[1]))
   end
+  if seq_sums and mpi_sums then
+    x:check(seq_sums[1] == mpi_sums[1] and mpi_sums[1] == mpi_sums[3],
+      "the MPI ranks computed the same sums: %s", repr(mpi_sums[1]))
+  end
   if loom.cpu_count() >= 2 then
     x:check_faster("cpu_process_pool", "cpu_sequential", 0.85,
       "the processes compute on several cores at once", true)
+    if mpi_sums then
+      x:check_faster("cpu_mpi_pool", "cpu_sequential", 0.85,
+        "the MPI ranks compute on several cores at once", true)
+    end
   end
 end
 

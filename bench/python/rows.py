@@ -237,6 +237,39 @@ def b10(kind):
     emit("mb_per_s", rounds * len(payload) * 8 / dt / 1e6)
 
 
+def b10_pickle():
+    import pickle
+    rounds = scaled(20, 5)
+    payload = [i * 0.5 for i in range(100000)]
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        back = pickle.loads(pickle.dumps(payload, pickle.HIGHEST_PROTOCOL))
+        assert len(back) == len(payload)
+    dt = time.perf_counter() - t0
+    emit("mb_per_s", rounds * len(payload) * 8 / dt / 1e6)
+
+
+def b12(kind):
+    """mpi4py.futures' MPIPoolExecutor on 2 ranks, Debian's python3-mpi4py
+    (so Debian's python3, whatever python3 runs this file)."""
+    import os
+    import subprocess
+    py = "/usr/bin/python3"
+    probe = subprocess.run([py, "-c", "import mpi4py"], capture_output=True)
+    if probe.returncode != 0:
+        print("na python3-mpi4py not installed")
+        return
+    cmd = ["mpiexec", "-n", "3", "--oversubscribe"]
+    if os.getuid() == 0:
+        cmd.append("--allow-run-as-root")
+    here = os.path.dirname(os.path.abspath(__file__))
+    cmd += [py, "-m", "mpi4py.futures", os.path.join(here, "mpi_rows.py"), kind]
+    if QUICK:
+        cmd.append("--quick")
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    sys.stdout.write(out.stdout)
+
+
 ROWS = {
     "B1": lambda: b1(),
     "B2": lambda: b2(),
@@ -248,6 +281,8 @@ ROWS = {
     "B8": lambda kind: b8_lock() if kind == "lock" else b8_value(),
     "B9": lambda kind: b9(kind),
     "B10": lambda kind: b10(kind),
+    "B10pickle": lambda: b10_pickle(),
+    "B12": lambda kind: b12(kind),
 }
 
 if __name__ == "__main__":

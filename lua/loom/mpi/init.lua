@@ -20,6 +20,8 @@ local M = {}
 local TAG_OPEN, TAG_TASK, TAG_CLOSE, TAG_EXIT = 1, 2, 3, 4
 local TAG_READY, TAG_RESULT = 11, 12
 M.TAG_EXIT = TAG_EXIT
+-- The world's ranks a pool saw die (loom.mpi.run sends them nothing more).
+M.dead = {}
 
 -- A worker answers for at most this many tasks sent ahead, so that a task
 -- is ready on the rank when the previous one ends (the round trip hidden)
@@ -79,7 +81,9 @@ local function run_task(body, where)
 end
 
 --- Serves tasks from rank 0 of comm (the world, or a spawned worker's
--- parent) until told to exit.  The main loop of every rank but 0.
+-- parent) until told to exit.  The main loop of every rank but 0.  Returns
+-- "dead" when a rank of the world died: MPI_Finalize would then wait for
+-- it, so the caller leaves without.
 function M.serve(comm)
   M.init()
   comm = comm or core.world()
@@ -95,7 +99,7 @@ function M.serve(comm)
     local msg = core.recv(comm, src, tag)
     if tag == TAG_EXIT then
       os.exit = real_exit   -- luacheck: ignore
-      return
+      return msg   -- "": finalize; "dead": a rank died, MPI_Finalize would wait for it
     elseif tag == TAG_OPEN then
       local ok, err = pcall(function()
         local t = table_pack(decode(msg))
@@ -208,7 +212,15 @@ local function dispatch_loop(q, comm, ranks, hello, spawned, ready, inflight, pe
   end
   local wait = nil
   while true do
-    local item = q:get(wait)
+    local item
+    if wait == nil then
+      item = q:get()
+    else
+      -- tasks out: wait on MPI first, where the next event most likely
+      -- comes from, for at most `wait`; new submits wait that long at most
+      mc.probe(comm, wait)
+      item = q:get(0)
+    end
     while item do
       if item[1] == "task" then
         if broken then
@@ -255,8 +267,10 @@ local function dispatch_loop(q, comm, ranks, hello, spawned, ready, inflight, pe
   for _, r in ipairs(ranks) do
     if not dead[r] then mc.send(comm, r, spawned and TAG_EXIT or TAG_CLOSE, "") end
   end
-  if spawned then mc.disconnect(comm) end
-  return true
+  if spawned and not next(dead) then mc.disconnect(comm) end
+  local lost = {}
+  for r in pairs(dead) do lost[#lost + 1] = r end
+  return true, lost
 end
 
 -- A dispatcher that fails (an MPI error: a rank gone, a send refused)
@@ -264,9 +278,9 @@ end
 -- shut down, so that no waiter hangs on a future nobody will settle.
 local function dispatcher(q, comm, ranks, hello, spawned, ready)
   local inflight, pending = {}, {}
-  local ok, err = pcall(dispatch_loop, q, comm, ranks, hello, spawned, ready,
+  local ok, err, lost = pcall(dispatch_loop, q, comm, ranks, hello, spawned, ready,
     inflight, pending)
-  if ok then return true end
+  if ok then return true, lost end
   local why = "MPI pool failed: " .. tostring(err)
   if not ready:done() then pcall(ready.set_result, ready, why) end
   local function fail(f) pcall(f.set_error, f, why) end
@@ -322,13 +336,16 @@ local function parse(n)
   if opts.initargs ~= nil and type(opts.initargs) ~= "table" then
     error("bad argument #1 to 'pool' (initargs must be a table)", 3)
   end
+  if opts.info ~= nil and type(opts.info) ~= "table" then
+    error("bad argument #1 to 'pool' (info must be a table)", 3)
+  end
   if opts.initargs ~= nil and opts.init == nil then
     error("bad argument #1 to 'pool' (initargs given without init)", 3)
   end
   return n, opts
 end
 
---- loom.mpi.pool([n | {workers=, init=, initargs=, command=, args=}]).
+--- loom.mpi.pool([n | {workers=, init=, initargs=, command=, args=, info=}]).
 function M.pool(n)
   local opts
   n, opts = parse(n)
@@ -355,10 +372,13 @@ function M.pool(n)
   else
     n = n or loom.cpu_count()
     local cmd, argv = worker_command(opts)
-    local inter, err = core.spawn(cmd, argv, n)
+    -- a singleton's runtime offers as many slots as cores, one of them its
+    -- own: by default the workers go on this host, as many as asked for
+    -- (loom.pool(n) takes any n too); opts.info places them otherwise
+    local info = opts.info or { host = "localhost:" .. (n + 1) }
+    local inter, err = core.spawn(cmd, argv, n, info)
     if not inter then
-      return nil, "cannot spawn MPI workers: " .. tostring(err) ..
-        " (more workers than MPI slots? set OMPI_MCA_rmaps_base_oversubscribe=1)"
+      return nil, "cannot spawn MPI workers: " .. tostring(err)
     end
     comm, spawned = inter, true
     for r = 1, n do ranks[r] = r - 1 end
@@ -460,6 +480,9 @@ function Pool.shutdown(p, wait, cancel_pending, timeout)
     p._joined = true
     local ok, err = p._t:result(0)
     if not ok and err ~= nil then error(err, 2) end
+    if not p.spawned and type(err) == "table" then
+      for _, r in ipairs(err) do M.dead[r] = true end
+    end
   end
   return done
 end

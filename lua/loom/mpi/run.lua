@@ -10,8 +10,7 @@ local world = core.world()
 local real_exit = os.exit
 
 if rank ~= 0 then
-  mpi.serve(world)
-  core.finalize()
+  if mpi.serve(world) ~= "dead" then core.finalize() end
   real_exit(0, true)
 end
 
@@ -31,8 +30,11 @@ local function finish(code)
     if not ok then
       io.stderr:write("loom.mpi.run: ", tostring(err), "\n")
     end
-    for r = 1, size - 1 do core.send(world, r, mpi.TAG_EXIT, "") end
-    core.finalize()
+    for r = 1, size - 1 do
+      if not mpi.dead[r] then core.send(world, r, mpi.TAG_EXIT, next(mpi.dead) and "dead" or "") end
+    end
+    -- MPI_Finalize waits for every process of the world, a dead one too
+    if not next(mpi.dead) then core.finalize() end
   end
   real_exit(code, true)
 end
