@@ -1,8 +1,8 @@
 /* shared.c: loom.Value, one typed number in the shared heap, and the element
 ** types and atomic element operations loom.Array shares with it.
 ** Lua: loom.value(type, [init], [lock]) -> Value;  v.value (plain, racy);
-**      v:get_lock(), add(n), sub(n), cas(old, new), exchange(x), load(),
-**      store(x);  v.type.
+**      v:get_lock(), get_obj(), add(n), sub(n), cas(old, new), exchange(x),
+**      load(), store(x);  v.type.
 ** SPDX-License-Identifier: MIT */
 #include "loomint.h"
 
@@ -476,6 +476,14 @@ static int value_get_lock (lua_State *L) {
   return 1;
 }
 
+/* get_obj() -> the value: v.value never takes the lock, so the "raw"
+** object Python's get_obj gives is the value itself. */
+static int value_get_obj (lua_State *L) {
+  checkvalue(L, 1);
+  lua_settop(L, 1);
+  return 1;
+}
+
 static int value_add (lua_State *L) {
   LoomValue *v = checkvalue(L, 1);
   return loomi_elem_op_add(L, v->cell, v->type, 2, 0);
@@ -534,6 +542,7 @@ static const luaL_Reg value_meta[] = {
 
 static const luaL_Reg value_methods[] = {
   {"get_lock", value_get_lock},
+  {"get_obj", value_get_obj},
   {"add", value_add},
   {"sub", value_sub},
   {"cas", value_cas},

@@ -124,9 +124,14 @@ describe("loom.Array", function()
     end)
   end)
 
-  it(":get_obj() is the array itself", function()
+  it(":get_obj() is the array itself, and a Value's the value", function()
     local a = loom.array("int8", 2)
     assert.equal(a, a:get_obj())
+    local v = loom.value("int32", 5)
+    assert.equal(v, v:get_obj())
+    assert.equal(5, v:get_obj().value)
+    assert.has_error(function() a.get_obj(v) end,
+                     "bad argument #1 to 'get_obj' (loom.Array expected, got loom.Value)")
   end)
 
   local describe_processes = loom.process and describe or pending
