@@ -735,7 +735,8 @@ static void fs_main (const Forker *fk) {
     int *keep = malloc((fk->nkeep + 1) * sizeof *keep);
     if (keep == NULL)
       _exit(1);
-    memcpy(keep, fk->keep, fk->nkeep * sizeof *keep);
+    if (fk->nkeep > 0)
+      memcpy(keep, fk->keep, fk->nkeep * sizeof *keep);
     keep[fk->nkeep] = sock;
     loomi_close_fds(keep, fk->nkeep + 1, 0);
     free(keep);
