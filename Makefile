@@ -191,7 +191,9 @@ SANITIZE_SPECS ?= spec/thread_spec.lua spec/xfer_spec.lua spec/value_spec.lua \
 # Specs that fork: TSan and ASan only (see spec/sanitize.sh for valgrind).
 FORK_SPECS ?= spec/process_spec.lua spec/dead_spec.lua \
   spec/array_slice_spec.lua spec/barrier_action_spec.lua \
-  spec/queue_api_spec.lua spec/pipe_spec.lua
+  spec/queue_api_spec.lua spec/pipe_spec.lua \
+  spec/forkserver_spec.lua spec/close_fds_spec.lua \
+  spec/process_identity_spec.lua spec/pool_options_spec.lua
 STRESS ?= $(sort $(wildcard spec/stress/*.lua))
 SAN_RUN = ./spec/sanitize.sh
 
