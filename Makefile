@@ -18,7 +18,10 @@ VERSION := $(shell sed -n 's/^#define LOOM_VERSION  *"\(.*\)"/\1/p' csrc/loom.h)
 # What each command needs installed, and no more: building and the
 # experiments need Lua and its headers; the tests also busted and luarocks.
 RUN_DEPS := lua5.4 liblua5.4-dev
-TEST_DEPS := $(RUN_DEPS) lua-busted luarocks openmpi-bin libopenmpi-dev
+# lua-luv and lua-cqueues: the event loops loom.luv and loom.cqueues are
+# tested against (their specs are pending without them).
+TEST_DEPS := $(RUN_DEPS) lua-busted luarocks openmpi-bin libopenmpi-dev \
+  lua-luv lua-cqueues
 
 # One short line per compiled file; `make V=1` shows the commands.
 ifeq ($(V),1)
@@ -98,6 +101,8 @@ deps:
 	command -v luarocks >/dev/null 2>&1 || missing="$$missing luarocks"; \
 	command -v mpiexec >/dev/null 2>&1 || missing="$$missing openmpi-bin"; \
 	command -v mpicc >/dev/null 2>&1 || missing="$$missing libopenmpi-dev"; \
+	$(LUA) -e 'require "luv"' >/dev/null 2>&1 || missing="$$missing lua-luv"; \
+	$(LUA) -e 'require "cqueues"' >/dev/null 2>&1 || missing="$$missing lua-cqueues"; \
 	$(INSTALL_MISSING)
 
 # luacheck over the Lua sources (.luacheckrc).
@@ -186,7 +191,9 @@ SANITIZE_SPECS ?= spec/thread_spec.lua spec/xfer_spec.lua spec/value_spec.lua \
 # Specs that fork: TSan and ASan only (see spec/sanitize.sh for valgrind).
 FORK_SPECS ?= spec/process_spec.lua spec/dead_spec.lua \
   spec/array_slice_spec.lua spec/barrier_action_spec.lua \
-  spec/queue_api_spec.lua spec/pipe_spec.lua
+  spec/queue_api_spec.lua spec/pipe_spec.lua \
+  spec/forkserver_spec.lua spec/close_fds_spec.lua \
+  spec/process_identity_spec.lua spec/pool_options_spec.lua
 STRESS ?= $(sort $(wildcard spec/stress/*.lua))
 SAN_RUN = ./spec/sanitize.sh
 

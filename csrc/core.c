@@ -233,6 +233,7 @@ static const struct {
   {"process", loomi_process_open},
   {"pool", loomi_pool_open},
   {"portable", loomi_portable_open},
+  {"notifier", loomi_notify_open},
 };
 
 /* A thread may still be leaving loom's code when the state that loaded the

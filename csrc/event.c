@@ -10,6 +10,7 @@ typedef struct Event {
   unsigned sets;            /* set() calls; mu held */
   pthread_mutex_t mu;
   LoomWaitq q;
+  LoomNotifyLink *nlinks;   /* notifiers watching; mu held */
 } Event;
 
 /* ---- C core ---- */
@@ -47,6 +48,16 @@ static int event_wait_flag (Event *e, const LoomDeadline *dl, int *err) {
   return flag;
 }
 
+void loomi_event_watch (LoomObj *o, LoomNotifyLink *l, int attach) {
+  Event *e = (Event *)o;
+  loomi_mutex_lock(&e->mu);
+  if (attach)
+    loomi_notify_attach(&e->nlinks, l, atomic_load(&e->flag));
+  else
+    loomi_notify_detach(&e->nlinks, l);
+  loomi_mutex_unlock(&e->mu);
+}
+
 /* ---- Lua bindings ---- */
 
 static Event *checkevent (lua_State *L, int arg) {
@@ -68,6 +79,8 @@ static int event_set (lua_State *L) {
   atomic_store(&e->flag, 1);
   e->sets++;
   loomi_wake_all(&e->q);
+  if (e->nlinks != NULL)
+    loomi_notify_fire(&e->nlinks);
   loomi_mutex_unlock(&e->mu);
   return 0;
 }

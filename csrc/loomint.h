@@ -90,6 +90,7 @@
 #define LOOM_FUTURE     "loom.Future"
 #define LOOM_POOL       "loom.Pool"
 #define LOOM_PROCESS    "loom.Process"
+#define LOOM_NOTIFIER   "loom.Notifier"
 
 /* The fixed fail tokens (STYLE.md section 5). */
 #define LOOM_TIMEOUT    "timeout"
@@ -554,6 +555,25 @@ void loomi_fastclass (lua_State *L, const char *tname, const luaL_Reg *meta,
                       const luaL_Reg *methods);
 LoomObj *loomi_fastcheck (lua_State *L, int arg, const char *tname);
 
+/* ---- notify.c: watches a loom.Notifier keeps on objects ----
+** An object one can watch keeps a list of links, under its own mu, and
+** calls fire whenever it completes (a cheap NULL test while nobody
+** watches).  fire tells every link's notifier; one-shot links leave the
+** list.  attach links l in (telling it at once when `now`: the object has
+** completed already), detach takes it out if it is still in; both with the
+** object's mu held, like fire.  Each kind of object offers one
+** loomi_<kind>_watch(o, l, attach) that takes its mu and calls these. */
+typedef struct LoomNotifyLink LoomNotifyLink;
+void loomi_notify_fire (LoomNotifyLink **head);
+void loomi_notify_attach (LoomNotifyLink **head, LoomNotifyLink *l, int now);
+void loomi_notify_detach (LoomNotifyLink **head, LoomNotifyLink *l);
+void loomi_future_watch (LoomObj *o, LoomNotifyLink *l, int attach);
+void loomi_event_watch (LoomObj *o, LoomNotifyLink *l, int attach);
+void loomi_queue_watch (LoomObj *o, LoomNotifyLink *l, int attach);
+/* Processes cannot tell anyone they ended (kill -9): a notifier's own
+** thread asks while it watches any (process.c). */
+int  loomi_process_ended (LoomObj *o);
+
 /* ---- one open function per primitive (core.c walks them) ----
 ** Each adds its functions to the module table on top of the stack and
 ** builds its metatables (loomi_newclass). */
@@ -570,6 +590,7 @@ void loomi_queue_open (lua_State *L);
 void loomi_process_open (lua_State *L);
 void loomi_pool_open (lua_State *L);
 void loomi_portable_open (lua_State *L);
+void loomi_notify_open (lua_State *L);
 
 #pragma GCC visibility pop
 

@@ -39,6 +39,7 @@
 #define LOOM_WAITER     "loom.Waiter"
 #define LOOM_ASCOMPLETED "loom.AsCompleted"
 #define POOL_MAXWORKERS 1024
+#define LOOM_PREFIX_MAX 40       /* a worker's name fits 63 bytes */
 
 enum { F_PENDING, F_RUNNING, F_DONE, F_FAILED, F_CANCELLED };
 
@@ -79,7 +80,9 @@ typedef struct Future {
   LoomMsg *results;
   LoomMsg *error;            /* (error, traceback); NULL + F_FAILED: no state */
   WaitLink *links;           /* mu held */
+  LoomNotifyLink *nlinks;    /* notifiers watching; mu held */
   int pool_id, worker;       /* who ran it, for the remote traceback */
+  char prefix[LOOM_PREFIX_MAX + 1];  /* its pool's thread_name_prefix, or "" */
   int by_process;            /* a worker process ran it */
   int promise;              /* made by loom.future(): Lua code settles it */
   atomic_int settled;        /* a promise's set_result/set_error has begun */
@@ -100,6 +103,10 @@ typedef struct TaskQueue {
   int nalive;                /* workers not yet gone */
   int nnamed;                /* thread kind: workers that took an index */
   int id;
+  char prefix[LOOM_PREFIX_MAX + 1];  /* worker names: "<prefix>-worker-N";
+                                        "" for "Pool-<id>" */
+  lua_Integer max_tasks;     /* process kind: tasks before a worker is
+                                replaced, 0 for no limit */
   LoomMsg *init;             /* (init, initargs...) or NULL */
   char *path, *cpath;        /* package paths for worker states (heap) */
   Future **claimed;          /* process kind: the task each worker runs,
@@ -170,6 +177,8 @@ static void future_notify (Future *f, int state) {
     loomi_mutex_unlock(&w->mu);
     f->links = next;
   }
+  if (f->nlinks != NULL)
+    loomi_notify_fire(&f->nlinks);
 }
 
 /* Moves a claimed future to its final state; the future owns the messages
@@ -485,6 +494,15 @@ static int task_init (lua_State *L) {
   return 0;
 }
 
+/* How worker n of q is named, in current(), tracebacks and the OS. */
+static void worker_name (char *buf, size_t size, const char *prefix, int id,
+                         int worker) {
+  if (prefix[0] != '\0')
+    snprintf(buf, size, "%s-worker-%d", prefix, worker);
+  else
+    snprintf(buf, size, "Pool-%d-worker-%d", id, worker);
+}
+
 /* The worker loop, for any runner: in a state made for this worker, runs
 ** the initializer, then tasks until the queue is shut down and empty.
 ** Returns when the worker should go; the runner then closes the state and
@@ -492,7 +510,7 @@ static int task_init (lua_State *L) {
 static void queue_serve (TaskQueue *q, lua_State *L, int worker) {
   self_queue = q;
   char name[64];             /* as the remote tracebacks name it */
-  snprintf(name, sizeof name, "Pool-%d-worker-%d", q->id, worker);
+  worker_name(name, sizeof name, q->prefix, q->id, worker);
   loomi_thread_name_os(name);
   lua_settop(L, 0);
   lua_pushcfunction(L, loomi_msgh);
@@ -513,12 +531,16 @@ static void queue_serve (TaskQueue *q, lua_State *L, int worker) {
   }
   Future *f;
   int dirty = 0;
-  while ((f = queue_pop(q, L, &dirty, worker)) != NULL) {
+  lua_Integer ran = 0;
+  while ((q->max_tasks == 0 || ran < q->max_tasks) &&
+         (f = queue_pop(q, L, &dirty, worker)) != NULL) {
     dirty = 1;
     Task t = { f, NULL, NULL };
     if (future_claim(f, &t.call)) {
+      ran++;
       f->pool_id = q->id;
       f->worker = worker;
+      memcpy(f->prefix, q->prefix, sizeof f->prefix);
       f->by_process = q->claimed != NULL;
       lua_pushcfunction(L, task_run);
       lua_pushlightuserdata(L, &t);
@@ -672,7 +694,7 @@ static void fs_worker (const Forker *fk, int index, pid_t server) {
     _exit(1);
   loomi_child_sigmask();
   char name[64];
-  snprintf(name, sizeof name, "Pool-%d-worker-%d", q->id, index);
+  worker_name(name, sizeof name, q->prefix, q->id, index);
   loomi_process_adopted(name, fk->parent, fk->parent_name);
   /* what the parent had buffered is the parent's to write */
   __fpurge(stdout);
@@ -716,7 +738,8 @@ static void fs_main (const Forker *fk) {
     int *keep = malloc((fk->nkeep + 1) * sizeof *keep);
     if (keep == NULL)
       _exit(1);
-    memcpy(keep, fk->keep, fk->nkeep * sizeof *keep);
+    if (fk->nkeep > 0)
+      memcpy(keep, fk->keep, fk->nkeep * sizeof *keep);
     keep[fk->nkeep] = sock;
     loomi_close_fds(keep, fk->nkeep + 1, 0);
     free(keep);
@@ -1139,6 +1162,16 @@ static int waiter_wait (Waiter *w, int mode, uint32_t count,
   return rc;
 }
 
+void loomi_future_watch (LoomObj *o, LoomNotifyLink *l, int attach) {
+  Future *f = (Future *)o;
+  loomi_mutex_lock(&f->mu);
+  if (attach)
+    loomi_notify_attach(&f->nlinks, l, finished(atomic_load(&f->state)));
+  else
+    loomi_notify_detach(&f->nlinks, l);
+  loomi_mutex_unlock(&f->mu);
+}
+
 /* ---- Lua bindings: futures ---- */
 
 static Future *checkfuture (lua_State *L, int arg) {
@@ -1469,10 +1502,12 @@ static int future_result (lua_State *L) {
       return 2;
     default:
       push_error(L, f);
-      if (f->worker > 0)
-        lua_pushfstring(L, "%s Pool-%d-worker-%d",
-                        f->by_process ? "process" : "thread", f->pool_id,
-                        f->worker);
+      if (f->worker > 0) {
+        char name[64];
+        worker_name(name, sizeof name, f->prefix, f->pool_id, f->worker);
+        lua_pushfstring(L, "%s %s", f->by_process ? "process" : "thread",
+                        name);
+      }
       else if (f->promise)
         lua_pushliteral(L, "future");
       else
@@ -1847,6 +1882,8 @@ static int pool_new (lua_State *L) {
   int close_fds = 1;
   size_t nkeep = 0;
   const int *keep = NULL;
+  const char *prefix = "";
+  lua_Integer max_tasks = 0;
   if (lua_istable(L, 1)) {
     int t = lua_getfield(L, 1, "close_fds");
     luaL_argcheck(L, t == LUA_TNIL || t == LUA_TBOOLEAN, 1,
@@ -1858,6 +1895,28 @@ static int pool_new (lua_State *L) {
       luaL_argcheck(L, close_fds || nkeep == 0, 1,
                     "pass_fds given with close_fds false");
     }
+    else
+      lua_pop(L, 1);
+    t = lua_getfield(L, 1, "thread_name_prefix");
+    if (t != LUA_TNIL) {
+      luaL_argcheck(L, t == LUA_TSTRING, 1, "thread_name_prefix must be a string");
+      size_t len;
+      const char *s = lua_tolstring(L, -1, &len);
+      luaL_argcheck(L, strlen(s) == len, 1,
+                    "thread_name_prefix must not contain a NUL byte");
+      luaL_argcheck(L, len <= LOOM_PREFIX_MAX, 1,
+                    "thread_name_prefix too long (at most 40 bytes)");
+      prefix = s;            /* the options table keeps it alive */
+    }
+    lua_pop(L, 1);
+    if (lua_getfield(L, 1, "max_tasks_per_child") != LUA_TNIL) {
+      luaL_argcheck(L, lua_isinteger(L, -1) && lua_tointeger(L, -1) >= 1, 1,
+                    "max_tasks_per_child must be a positive integer");
+      luaL_argcheck(L, process, 1,
+                    "max_tasks_per_child is for process pools only");
+      max_tasks = lua_tointeger(L, -1);
+    }
+    lua_pop(L, 1);
   }
   LoomObj **slot = loomi_proxy_new(L, LOOM_POOL);
   Pool *p = (Pool *)loomi_obj_new(sizeof(Pool), LOOM_POOL, pool_destroy);
@@ -1871,6 +1930,8 @@ static int pool_new (lua_State *L) {
   if (q == NULL)
     return luaL_error(L, "cannot create pool: shared heap exhausted");
   p->q = q;
+  snprintf(q->prefix, sizeof q->prefix, "%s", prefix);
+  q->max_tasks = max_tasks;
   if (ninit > 0)
     q->init = loomi_xfer_encode_call(L, base, ninit);
   q->path = heap_strdup_field(L, "path");

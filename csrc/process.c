@@ -411,6 +411,20 @@ static int process_done (LoomProcess *p) {
   return done;
 }
 
+/* For a notifier's watcher thread (notify.c): 1 once p has ended (reaping
+** it, as is_alive() does), 0 while it runs, -1 when the calling process
+** cannot wait for it (not started, or not its child). */
+int loomi_process_ended (LoomObj *o) {
+  LoomProcess *p = (LoomProcess *)o;
+  loomi_mutex_lock(&p->mu);
+  int state = p->state;
+  pid_t parent = p->parent;
+  loomi_mutex_unlock(&p->mu);
+  if (state == PR_NEW || parent != getpid())
+    return -1;
+  return process_done(p);
+}
+
 /* An error nobody collected, on a handle nobody holds any more: reported
 ** once, the way a thread's is. */
 static void process_report_lost (LoomProcess *p) {

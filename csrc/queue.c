@@ -77,6 +77,7 @@ typedef struct LoomQueue {
   size_t unfinished;         /* items put and not yet task_done */
   uint64_t seq;              /* the next put's sequence (priority) */
   int sifting;               /* priority: the heap's order may be broken */
+  LoomNotifyLink *nlinks;    /* notifiers watching */
   Journal jn[];              /* priority queues only: the move in progress */
 } LoomQueue;
 
@@ -262,6 +263,8 @@ static int queue_push (LoomQueue *q, const Slot *it, const LoomDeadline *dl,
         }
         atomic_store_explicit(&q->avail, count + 1, memory_order_relaxed);
         woke = 1;
+        if (q->nlinks != NULL)
+          loomi_notify_fire(&q->nlinks);
       }
       break;
     }
@@ -358,6 +361,17 @@ static int queue_wait_ready (LoomQueue *q, const LoomDeadline *dl) {
     rc = 0;
   loomi_mutex_unlock(&q->mu);
   return rc;
+}
+
+/* A watch tells its notifier once an item is there or the queue closed. */
+void loomi_queue_watch (LoomObj *o, LoomNotifyLink *l, int attach) {
+  LoomQueue *q = (LoomQueue *)o;
+  loomi_mutex_lock(&q->mu);
+  if (attach)
+    loomi_notify_attach(&q->nlinks, l, qcount(q) > 0 || q->closed);
+  else
+    loomi_notify_detach(&q->nlinks, l);
+  loomi_mutex_unlock(&q->mu);
 }
 
 typedef struct Ready { LoomQueue *q; int want_items; } Ready;
@@ -599,6 +613,8 @@ static int queue_close (lua_State *L) {
   q->closed = 1;
   loomi_wake_all(&q->not_empty);
   loomi_wake_all(&q->not_full);
+  if (q->nlinks != NULL)
+    loomi_notify_fire(&q->nlinks);
   loomi_mutex_unlock(&q->mu);
   return 0;
 }

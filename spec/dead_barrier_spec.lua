@@ -5,16 +5,7 @@
 local H = require "helpers"
 
 local function expect(chunk, limit)
-  local path = os.tmpname()
-  local f = assert(io.open(path, "w"))
-  f:write(H.prelude, "\n", chunk)
-  f:close()
-  local p = assert(io.popen(string.format(
-    "LOOM_SPEC_MACHINE=%.17g timeout -k 2 %.1f %s %s 2>&1",
-    H.machine or 1, H.t(limit), H.lua, path)))
-  local out = p:read("a")
-  local ok, _, code = p:close()
-  os.remove(path)
+  local out, ok, code = H.run(chunk, limit)
   assert(ok, string.format("exit %s (124: hung and killed by timeout):\n%s",
     tostring(code), out))
   assert.matches("done", out)

@@ -1,12 +1,7 @@
 -- Fault injection: each fault ends in a clear error, nothing lost, no hang.
 local H = require "helpers"
 
-local function sh(cmd)
-  local p = assert(io.popen(cmd .. " 2>&1"))
-  local out = p:read("a")
-  local ok = p:close()
-  return ok, out
-end
+local sh = H.sh
 
 local function script(body)
   local path = os.tmpname()
@@ -38,12 +33,15 @@ describe("fault injection", function()
       local loom = require "loom"
       loom.excepthook(function() end)   -- threads whose state could not be made
       local started, failed, msg, code = {}, 0
+      -- every thread lives until all were tried, however slowly they start
+      local go = loom.event()
       -- stop at the first refusal: past it, any allocation may fail
       for _ = 1, 1000 do
-        local t = loom.thread(function() require("loom").sleep(0.3) end)
+        local t = loom.thread(function(e) e:wait() end, go)
         local ok, err, errno = t:start()
         if ok then started[#started + 1] = t else failed, msg, code = failed + 1, err, errno; break end
       end
+      go:set()
       for _, t in ipairs(started) do assert(H.join(t, 30)) end
       print(failed > 0, msg, math.type(code))
       print(H.result(loom.thread(function() return "after" end):start(), 10))

@@ -14,16 +14,7 @@ end
 
 -- Runs chunk in a fresh lua5.4 killed after H.t(limit) s; its output, and
 -- whether it exited 0 on its own.
-local function guarded(chunk, limit)
-  local path = write_script(chunk)
-  local p = assert(io.popen(string.format(
-    "LOOM_SPEC_MACHINE=%.17g timeout -k 2 %.1f %s %s 2>&1",
-    H.machine or 1, H.t(limit), H.lua, path)))
-  local out = p:read("a")
-  local ok, _, code = p:close()
-  os.remove(path)
-  return out, ok, code
-end
+local guarded = H.run
 
 local function expect(chunk, limit)
   local out, ok, code = guarded(chunk, limit)

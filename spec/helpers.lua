@@ -128,15 +128,18 @@ M.prelude = string.format("package.path=%q..package.path;package.cpath=%q..packa
   root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;" .. root .. "/spec/?.lua;", root .. "/?.so;")
 
 -- Runs a Lua chunk in a fresh interpreter, where H is this module with
--- this process's machine factor; returns its stdout+stderr and its exit
--- status (true on success).
-function M.run(chunk)
+-- this process's machine factor; returns its stdout+stderr, its exit
+-- status (true on success) and code.  With `limit`, the interpreter is
+-- killed after H.t(limit) seconds (timeout(1)), so that a hang fails the
+-- spec instead of hanging the suite.
+function M.run(chunk, limit)
   local path = os.tmpname()
   local f = assert(io.open(path, "w"))
   f:write(M.prelude, "\n", chunk)
   f:close()
-  local p = assert(io.popen(string.format("LOOM_SPEC_MACHINE=%.17g %s %s 2>&1",
-    M.machine, M.lua, path)))
+  local guard = limit and string.format("timeout -k 2 %.1f ", M.t(limit)) or ""
+  local p = assert(io.popen(string.format("LOOM_SPEC_MACHINE=%.17g %s%s %s 2>&1",
+    M.machine, guard, M.lua, path)))
   local out = p:read("a")
   local ok, _, code = p:close()
   os.remove(path)

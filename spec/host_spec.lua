@@ -1,11 +1,6 @@
 -- The embedding host in examples/host.c: Lua and loom linked statically.
 local H = require "helpers"
-local function sh(cmd)
-  local p = assert(io.popen(cmd .. " 2>&1"))
-  local out = p:read("a")
-  local ok = p:close()
-  return ok, out
-end
+local sh = H.sh
 
 local function script(body)
   local path = os.tmpname()

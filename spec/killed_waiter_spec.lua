@@ -2,19 +2,10 @@
 -- on; freeing the object afterwards must not wait for that waiter.
 local H = require "helpers"
 
--- Runs chunk in a fresh interpreter that gives up after a scaled timeout:
--- a free that blocked shows as a failure, not as a hung suite.
+-- A fresh interpreter that gives up after a scaled timeout: a free that
+-- blocked shows as a failure, not as a hung suite.
 local function run_bounded(chunk)
-  local path = os.tmpname()
-  local f = assert(io.open(path, "w"))
-  f:write(H.prelude, "\n", chunk)
-  f:close()
-  local p = assert(io.popen(string.format("LOOM_SPEC_MACHINE=%.17g timeout %d %s %s 2>&1",
-    H.machine, math.ceil(H.t(30)), H.lua, path)))
-  local out = p:read("a")
-  local ok = p:close()
-  os.remove(path)
-  return out, ok
+  return H.run(chunk, 30)
 end
 
 describe("an object whose waiter was killed #fork", function()

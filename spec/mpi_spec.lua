@@ -142,6 +142,37 @@ describe("loom.mpi.pool", function()
       assert(not ok5 and err5:match("cannot encode args%[2%]: loom.Lock lives in this machine's shared heap"), err5)
       local ok6, err6 = pcall(pool.submit, pool, 42)
       assert(not ok6 and err6:match("bad argument #1 to 'submit' %(function expected, got number%)"), err6)
+      -- hostile callers: a forged self, bad arguments to the pool and the core
+      local forged = setmetatable({}, getmetatable(pool))
+      local ok7, err7 = pcall(forged.submit, forged, print)
+      assert(not ok7 and err7:match("bad argument #1 to 'submit' %(loom.mpi.Pool expected, got a forged loom.mpi.Pool%)"), err7)
+      local ok8, err8 = pcall(pool.shutdown, loom.lock())
+      assert(not ok8 and err8:match("loom.mpi.Pool expected, got loom.Lock"), err8)
+      for _, c in ipairs({
+        { mpi.pool, 0, "workers must be a positive integer" },
+        { mpi.pool, 2 ^ 63, "workers must be a positive integer" },
+        { mpi.pool, { init = 1 }, "init must be a function" },
+        { mpi.pool, { init = print, initargs = 1 }, "initargs must be a table" },
+        { mpi.pool, { initargs = {} }, "initargs given without init" },
+      }) do
+        local okc, errc = pcall(c[1], c[2])
+        assert(not okc and errc:find(c[3], 1, true), tostring(errc))
+      end
+      local core = require "loom.mpi.core"
+      local w = core.world()
+      for _, c in ipairs({
+        { core.send, { w, -1, 1, "x" }, "bad argument #2 to 'loom.mpi.core.send' (rank out of range)" },
+        { core.send, { w, 2 ^ 31, 1, "x" }, "bad argument #2 to 'loom.mpi.core.send' (rank out of range)" },
+        { core.send, { w, 1, 40000, "x" }, "bad argument #3 to 'loom.mpi.core.send' (tag out of range)" },
+        { core.send, { 2 ^ 40, 1, 1, "x" }, "bad argument #1 to 'loom.mpi.core.send' (invalid communicator)" },
+        { core.probe, { w, -1 }, "bad argument #2 to 'loom.mpi.core.probe' (timeout must be non-negative)" },
+        { core.spawn, { "x", { 1 }, 1 }, "bad argument #2 to 'loom.mpi.core.spawn' (arguments must be strings)" },
+        { core.spawn, { "x", {}, 0 }, "bad argument #3 to 'loom.mpi.core.spawn' (worker count out of range)" },
+        { core.disconnect, { w }, "bad argument #1 to 'loom.mpi.core.disconnect' (cannot disconnect the world)" },
+      }) do
+        local okc, errc = pcall(c[1], table.unpack(c[2]))
+        assert(not okc and errc:find(c[3], 1, true), tostring(errc))
+      end
       io.write("\nall ok\n")
     ]==]))
     assert.matches("\nall ok\n", out, 1, true)

@@ -8,12 +8,7 @@ local function read(path)
   return s
 end
 
-local function sh(cmd)
-  local p = assert(io.popen(cmd .. " 2>&1"))
-  local out = p:read("a")
-  local ok = p:close()
-  return ok, out
-end
+local sh = H.sh
 
 describe("rockspec/loom-scm-1.rockspec", function()
   it("builds and installs through the Makefile, so a rock equals a make build", function()

@@ -75,9 +75,11 @@ static void pushcomm (lua_State *L, MPI_Comm c) {
 
 /* ---- Lua bindings ---- */
 
-/* Initializes MPI once; every MPI call is then made by one thread at a
-** time (a pool's sender thread, or the main thread before and after it),
-** so MPI_THREAD_SERIALIZED is asked for.  Returns the level provided. */
+/* Initializes MPI once.  A pool's dispatcher thread makes the MPI calls
+** while the pool is open, but the script's own thread may still ask for
+** its rank or host meanwhile: MPI_THREAD_MULTIPLE is asked for.  Returns
+** whether the level provided lets two threads make calls at once, and
+** whether it lets a thread other than the main one make them. */
 static int mpi_init (lua_State *L) {
   int inited = 0, done = 0, provided = 0;
   MPI_Finalized(&done);
@@ -85,7 +87,7 @@ static int mpi_init (lua_State *L) {
     return luaL_error(L, "MPI is finalized");
   MPI_Initialized(&inited);
   if (!inited) {
-    int rc = MPI_Init_thread(NULL, NULL, MPI_THREAD_SERIALIZED, &provided);
+    int rc = MPI_Init_thread(NULL, NULL, MPI_THREAD_MULTIPLE, &provided);
     if (rc != MPI_SUCCESS)
       return mpi_fail(L, "cannot initialize MPI", rc);
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
@@ -93,8 +95,9 @@ static int mpi_init (lua_State *L) {
   }
   else
     MPI_Query_thread(&provided);
+  lua_pushboolean(L, provided >= MPI_THREAD_MULTIPLE);
   lua_pushboolean(L, provided >= MPI_THREAD_SERIALIZED);
-  return 1;
+  return 2;
 }
 
 static int mpi_world (lua_State *L) {

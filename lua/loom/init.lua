@@ -22,9 +22,9 @@ do
   end
   core = err
 end
-local lproc = require "loom.process"
+local options = require "loom.options"
 
-local error, type, select, setmetatable = error, type, select, setmetatable
+local error, type, setmetatable = error, type, setmetatable
 local table_pack = table.pack
 
 local M = {}
@@ -37,45 +37,26 @@ end
 M.gil_prepare, M.gil_sethook, M.gil_gethook = nil, nil, nil
 M.set_excepthook = nil
 
-local check_name, pack_args = lproc.check_name, lproc.pack_args
-
-local function thread_options(fname, first, ...)
-  if type(first) == "table" and getmetatable(first) == nil and select("#", ...) == 0 then
-    local target = first.target
-    if type(target) ~= "function" then
-      error("bad argument #1 to '" .. fname .. "' (target must be a function)", 3)
-    end
-    local args = first.args or {}
-    if type(args) ~= "table" then
-      error("bad argument #1 to '" .. fname .. "' (args must be a table)", 3)
-    end
-    check_name(fname, first.name)
-    return target, pack_args(fname, args), first.name, first.daemon, first.shared
-  end
-  if type(first) ~= "function" then
-    error("bad argument #1 to '" .. fname .. "' (function expected, got " .. type(first) .. ")", 3)
-  end
-  return first, table_pack(...), nil, false
-end
+local call_options, check_fds = options.call, options.check_fds
 
 --- loom.thread(fn, ...) or loom.thread{target=, args=, name=, daemon=,
 -- shared=}: a thread that runs fn(...) in its own interpreter once started,
 -- or, with shared=true, in this one under the global interpreter lock.
 function M.thread(...)
-  local target, args, name, daemon, shared = thread_options("thread", ...)
-  if shared then
+  local target, args, o = call_options("thread", ...)
+  if o.shared then
     require("loom.gil").install()
-    return core.shared_thread(target, args, name, daemon)
+    return core.shared_thread(target, args, o.name, o.daemon)
   end
-  return core.thread(target, args, name, daemon)
+  return core.thread(target, args, o.name, o.daemon)
 end
 
 --- loom.shared_thread(fn, ...) or loom.shared_thread{target=, args=, ...}:
 -- the same as loom.thread with shared=true.
 function M.shared_thread(...)
-  local target, args, name, daemon = thread_options("shared_thread", ...)
+  local target, args, o = call_options("shared_thread", ...)
   require("loom.gil").install()
-  return core.shared_thread(target, args, name, daemon)
+  return core.shared_thread(target, args, o.name, o.daemon)
 end
 
 --- loom.excepthook(fn): fn(info) receives {name=, ident=, error=, traceback=}
@@ -174,9 +155,15 @@ function M.timer(interval, fn, ...)
                         stopped = stopped, interval = interval }, Timer)
 end
 
-M.process = lproc.process
+--- loom.process(fn, ...) or loom.process{target=, args=, name=, daemon=,
+-- close_fds=, pass_fds=}: a process that, once started, runs fn(...) in a
+-- forked copy of this interpreter.
+function M.process(...)
+  local target, args, o = call_options("process", ...)
+  local close_fds, pass_fds = check_fds("process", o.close_fds, o.pass_fds, 3)
+  return core.process(target, args, o.name, o.daemon, close_fds, pass_fds)
+end
 M.pipe = require("loom.pipe").pipe
-require("loom.pool").install()
 
 setmetatable(M, { __name = "loom" })
 return M

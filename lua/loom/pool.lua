@@ -1,10 +1,10 @@
 -- loom.pool helpers: Pool:map and Pool:imap over Pool:submit.
--- Installed into the loom.Pool methods of the state that requires loom.
+-- The loom.Pool class (csrc/pool.c) loads this module and takes them as
+-- methods in whichever interpreter first asks a pool for one.
 local core = require "loom.core"
 
 local error, type, setmetatable = error, type, setmetatable
 local math_type = math.type
-local debug_getregistry = debug.getregistry
 local now = core.now
 
 local M = {}
@@ -228,17 +228,6 @@ function M.imap(pool, fn, input, opts)
     return index, v[1]
   end
   return iter, nil, nil, guard
-end
-
---- Installs map and imap as loom.Pool methods in this state.
-function M.install()
-  local mt = debug_getregistry()["loom.Pool"]
-  local methods = mt and mt.methods
-  if methods then
-    methods.map = M.map
-    methods.imap = M.imap
-  end
-  return M
 end
 
 return M

@@ -28,9 +28,12 @@ M.dead = {}
 -- and the rest stay cancellable at rank 0.
 local AHEAD = 2
 
+local threads_ok = true
+
 --- Initializes MPI (once); returns the world's size and this rank.
 function M.init()
-  core.init()
+  local _, serialized = core.init()
+  threads_ok = serialized
   local w = core.world()
   return core.size(w), core.rank(w)
 end
@@ -301,10 +304,19 @@ Pool.__index = Pool
 
 local open_pool      -- the pool whose dispatcher makes this process's MPI calls
 
+-- The pools this module made: a table given Pool's metatable by hand is
+-- not one of them.
+local pools = setmetatable({}, { __mode = "k" })
+
+local function typename(v)
+  local mt = getmetatable(v)
+  return type(mt) == "table" and type(mt.__name) == "string" and mt.__name or type(v)
+end
+
 local function checkpool(p, name)
-  if getmetatable(p) ~= Pool then
+  if not pools[p] then
     error(("bad argument #1 to '%s' (loom.mpi.Pool expected, got %s)"):format(
-      name, type(p)), 3)
+      name, pools[p] == nil and getmetatable(p) == Pool and "a forged loom.mpi.Pool" or typename(p)), 3)
   end
   return p
 end
@@ -353,6 +365,10 @@ function M.pool(n)
     error("an MPI pool is already open in this process (shut it down first)", 2)
   end
   local size, rank = M.init()
+  if not threads_ok then
+    error("this MPI library cannot be called from another thread " ..
+      "(MPI_THREAD_SERIALIZED not provided), which the pool's dispatcher needs", 2)
+  end
   if core.parent() then
     error("cannot open an MPI pool in a spawned worker", 2)
   end
@@ -391,6 +407,7 @@ function M.pool(n)
   t:start()
   local p = setmetatable({ workers = n, kind = "mpi", spawned = spawned,
     _q = q, _t = t, _ready = ready, _id = 0 }, Pool)
+  pools[p] = true
   open_pool = p
   return p
 end

@@ -1,6 +1,5 @@
--- loom.process: the two call forms of loom.process over loom.core.process.
-local core = require "loom.core"
-
+-- loom.options: the two call forms shared by loom.thread, loom.shared_thread
+-- and loom.process, fn(...) and {target=, args=, name=, ...}, checked once.
 local error, type, select, getmetatable = error, type, select, getmetatable
 local table_pack, table_unpack = table.pack, table.unpack
 local math_tointeger, math_type, pcall = math.tointeger, math.type, pcall
@@ -38,60 +37,57 @@ function M.pack_args(fname, args)
 end
 
 -- close_fds (a boolean) and pass_fds (a list of descriptors, which implies
--- close_fds unless it is false, an error then), checked.
-function M.check_fds(fname, close_fds, pass_fds)
+-- close_fds unless it is false, an error then), checked; errors point
+-- `level` frames up (4 when called from the function the user called).
+function M.check_fds(fname, close_fds, pass_fds, level)
+  level = level or 4
   if close_fds ~= nil and type(close_fds) ~= "boolean" then
-    error("bad argument #1 to '" .. fname .. "' (close_fds must be a boolean)", 4)
+    error("bad argument #1 to '" .. fname .. "' (close_fds must be a boolean)", level)
   end
   if pass_fds == nil then
     return close_fds, nil
   end
   if type(pass_fds) ~= "table" then
-    error("bad argument #1 to '" .. fname .. "' (pass_fds must be a table of descriptors)", 4)
+    error("bad argument #1 to '" .. fname .. "' (pass_fds must be a table of descriptors)", level)
   end
   if #pass_fds > 65536 then
-    error("bad argument #1 to '" .. fname .. "' (pass_fds too long (at most 65536))", 4)
+    error("bad argument #1 to '" .. fname .. "' (pass_fds too long (at most 65536))", level)
   end
   for i = 1, #pass_fds do
     local fd = pass_fds[i]
     if math_type(fd) ~= "integer" or fd < 0 or fd > 0x7fffffff then
       error("bad argument #1 to '" .. fname .. "' (pass_fds[" .. i ..
-            "] must be a descriptor (a non-negative integer))", 4)
+            "] must be a descriptor (a non-negative integer))", level)
     end
   end
   if close_fds == false and #pass_fds > 0 then
-    error("bad argument #1 to '" .. fname .. "' (pass_fds given with close_fds false)", 4)
+    error("bad argument #1 to '" .. fname .. "' (pass_fds given with close_fds false)", level)
   end
   return true, pass_fds
 end
 
-local function options(first, ...)
+local NO_OPTIONS = {}
+
+-- fname(fn, ...) or fname{target=, args=, name=, ...}: the target, its
+-- arguments packed, and the options table (empty for the first form).
+-- Called by the function the user called, whose caller errors point to.
+function M.call(fname, first, ...)
   if type(first) == "table" and getmetatable(first) == nil and select("#", ...) == 0 then
     local target = first.target
     if type(target) ~= "function" then
-      error("bad argument #1 to 'process' (target must be a function)", 3)
+      error("bad argument #1 to '" .. fname .. "' (target must be a function)", 3)
     end
     local args = first.args or {}
     if type(args) ~= "table" then
-      error("bad argument #1 to 'process' (args must be a table)", 3)
+      error("bad argument #1 to '" .. fname .. "' (args must be a table)", 3)
     end
-    M.check_name("process", first.name)
-    local close_fds, pass_fds = M.check_fds("process", first.close_fds, first.pass_fds)
-    return target, M.pack_args("process", args), first.name, first.daemon,
-           close_fds, pass_fds
+    M.check_name(fname, first.name)
+    return target, M.pack_args(fname, args), first
   end
   if type(first) ~= "function" then
-    error("bad argument #1 to 'process' (function expected, got " .. type(first) .. ")", 3)
+    error("bad argument #1 to '" .. fname .. "' (function expected, got " .. type(first) .. ")", 3)
   end
-  return first, table_pack(...), nil, false
-end
-
---- loom.process(fn, ...) or loom.process{target=, args=, name=, daemon=,
--- close_fds=, pass_fds=}:
--- a process that, once started, runs fn(...) in a forked copy of this
--- interpreter.
-function M.process(...)
-  return core.process(options(...))
+  return first, table_pack(...), NO_OPTIONS
 end
 
 return M
