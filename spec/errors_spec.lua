@@ -134,9 +134,12 @@ describe("errors", function()
       print(pcall(core.configure, { heap_size = 1.5 + 2^20 }))
     ]])
     assert(ok, out)
+    -- Lua names the function by the first module table it finds holding
+    -- it, in an order that varies from run to run: loom's or loom.core's
+    out = out:gsub("'loom%.core%.configure'", "'loom.configure'")
     assert.equal("true\t67108864\n" ..
-      "false\tbad argument #1 to 'loom.core.configure' (heap_size must be at most 64 TiB)\n" ..
-      "false\tbad argument #1 to 'loom.core.configure' (heap_size must be an integer)\n", out)
+      "false\tbad argument #1 to 'loom.configure' (heap_size must be at most 64 TiB)\n" ..
+      "false\tbad argument #1 to 'loom.configure' (heap_size must be an integer)\n", out)
   end)
 
   it("setswitchinterval refuses what it cannot keep rather than round it", function()
