@@ -6,7 +6,8 @@
 **      setswitchinterval(s), getswitchinterval(); hook-aware replacements
 **      of debug.sethook/gethook, coroutine.resume/wrap and os.exit;
 **      loom.local(), storage with a value per thread of the interpreter.
-** Why this is sound on stock Lua 5.4, and the rules kept here: GIL.md.
+** Why this is sound on stock Lua 5.4, and the rules kept here:
+** docs/internals.md, "The global interpreter lock of shared threads".
 ** Lock order: a thread's mutex (SharedThread.mu), then gil->mu.
 ** SPDX-License-Identifier: MIT */
 #include "loomint.h"
@@ -54,8 +55,8 @@ typedef struct Gil {
 } Gil;
 
 /* Static storage: a thread coming back for a GIL may outlive the
-** interpreter and even the last reference to this library (GIL.md,
-** condition 7); it finds the GIL frozen and ends (frozen_exit). */
+** interpreter and even the last reference to this library (docs/internals.md,
+** GIL rule 7); it finds the GIL frozen and ends (frozen_exit). */
 static Gil gils[GIL_MAX];
 static pthread_mutex_t gils_mu = PTHREAD_MUTEX_INITIALIZER;
 
@@ -533,7 +534,7 @@ static Gil *gil_of (lua_State *L) {
 }
 
 /* The sentinel's __gc runs inside lua_close: from then on nothing but the
-** closing thread may run Lua, so the GIL freezes (GIL.md, condition 7). */
+** closing thread may run Lua, so the GIL freezes (docs/internals.md, GIL rule 7). */
 #define LOOM_SENTINEL "loom.GilSentinel"
 
 static int sentinel_gc (lua_State *L) {

@@ -39,7 +39,7 @@ LOOM_API int luaopen_loom_core (lua_State *L);
 ** message the hook left on top of the stack, if it left a string there);
 ** the hook may also raise a Lua error, whose message is kept the same way.  A thread's
 ** state is kept for later threads, put back as it was after the hook ran
-** (README.md, "What a thread's interpreter holds"): the hook runs once per
+** (docs/api.md, "What a thread's interpreter holds"): the hook runs once per
 ** state, not once per thread. */
 typedef int (*loom_StateHook) (lua_State *L, void *ud);
 

@@ -23,7 +23,7 @@ local function expect_ok(heap, chunk)
   assert(ok and out:find("\nok\n$") or out == "ok\n", "subprocess failed:\n" .. out)
 end
 
--- Shared by the chunks: the guarantee README states, checked on the heap as
+-- Shared by the chunks: the guarantee docs/api.md states, checked on the heap as
 -- it stands.  The bytes in use sit together at the start, so every other
 -- byte but the heap's own bookkeeping (BOOK) is one free run, and a char
 -- array that large (its header is under 256 bytes) can be made.

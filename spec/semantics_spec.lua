@@ -1,5 +1,5 @@
 -- Semantics: results that must never be silently wrong, and promises the
--- README makes about cancellation, barriers, queues and thread handles.
+-- docs/api.md makes about cancellation, barriers, queues and thread handles.
 local loom = require "loom"
 local H = require "helpers"
 
